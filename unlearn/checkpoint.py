@@ -1,0 +1,51 @@
+"""Reading weights from `.safetensors`, Lightning `.ckpt` and torch `.pt/.bin` files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from unlearn.paths import require_local_path
+
+log = logging.getLogger(__name__)
+
+
+def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch.Tensor]:
+    """Load a flat state dict; a Lightning checkpoint's ``state_dict`` is unwrapped.
+
+    Missing files raise FileNotFoundError and unreadable ones ValueError, both naming
+    the path and the config key that held it.
+    """
+    p = require_local_path(path, key, kind="file", expected="a .safetensors, .ckpt, .pt or .bin file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p))
+        obj = torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception as err:  # safetensors, pickle and zip errors have no common base
+        raise ValueError(f"{key}: cannot read checkpoint {p}: {err}") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{key}: {p} holds a {type(obj).__name__}, expected a state dict")
+    return dict(obj)
+
+
+def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path", strict: bool = False) -> None:
+    """Load weights into ``module``, logging (or, when strict, raising on) key mismatches."""
+    state = load_state_dict(path, key)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{key}: {path} does not match the model: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    if missing:
+        log.info("%s: %d keys missing from %s (e.g. %s)", key, len(missing), path, missing[:3])
+    if unexpected:
+        log.info("%s: %d unexpected keys in %s (e.g. %s)", key, len(unexpected), path, unexpected[:3])
+    log.info("Loaded weights from %s", path)

@@ -1,0 +1,1 @@
+"""LightningModules: diffusion training and sampling, erasure, distillation."""

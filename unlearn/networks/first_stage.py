@@ -1,0 +1,107 @@
+"""First stages: map images in [-1, 1] to the space the diffusion model works in and back."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearn.paths import require_local_path
+
+
+class FirstStage(nn.Module, ABC):
+    """``encode(images) -> z`` and ``decode(z) -> images``; frozen, never trained."""
+
+    #: Spatial downsampling factor between image and model space.
+    downsample_factor: int = 1
+    #: Channels of the model-space tensor.
+    latent_channels: int = 3
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+class IdentityFirstStage(FirstStage):
+    """Pixel-space models: the model works on the images themselves."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.latent_channels = channels
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class DiffusersAutoencoderKL(FirstStage):
+    """SD's VAE (diffusers `AutoencoderKL`) with its latent scale (and SD3-style shift).
+
+    z = (E(x) - shift) * scale, x = D(z / scale + shift). ``scale_factor`` defaults to the
+    VAE config's ``scaling_factor`` (0.18215 for SD1/2, 0.13025 for SDXL).
+    """
+
+    def __init__(
+        self,
+        pretrained_path: str | None = None,
+        subfolder: str | None = "vae",
+        single_file: str | None = None,
+        single_file_config: str | None = None,
+        config: dict[str, Any] | None = None,
+        scale_factor: float | None = None,
+        shift_factor: float | None = None,
+        sample_posterior: bool = False,
+    ):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        sources = [s for s in (pretrained_path, single_file, config) if s is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "first_stage_config params: give exactly one of pretrained_path, single_file or config"
+            )
+        if config is not None:
+            vae = AutoencoderKL(**dict(config))
+        elif pretrained_path is not None:
+            root = require_local_path(pretrained_path, "first_stage_config.params.pretrained_path", "dir")
+            sub = subfolder if subfolder and (root / subfolder).is_dir() else None
+            vae = AutoencoderKL.from_pretrained(str(root), subfolder=sub, local_files_only=True)
+        else:
+            ckpt = require_local_path(single_file, "first_stage_config.params.single_file", "file")
+            if single_file_config is None:
+                raise ValueError(
+                    "first_stage_config.params.single_file needs single_file_config (a local diffusers folder)"
+                )
+            cfg_dir = require_local_path(single_file_config, "first_stage_config.params.single_file_config", "dir")
+            vae = AutoencoderKL.from_single_file(str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True)
+        vae.requires_grad_(False)
+        vae.eval()
+        self.vae = vae
+        self.scale_factor = float(scale_factor if scale_factor is not None else vae.config.scaling_factor)
+        shift = shift_factor if shift_factor is not None else getattr(vae.config, "shift_factor", None)
+        self.shift_factor = float(shift or 0.0)
+        self.sample_posterior = sample_posterior
+        self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = int(vae.config.latent_channels)
+
+    def train(self, mode: bool = True):
+        # The VAE stays in eval mode whatever the engine does: it is never trained here.
+        super().train(False)
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, H, W) in [-1, 1] -> z: (B, C, H/f, W/f)
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        z = dist.sample() if self.sample_posterior else dist.mode()
+        return (z - self.shift_factor) * self.scale_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = z / self.scale_factor + self.shift_factor
+        return self.vae.decode(z.to(self.vae.dtype)).sample
