@@ -1,0 +1,170 @@
+"""UnlearnCanvas metrics on label arrays, and the Fréchet distance of feature sets.
+
+Definitions (Zhang et al., "UnlearnCanvas", NeurIPS 2024 D&B; all in percent). Every image
+carries the object and the style named in its prompt (``true_*``) and the judge's
+predictions (``pred_*``). For a concept ``c`` of kind ``K`` (object or style),
+
+    acc(c) = 100 * #{i : true_K[i] = c and pred_K[i] = c} / #{i : true_K[i] = c}
+
+is the per-concept accuracy of the ``K`` head over *every* image whose prompt names ``c``,
+whatever the other concept in the prompt is. With ``E`` the erased concepts and ``K_E`` the
+kinds that occur in ``E``:
+
+* **UA** (unlearning accuracy) = mean over ``c`` in ``E`` of ``100 - acc(c)``: the share of
+  images prompted with an erased concept that the judge no longer recognises as it.
+* **IRA** (in-domain retain accuracy) = mean of ``acc(c)`` over the concepts ``c`` of a kind
+  in ``K_E`` that are not erased (e.g. for a style erasure: the other styles' accuracy).
+* **CRA** (cross-domain retain accuracy) = mean of ``acc(c)`` over all concepts of the kinds
+  *not* in ``K_E`` (for a style erasure: every object's accuracy), computed over **all**
+  images, those prompted with the erased style included, as UnlearnCanvas does. It is NaN
+  when both kinds have erased concepts.
+
+Means are over concepts (macro), like UnlearnCanvas's per-concept averages; concepts without
+any image are skipped. With a balanced object x style grid this equals the pooled share.
+With nothing erased, UA, IRA and CRA are NaN. ``object_acc`` / ``style_acc`` / ``joint_acc``
+are pooled over all images (joint: both heads right).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unlearn.data.canvas import CANVAS, CanvasSpec
+
+__all__ = ["per_concept_accuracy", "unlearncanvas_metrics", "frechet_distance"]
+
+KINDS = ("object", "style")
+
+
+def _labels(values: Sequence[int] | np.ndarray | torch.Tensor, n_classes: int, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array, got dtype {arr.dtype} and shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ValueError(f"{name} has labels outside [0, {n_classes}): min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def per_concept_accuracy(pred: np.ndarray, true: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy in percent, image count), each ``(n_classes,)``; NaN accuracy for no images."""
+    counts = np.bincount(true, minlength=n_classes)
+    hits = np.bincount(true[pred == true], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(counts > 0, 100.0 * hits / np.maximum(counts, 1), np.nan)
+    return acc, counts
+
+
+def unlearncanvas_metrics(
+    pred_objects: Sequence[int] | np.ndarray | torch.Tensor,
+    pred_styles: Sequence[int] | np.ndarray | torch.Tensor,
+    true_objects: Sequence[int] | np.ndarray | torch.Tensor,
+    true_styles: Sequence[int] | np.ndarray | torch.Tensor,
+    erased: Sequence[str] = (),
+    spec: CanvasSpec = CANVAS,
+) -> dict[str, Any]:
+    """UA, IRA, CRA, pooled accuracies and per-concept table (see the module docstring).
+
+    Args:
+        pred_* / true_*: ``(N,)`` integer labels, indices into ``spec.objects`` / ``spec.styles``.
+        erased: names of the erased concepts, of either kind (several allowed).
+
+    Returns:
+        ``{"UA", "IRA", "CRA", "object_acc", "style_acc", "joint_acc"}`` in percent,
+        ``"n_images"``, ``"erased"``, ``"per_concept"`` (rows ``{concept, kind, n,
+        accuracy, erased}``) and ``"cell_joint_acc"`` (objects x styles, percent, NaN empty).
+    """
+    sizes = {"object": len(spec.objects), "style": len(spec.styles)}
+    pred = {"object": _labels(pred_objects, sizes["object"], "pred_objects"),
+            "style": _labels(pred_styles, sizes["style"], "pred_styles")}
+    true = {"object": _labels(true_objects, sizes["object"], "true_objects"),
+            "style": _labels(true_styles, sizes["style"], "true_styles")}
+    n = len(true["object"])
+    if n == 0 or any(len(a) != n for a in (*pred.values(), true["style"])):
+        raise ValueError(
+            f"need the same non-zero number of labels everywhere, got pred_objects {len(pred['object'])}, "
+            f"pred_styles {len(pred['style'])}, true_objects {n}, true_styles {len(true['style'])}"
+        )
+    erased = list(dict.fromkeys(erased))
+    erased_ids = {k: set() for k in KINDS}
+    for name in erased:
+        erased_ids[spec.concept_kind(name)].add(spec.concept_index(name))
+
+    names = {"object": spec.objects, "style": spec.styles}
+    acc = {}
+    rows = []
+    for kind in KINDS:
+        acc[kind], counts = per_concept_accuracy(pred[kind], true[kind], sizes[kind])
+        for i, name in enumerate(names[kind]):
+            rows.append({"concept": name, "kind": kind, "n": int(counts[i]),
+                         "accuracy": float(acc[kind][i]), "erased": i in erased_ids[kind]})
+
+    erased_kinds = [k for k in KINDS if erased_ids[k]]
+    ua = [100.0 - acc[k][i] for k in erased_kinds for i in sorted(erased_ids[k])]
+    ira = [acc[k][i] for k in erased_kinds for i in range(sizes[k]) if i not in erased_ids[k]]
+    cra = [acc[k][i] for k in KINDS if erased_kinds and k not in erased_kinds for i in range(sizes[k])]
+
+    ok_obj = pred["object"] == true["object"]
+    ok_style = pred["style"] == true["style"]
+    cell_n = np.zeros((sizes["object"], sizes["style"]))
+    cell_hits = np.zeros_like(cell_n)
+    np.add.at(cell_n, (true["object"], true["style"]), 1.0)
+    np.add.at(cell_hits, (true["object"], true["style"]), (ok_obj & ok_style).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cell = np.where(cell_n > 0, 100.0 * cell_hits / np.maximum(cell_n, 1), np.nan)
+    return {
+        "UA": _mean(ua),
+        "IRA": _mean(ira),
+        "CRA": _mean(cra),
+        "object_acc": 100.0 * float(ok_obj.mean()),
+        "style_acc": 100.0 * float(ok_style.mean()),
+        "joint_acc": 100.0 * float((ok_obj & ok_style).mean()),
+        "n_images": n,
+        "erased": erased,
+        "per_concept": rows,
+        "cell_joint_acc": cell.tolist(),
+    }
+
+
+def _as_double(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().cpu().double()
+    if t.ndim != 2 or t.shape[0] < 2:
+        raise ValueError(f"{name} must be (N, F) with N >= 2, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def frechet_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor, eps: float = 1e-6) -> float:
+    """Fréchet distance of Gaussians fitted to two feature sets (Heusel et al. 2017, FID).
+
+        FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)
+
+    ``feats_*``: ``(N, F)``. ``eps`` is added to both covariance diagonals so small sample
+    sets (N <= F, singular covariances) stay stable. The matrix square roots come from
+    symmetric eigendecompositions in float64 (negative round-off eigenvalues clamped).
+    """
+    a, b = _as_double(feats_a, "feats_a"), _as_double(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: feats_a {tuple(a.shape)}, feats_b {tuple(b.shape)}")
+    eye = torch.eye(a.shape[1], dtype=torch.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a = torch.cov(a.T) + eps * eye  # (F, F)
+    cov_b = torch.cov(b.T) + eps * eye
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+    middle = sqrt_a @ cov_b @ sqrt_a
+    middle = (middle + middle.T) / 2
+    tr_sqrt = torch.linalg.eigvalsh(middle).clamp(min=0).sqrt().sum()
+    fd = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * tr_sqrt
+    return float(fd.clamp(min=0))
