@@ -1,0 +1,197 @@
+"""Noise-level schedules: the sigmas a sampler walks through and a model was trained on.
+
+A `Discretization` turns a step count n into n noise levels sigma_0 > ... > sigma_{n-1}
+(plus a trailing 0 by default), in the variance-exploding convention x = x0 + sigma * eps
+(Karras et al. 2022, Sec. 2). Two families:
+
+* `LegacyDDPMDiscretization`: the 1000-step DDPM schedule of Stable Diffusion
+  (Ho et al. 2020; Rombach et al. 2022), sigma_t = sqrt((1 - abar_t) / abar_t), with the
+  inference-time timestep spacings of Lin et al. 2024 ("Common Diffusion Noise Schedules
+  and Sample Steps are Flawed", Table 2) exactly as diffusers' schedulers compute them.
+* `EDMDiscretization`: Karras et al. 2022, Eq. 5 (the rho-spaced schedule).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from .parameterization import sigma_from_alphas_cumprod
+
+__all__ = ["Discretization", "LegacyDDPMDiscretization", "EDMDiscretization"]
+
+_SPACINGS = ("trailing", "leading", "linspace")
+_BETA_SCHEDULES = ("scaled_linear", "linear")
+# diffusers' stand-in for abar_T = 0 under zero-terminal-SNR rescaling (smallest fp16 subnormal):
+# it keeps sigma_max finite (about 4096).
+_ZERO_SNR_ABAR = 2.0**-24
+
+
+class Discretization(ABC):
+    """Contract: ``discretization(n) -> sigmas``, descending, of shape (n + 1,) ending in 0."""
+
+    def __call__(
+        self,
+        n: int,
+        do_append_zero: bool = True,
+        device: torch.device | str | None = None,
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """Return n sigmas (descending), then a 0 if ``do_append_zero``; reversed if ``flip``.
+
+        Returns a float32 tensor of shape (n,) or (n + 1,) on ``device``.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive number of steps, got {n!r}")
+        sigmas = self.get_sigmas(n).to(dtype=torch.float32, device=device)  # (n,)
+        if do_append_zero:
+            sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        return sigmas.flip(0) if flip else sigmas
+
+    @abstractmethod
+    def get_sigmas(self, n: int) -> torch.Tensor:
+        """The n noise levels in descending order, shape (n,), on the CPU."""
+
+
+class EDMDiscretization(Discretization):
+    """sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho (Karras et al. 2022, Eq. 5)."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if rho <= 0:
+            raise ValueError(f"rho: expected a positive number, got {rho}")
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+
+    def get_sigmas(self, n: int) -> torch.Tensor:
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64)  # (n,)
+        inv_rho_max = self.sigma_max ** (1 / self.rho)
+        inv_rho_min = self.sigma_min ** (1 / self.rho)
+        return (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** self.rho
+
+
+def make_alphas_cumprod(
+    linear_start: float, linear_end: float, num_timesteps: int, beta_schedule: str, rescale_betas_zero_snr: bool
+) -> torch.Tensor:
+    """abar_t = prod_{s<=t} (1 - beta_s), shape (num_timesteps,), returned as float64.
+
+    "linear": beta_t evenly spaced (Ho et al. 2020); "scaled_linear": sqrt(beta_t) evenly
+    spaced (latent diffusion). ``rescale_betas_zero_snr`` applies Lin et al. 2024, Algorithm 1
+    (shift and scale sqrt(abar) so the last one is 0, i.e. zero terminal SNR).
+
+    The products are taken in float32, as diffusers' schedulers do, so the values equal
+    theirs exactly (float64 arithmetic would differ by up to 1e-5 relative in sigma near t = 0,
+    where 1 - abar_t is tiny).
+    """
+    if beta_schedule == "linear":
+        betas = torch.linspace(linear_start, linear_end, num_timesteps, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(linear_start**0.5, linear_end**0.5, num_timesteps, dtype=torch.float32) ** 2
+    else:
+        raise ValueError(f"beta_schedule: expected one of {_BETA_SCHEDULES}, got {beta_schedule!r}")
+    if rescale_betas_zero_snr:
+        sqrt_abar = torch.cumprod(1 - betas, dim=0).sqrt()
+        first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+        sqrt_abar = (sqrt_abar - last) * first / (first - last)
+        abar = sqrt_abar**2
+        alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+        betas = 1 - alphas
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0).to(torch.float64)
+    if rescale_betas_zero_snr:
+        alphas_cumprod[-1] = _ZERO_SNR_ABAR  # a fresh tensor, not an input
+    return alphas_cumprod
+
+
+class LegacyDDPMDiscretization(Discretization):
+    """The discrete DDPM schedule (Stable Diffusion 1.x/2.x) with diffusers' timestep spacings.
+
+    For n < num_timesteps the n timesteps are those of diffusers' Euler/Heun/DDIM schedulers
+    with the same ``timestep_spacing`` and ``steps_offset`` (Lin et al. 2024, Table 2):
+
+    * "trailing": round(arange(T, 0, -T/n)) - 1, e.g. 999, 899, ..., 99 (T = 1000, n = 10);
+    * "leading": arange(n) * (T // n) reversed, + steps_offset, e.g. 901, ..., 1 (SD 1.5 uses 1;
+      like diffusers, the other spacings ignore steps_offset);
+    * "linspace": linspace(0, T - 1, n) reversed; not integers in general (Euler-family
+      schedulers keep the fractions; diffusers' DDIM rounds them).
+
+    The sigma of a fractional timestep is interpolated linearly in sigma (as diffusers does).
+    For n == num_timesteps the full training grid is returned whatever the spacing, so
+    `DiscreteDenoiser` and `DiscreteSampling` can build their index tables from it.
+    """
+
+    def __init__(
+        self,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        num_timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        timestep_spacing: str = "trailing",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        if not isinstance(num_timesteps, int) or num_timesteps < 2:
+            raise ValueError(f"num_timesteps: expected an integer >= 2, got {num_timesteps!r}")
+        if timestep_spacing not in _SPACINGS:
+            raise ValueError(f"timestep_spacing: expected one of {_SPACINGS}, got {timestep_spacing!r}")
+        if not 0 < linear_start <= linear_end < 1:
+            raise ValueError(f"linear_start, linear_end: need 0 < start <= end < 1, got {linear_start}, {linear_end}")
+        self.num_timesteps = num_timesteps
+        self.timestep_spacing = timestep_spacing
+        self.steps_offset = int(steps_offset)
+        self.alphas_cumprod = make_alphas_cumprod(
+            linear_start, linear_end, num_timesteps, beta_schedule, rescale_betas_zero_snr
+        )  # (T,) float64
+        self.sigmas_full = sigma_from_alphas_cumprod(self.alphas_cumprod)  # (T,) ascending in t, float64
+        self._log_sigmas = self.sigmas_full.log()  # (T,)
+
+    def timesteps(self, n: int) -> torch.Tensor:
+        """The n inference timesteps, descending, float64 (integer-valued unless "linspace")."""
+        T = self.num_timesteps
+        if not isinstance(n, int) or not 1 <= n <= T:
+            raise ValueError(f"n: expected an integer number of steps in [1, {T}], got {n!r}")
+        if n == T:
+            return torch.arange(T - 1, -1, -1, dtype=torch.float64)
+        # numpy reproduces diffusers' float arange and round-half-to-even bit for bit.
+        if self.timestep_spacing == "linspace":
+            t = np.linspace(0, T - 1, n)[::-1]
+        elif self.timestep_spacing == "leading":
+            t = (np.arange(0, n) * (T // n)).round()[::-1] + self.steps_offset
+        else:  # trailing
+            t = np.arange(T, 0, -T / n).round() - 1
+        return torch.from_numpy(np.array(t, dtype=np.float64))  # a copy: positive strides
+
+    def get_sigmas(self, n: int) -> torch.Tensor:
+        if n == self.num_timesteps:
+            return self.sigmas_full.flip(0)
+        return self.t_to_sigma(self.timesteps(n))
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma at (possibly fractional) timesteps, linear in sigma between grid points.
+
+        t: any shape; clamped to [0, T - 1] like numpy's interp. Returns t's shape, in
+        t's floating dtype (float64 for integer input) on t's device.
+        """
+        t = torch.as_tensor(t)
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        table = self.sigmas_full.to(device=t.device, dtype=dtype)  # (T,)
+        t = t.to(dtype).clamp(0, self.num_timesteps - 1)
+        low = t.floor().clamp(max=self.num_timesteps - 2).long()
+        w = t - low
+        return (1 - w) * table[low] + w * table[low + 1]
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep of a sigma, interpolating linearly in log sigma.
+
+        The inverse k-diffusion and diffusers (``_sigma_to_t``) use for Karras-type
+        schedules; exact on the integer grid. sigma: any shape -> t of the same shape.
+        """
+        sigma = torch.as_tensor(sigma)
+        dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
+        log_table = self._log_sigmas.to(device=sigma.device, dtype=dtype)  # (T,) ascending
+        log_sigma = sigma.to(dtype).clamp(min=1e-10).log()
+        low = (torch.searchsorted(log_table, log_sigma.reshape(-1), right=True) - 1).clamp(0, self.num_timesteps - 2)
+        lo, hi = log_table[low], log_table[low + 1]
+        w = ((log_sigma.reshape(-1) - lo) / (hi - lo)).clamp(0, 1)
+        return (low + w).reshape(sigma.shape)
