@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from unlearn.paths import require_local_path
+from unlearn.paths import resolve_local_file
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch
     Missing files raise FileNotFoundError and unreadable ones ValueError, both naming
     the path and the config key that held it.
     """
-    p = require_local_path(path, key, kind="file", expected="a .safetensors, .ckpt, .pt or .bin file")
+    p = resolve_local_file(path, key, "a .safetensors, .ckpt, .pt or .bin file")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -113,7 +113,9 @@ def _build_callbacks(lightning_cfg, paths: RunPaths) -> list:
     from unlearn.config import instantiate_from_config
 
     ckpt_params = {"dirpath": str(paths.ckpt_dir), "filename": "{epoch:06}-{step:09}", "save_last": True,
-                   "every_n_train_steps": None, "save_top_k": -1}
+                   "every_n_train_steps": None, "save_top_k": -1,
+                   # Resuming must overwrite last.ckpt, not add last-v1.ckpt beside it.
+                   "enable_version_counter": False}
     ckpt_params.update(dict(lightning_cfg.get("modelcheckpoint", {}).get("params", {})))
     callbacks = [ModelCheckpoint(**ckpt_params), CheckpointOnException(paths.ckpt_dir)]
     for name, cfg in dict(lightning_cfg.get("callbacks", {})).items():
@@ -195,9 +197,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return paths.run_dir
 
 
+def _setup_logging() -> None:
+    # Lightning logs through its own handler; a root handler would print its lines twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``main.py``: config mistakes print one clear line, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     try:
         main(argv)
     except (ConfigError, FileNotFoundError) as err:

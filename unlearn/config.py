@@ -3,8 +3,9 @@
 A component is described by a block ``{"target": "pkg.module.Class", "params": {...}}``.
 `instantiate_from_config` imports ``target`` and calls it with ``params``; blocks nested
 anywhere inside ``params`` (in dicts or lists) are built first, so composites receive
-built objects. Keys that end in ``_config`` are left as configs: by sgm convention the
-receiving class builds them itself (it may need runtime arguments to do so).
+built objects. Keys that end in ``_config`` (and sgm's ``emb_models``) are left as
+configs: by sgm convention the receiving class builds them itself (it may need runtime
+arguments to do so).
 
 Several YAML files are merged left to right (later wins) and ``key=value`` dot-list
 overrides are applied last. Every error names the file, the config path or the key.
@@ -30,8 +31,16 @@ __all__ = [
     "config_keys",
 ]
 
-# Keys whose value is a config the receiving class builds itself (sgm convention).
-_DEFERRED_SUFFIX = "_config"
+# Keys whose value is a config the receiving class builds itself (sgm convention): the
+# `*_config` blocks, and sgm's `emb_models` list, whose entries carry conditioner-level
+# keys (input_key, ucg_rate, ...) beside target/params.
+_DEFERRED_SUFFIXES = ("_config", "_configs")
+_DEFERRED_KEYS = frozenset({"emb_models"})
+
+
+def _deferred(key: Any) -> bool:
+    key = str(key)
+    return key in _DEFERRED_KEYS or key.endswith(_DEFERRED_SUFFIXES)
 
 
 class ConfigError(ValueError):
@@ -77,7 +86,7 @@ def _build_nested(value: Any, path: str) -> Any:
         return instantiate_from_config(value, _path=path)
     if isinstance(value, Mapping):
         return {
-            k: (v if str(k).endswith(_DEFERRED_SUFFIX) else _build_nested(v, f"{path}.{k}"))
+            k: (v if _deferred(k) else _build_nested(v, f"{path}.{k}"))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):

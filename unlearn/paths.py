@@ -1,32 +1,57 @@
-"""Local-path checks shared by every loader: nothing in unlearn downloads from a model hub."""
+"""Resolve local model paths; nothing in `unlearn` ever reaches a model hub.
+
+Errors name the constructor argument the path came from, and say what to pass instead
+when the value looks like a Hugging Face Hub id (``"org/name"``).
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-# "org/name" with no such local folder: what a user types when they expect a hub download.
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+__all__ = ["looks_like_hub_id", "resolve_local_dir", "resolve_local_file"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def require_local_path(path: str | Path, key: str, kind: str = "any", expected: str = "") -> Path:
-    """Return ``path`` as a Path if it exists locally, else raise FileNotFoundError.
+def looks_like_hub_id(path: str | Path) -> bool:
+    """True for strings shaped like ``"org/name"`` that are not an existing local path."""
+    text = str(path)
+    return bool(_HUB_ID.match(text)) and not Path(text).exists()
 
-    ``key`` is the config key or argument that held the path; ``kind`` is ``"dir"``,
-    ``"file"`` or ``"any"``; ``expected`` describes the layout the caller needs.
-    """
-    p = Path(path).expanduser()
+
+def _missing(path: str | Path, arg: str, what: str, expected: str = "") -> FileNotFoundError:
     layout = f" Expected {expected}." if expected else ""
-    if not p.exists():
-        if _HUB_ID.match(str(path)):
+    if looks_like_hub_id(path):
+        return FileNotFoundError(
+            f"{arg}={str(path)!r} looks like a Hugging Face Hub id, but unlearn never downloads: "
+            f"pass a local {what} instead (for example a folder written by save_pretrained, "
+            f"under checkpoints/).{layout}"
+        )
+    return FileNotFoundError(f"{arg}: no such {what}: {str(path)!r}; pass a local {what}.{layout}")
+
+
+def resolve_local_dir(path: str | Path, arg: str, subfolder: str | None = None, expected: str = "") -> Path:
+    """Return ``path`` (and ``path/subfolder``) as an existing local folder.
+
+    Raises FileNotFoundError naming ``arg`` when the folder (or its subfolder) is absent.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise _missing(path, arg, "folder", expected)
+    if subfolder:
+        sub = root / subfolder
+        if not sub.is_dir():
+            children = sorted(p.name for p in root.iterdir() if p.is_dir())
             raise FileNotFoundError(
-                f"{key}: {str(path)!r} looks like a model-hub id, and unlearn never downloads. "
-                f"Download it where you have internet and pass the local folder instead "
-                f"(for example {key}=checkpoints/{Path(str(path)).name}).{layout}"
+                f"{arg}={str(path)!r} has no subfolder {subfolder!r} (subfolders: {children or 'none'})"
             )
-        raise FileNotFoundError(f"{key}: no such file or folder: {p}.{layout}")
-    if kind == "dir" and not p.is_dir():
-        raise FileNotFoundError(f"{key}: {p} is a file, expected a folder.{layout}")
-    if kind == "file" and not p.is_file():
-        raise FileNotFoundError(f"{key}: {p} is a folder, expected a file.{layout}")
-    return p
+    return root
+
+
+def resolve_local_file(path: str | Path, arg: str, expected: str = "") -> Path:
+    """Return ``path`` as an existing local file; FileNotFoundError naming ``arg`` otherwise."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise _missing(path, arg, "file", expected)
+    return file

@@ -41,6 +41,8 @@ class DiffusionEngine(pl.LightningModule):
         ckpt_path: weights to load (Lightning `.ckpt` or engine `.safetensors`).
         gradient_checkpointing: trade compute for memory in the network.
         log_guidance_scale / log_num_steps: sampling settings for logged images.
+        metadata: free-form facts about the model (e.g. the toy canvas's ``objects`` and
+            ``styles``), checked by evaluation against the judge.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class DiffusionEngine(pl.LightningModule):
         gradient_checkpointing: bool = False,
         log_guidance_scale: float = 3.0,
         log_num_steps: int | None = None,
+        metadata: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.network = instantiate_from_config(network_config, _path="model.params.network_config")
@@ -84,6 +87,7 @@ class DiffusionEngine(pl.LightningModule):
         self.image_size = int(image_size)
         self.log_guidance_scale = log_guidance_scale
         self.log_num_steps = log_num_steps
+        self.metadata = dict(metadata or {})
         if gradient_checkpointing:
             self.network.set_gradient_checkpointing(True)
         if ckpt_path:
@@ -106,6 +110,13 @@ class DiffusionEngine(pl.LightningModule):
         if self.image_size % f:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the first stage's factor {f}")
         return (self.network.in_channels, self.image_size // f, self.image_size // f)
+
+    @property
+    def canvas_concepts(self) -> tuple[list[str], list[str]] | None:
+        """(objects, styles) of the toy canvas the model was trained on, if recorded."""
+        if "objects" in self.metadata and "styles" in self.metadata:
+            return list(self.metadata["objects"]), list(self.metadata["styles"])
+        return None
 
     def condition(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.conditioner(batch) if self.conditioner is not None else {}

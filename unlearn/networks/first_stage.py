@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unlearn.paths import require_local_path
+from unlearn.paths import resolve_local_dir, resolve_local_file
 
 
 class FirstStage(nn.Module, ABC):
@@ -69,16 +69,16 @@ class DiffusersAutoencoderKL(FirstStage):
         if config is not None:
             vae = AutoencoderKL(**dict(config))
         elif pretrained_path is not None:
-            root = require_local_path(pretrained_path, "first_stage_config.params.pretrained_path", "dir")
+            root = resolve_local_dir(pretrained_path, "first_stage_config.params.pretrained_path")
             sub = subfolder if subfolder and (root / subfolder).is_dir() else None
             vae = AutoencoderKL.from_pretrained(str(root), subfolder=sub, local_files_only=True)
         else:
-            ckpt = require_local_path(single_file, "first_stage_config.params.single_file", "file")
+            ckpt = resolve_local_file(single_file, "first_stage_config.params.single_file")
             if single_file_config is None:
                 raise ValueError(
                     "first_stage_config.params.single_file needs single_file_config (a local diffusers folder)"
                 )
-            cfg_dir = require_local_path(single_file_config, "first_stage_config.params.single_file_config", "dir")
+            cfg_dir = resolve_local_dir(single_file_config, "first_stage_config.params.single_file_config")
             vae = AutoencoderKL.from_single_file(str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True)
         vae.requires_grad_(False)
         vae.eval()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from unlearn.networks.base import DiffusionNetwork
-from unlearn.paths import require_local_path
+from unlearn.paths import resolve_local_dir, resolve_local_file
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def build_unet(
     if config is not None:
         return UNet2DConditionModel(**dict(config))
     if pretrained_path is not None:
-        root = require_local_path(pretrained_path, "pretrained_path", "dir", "a diffusers folder with unet/config.json")
+        root = resolve_local_dir(pretrained_path, "pretrained_path", expected="a diffusers folder with unet/config.json")
         sub = subfolder if subfolder and (root / subfolder).is_dir() else None
         if not (root / (sub or "") / "config.json").is_file():
             raise FileNotFoundError(
@@ -51,7 +51,7 @@ def build_unet(
                 "folder (unet/, text_encoder/, ...) or a UNet folder saved with save_pretrained"
             )
         return UNet2DConditionModel.from_pretrained(str(root), subfolder=sub, local_files_only=True, variant=variant)
-    ckpt = require_local_path(single_file, "single_file", "file", "an SD .safetensors or .ckpt file")
+    ckpt = resolve_local_file(single_file, "single_file", "an SD .safetensors or .ckpt file")
     if single_file_config is None and original_config is None:
         raise ValueError(
             "single_file: a single-file checkpoint needs its architecture from a local file: set "
@@ -60,10 +60,10 @@ def build_unet(
         )
     kwargs: dict[str, Any] = {"local_files_only": True}
     if single_file_config is not None:
-        kwargs["config"] = str(require_local_path(single_file_config, "single_file_config", "dir"))
+        kwargs["config"] = str(resolve_local_dir(single_file_config, "single_file_config"))
         kwargs["subfolder"] = subfolder
     else:
-        kwargs["original_config"] = str(require_local_path(original_config, "original_config", "file"))
+        kwargs["original_config"] = str(resolve_local_file(original_config, "original_config"))
     return UNet2DConditionModel.from_single_file(str(ckpt), **kwargs)
 
 

@@ -1,0 +1,15 @@
+"""Embedders for `GeneralConditioner`, one per file; all subclass `AbstractEmbModel`."""
+
+from .base import AbstractEmbModel
+from .class_embedder import ClassEmbedder
+from .clip import CLIPTextEmbedder
+from .openclip import OpenCLIPTextEmbedder
+from .size import SizeConditionEmbedder
+
+__all__ = [
+    "AbstractEmbModel",
+    "ClassEmbedder",
+    "CLIPTextEmbedder",
+    "OpenCLIPTextEmbedder",
+    "SizeConditionEmbedder",
+]
