@@ -41,6 +41,8 @@ class DiffusionEngine(pl.LightningModule):
         ckpt_path: weights to load (Lightning `.ckpt` or engine `.safetensors`).
         gradient_checkpointing: trade compute for memory in the network.
         log_guidance_scale / log_num_steps: sampling settings for logged images.
+        lr_scales: learning-rate multipliers by parameter-name prefix, e.g.
+            ``{"conditioner.": 10.0}`` for a text encoder trained from scratch.
         metadata: free-form facts about the model (e.g. the toy canvas's ``objects`` and
             ``styles``), checked by evaluation against the judge.
     """
@@ -63,6 +65,7 @@ class DiffusionEngine(pl.LightningModule):
         log_guidance_scale: float = 3.0,
         log_num_steps: int | None = None,
         metadata: dict[str, Any] | None = None,
+        lr_scales: dict[str, float] | None = None,
     ):
         super().__init__()
         self.network = instantiate_from_config(network_config, _path="model.params.network_config")
@@ -88,6 +91,7 @@ class DiffusionEngine(pl.LightningModule):
         self.log_guidance_scale = log_guidance_scale
         self.log_num_steps = log_num_steps
         self.metadata = dict(metadata or {})
+        self.lr_scales = dict(lr_scales or {})
         if gradient_checkpointing:
             self.network.set_gradient_checkpointing(True)
         if ckpt_path:
@@ -148,8 +152,19 @@ class DiffusionEngine(pl.LightningModule):
             params += [p for p in self.conditioner.parameters() if p.requires_grad]
         return params
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters grouped by their ``lr_scales`` prefix (first match wins)."""
+        wanted = {id(p) for p in self.trainable_parameters()}
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if id(p) not in wanted:
+                continue
+            scale = next((v for k, v in self.lr_scales.items() if name.startswith(k)), 1.0)
+            groups.setdefault(float(scale), []).append(p)
+        return [{"params": ps, "lr": self.learning_rate * scale} for scale, ps in groups.items()]
+
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.trainable_parameters(), self.learning_rate, self.optimizer_config)
+        optimizer = build_optimizer(self.parameter_groups(), self.learning_rate, self.optimizer_config)
         scheduler = build_scheduler(optimizer, self.scheduler_config)
         return [optimizer] if scheduler is None else ([optimizer], [scheduler])
 

@@ -15,7 +15,7 @@ DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW", "params": {}}
 def build_optimizer(params: Iterable[Any], lr: float, optimizer_config: dict | None = None) -> torch.optim.Optimizer:
     """``optimizer_config`` is a target block whose params are the optimizer's kwargs."""
     params = list(params)
-    if not params:
+    if not params or all(isinstance(g, dict) and not g["params"] for g in params):
         raise ValueError("optimizer: no trainable parameters (check the selection / is_trainable settings)")
     cfg = dict(optimizer_config or DEFAULT_OPTIMIZER)
     cfg.setdefault("params", {})

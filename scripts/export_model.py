@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Export a trained run as a shippable model: weights (safetensors) and a model config.
+
+    python scripts/export_model.py --run logs/<run> --out checkpoints/toy/canvas_base.safetensors \
+        --config-out configs/models/toy_canvas.yaml --dtype float16
+
+The weights are the module's state dict as sampling uses it (with EMA, the averaged
+weights Lightning keeps in ``state_dict``). The config is the run's ``model`` section with
+``ckpt_path`` pointing at the exported file, ready for ``--base`` beside a method config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("unlearn.export")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--ckpt", help="checkpoint inside the run (default: its newest last.ckpt)")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--config-out", help="write the model config here")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype of floating tensors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file, got {out}")
+
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from unlearn.checkpoint import load_state_dict
+    from unlearn.engine.loading import _last_checkpoint, _run_configs
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"--run: no such run directory: {run}")
+    ckpt = Path(args.ckpt) if args.ckpt else _last_checkpoint(run)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_state_dict(ckpt, key="--ckpt")
+    dtype = getattr(torch, args.dtype)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    config = OmegaConf.load(_run_configs(run)[0])
+    metadata = {
+        "format": "unlearn-engine-state-dict",
+        "global_step": str(raw.get("global_step", "")),
+        "source": str(ckpt),
+        "model_target": str(config.model.target),
+        "metadata": json.dumps(OmegaConf.to_container(
+            OmegaConf.select(config, "model.params.metadata", default=None) or OmegaConf.create({}), resolve=True)),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=metadata)
+    log.info("wrote %s (%d tensors, %.1f MB, step %s)", out, len(tensors), out.stat().st_size / 2**20,
+             metadata["global_step"])
+    if args.config_out:
+        model_cfg = OmegaConf.create({"model": config.model})
+        model_cfg.model.params.ckpt_path = str(out)
+        cfg_path = Path(args.config_out)
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        header = f"# Exported by scripts/export_model.py from {run.name} (step {metadata['global_step']}).\n"
+        cfg_path.write_text(header + OmegaConf.to_yaml(model_cfg, resolve=True))
+        log.info("wrote %s", cfg_path)
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,108 @@
+"""DiffusionEngine: generation, optimizer groups, loading and export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from unlearn.config import instantiate_from_config, load_configs
+from unlearn.engine.loading import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "toy" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return instantiate_from_config(load_configs([SMOKE]).model)
+
+
+def test_generation_does_not_depend_on_batching(engine):
+    prompts = ["a striped circle", "a dotted star", "a solid heart"]
+    together = engine.generate(prompts, seeds=[5, 6, 7], num_steps=3, guidance_scale=2.0)
+    alone = engine.generate(prompts[1:2], seeds=[6], num_steps=3, guidance_scale=2.0)
+    assert together.shape == (3, 3, 16, 16)
+    assert float(together.min()) >= -1 and float(together.max()) <= 1
+    assert torch.allclose(together[1], alone[0], atol=1e-5)
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_guidance_and_negative_prompt_change_the_image(engine):
+    base = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=1.0)
+    guided = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=5.0)
+    negative = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=5.0,
+                               negative_prompt="a dotted star")
+    assert not torch.allclose(base, guided) and not torch.allclose(guided, negative)
+    with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
+        engine.generate(["a", "b"], seeds=[0])
+    with pytest.raises(ValueError, match="unknown 'lms'"):
+        engine.make_sampler("lms")
+
+
+def test_lr_scales_make_parameter_groups():
+    cfg = load_configs([SMOKE], ["model.params.lr_scales={conditioner.: 10.0}"])
+    model = instantiate_from_config(cfg.model)
+    groups = sorted((g["lr"], sum(p.numel() for p in g["params"])) for g in model.parameter_groups())
+    n_cond = sum(p.numel() for p in model.conditioner.parameters())
+    n_net = sum(p.numel() for p in model.network.parameters())
+    assert [n for _, n in groups] == [n_net, n_cond]
+    assert [lr for lr, _ in groups] == pytest.approx([1e-3, 1e-2])
+    optimizer = model.configure_optimizers()[0]
+    assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-3, 1e-2])
+
+
+def test_training_step_names_a_missing_input_key(engine):
+    with pytest.raises(ValueError, match="batch has no 'jpg'"):
+        engine.training_step({"txt": ["a"]}, 0)
+
+
+def test_canvas_concepts_come_from_metadata():
+    cfg = load_configs([SMOKE], ["model.params.metadata={objects: [a, b], styles: [c]}"])
+    model = instantiate_from_config(cfg.model)
+    assert model.canvas_concepts == (["a", "b"], ["c"])
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        load_model(run=tmp_path / "nope")
+    (tmp_path / "run" / "configs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no \\*-project.yaml"):
+        load_model(run=tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="model.params.ckpt_path: no such file"):
+        load_model([SMOKE], overrides=[f"model.params.ckpt_path={tmp_path / 'missing.ckpt'}"])
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*corrupt.safetensors"):
+        load_model([SMOKE], overrides=[f"model.params.ckpt_path={bad}"])
+
+
+def test_export_model_round_trip(tmp_path, engine):
+    """A run exported to safetensors + model config loads back to identical outputs."""
+    from lightning.pytorch import Trainer
+
+    run = tmp_path / "run"
+    (run / "configs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(load_configs([SMOKE]), run / "configs" / "t-project.yaml", resolve=True)
+    trainer = Trainer(logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(engine)
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import export_model
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "model.safetensors"
+    cfg_out = tmp_path / "model.yaml"
+    export_model.main(["--run", str(run), "--out", str(out), "--config-out", str(cfg_out)])
+    loaded = load_model([cfg_out])
+    a = engine.generate(["a striped circle"], seeds=[3], num_steps=2)
+    b = loaded.generate(["a striped circle"], seeds=[3], num_steps=2)
+    assert torch.equal(a, b)
+    assert str(out) in cfg_out.read_text()
