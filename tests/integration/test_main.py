@@ -172,3 +172,17 @@ def test_ema_config_keeps_averaged_and_raw_weights(logdir: Path):
     key = next(k for k in ckpt["state_dict"] if k.startswith("network.") and k.endswith("weight"))
     # decay 0.999 after 2 steps: the average is close to, but not equal to, the trained weights.
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+
+
+def test_no_train_builds_the_run_without_training(logdir: Path):
+    run = train(logdir, "--no-train")
+    assert len(list((run / "configs").glob("*-project.yaml"))) == 1
+    assert not list((run / "checkpoints").glob("*.ckpt"))
+
+
+def test_tensorboard_logger_and_bf16_on_cpu(logdir: Path):
+    run = cli.main(["--base", SMOKE, str(ROOT / "configs" / "trainer" / "tensorboard.yaml"), "--logdir", str(logdir),
+                    "lightning.trainer.max_steps=1", "lightning.trainer.precision=bf16-mixed",
+                    "lightning.callbacks.image_logger=null"])
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == 1
