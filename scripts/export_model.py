@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--config-out", help="write the model config here")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype of floating tensors")
+    p.add_argument("--include", nargs="*", default=None, metavar="PREFIX",
+                   help="keep only tensors whose name starts with one of these (e.g. network. conditioner.)")
     return p
 
 
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> Path:
     raw = torch.load(ckpt, map_location="cpu", weights_only=False)
     state = load_state_dict(ckpt, key="--ckpt")
     dtype = getattr(torch, args.dtype)
+    if args.include:
+        state = {k: v for k, v in state.items() if k.startswith(tuple(args.include))}
+        if not state:
+            raise ValueError(f"--include {args.include}: no tensor of {ckpt} matches")
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     config = OmegaConf.load(_run_configs(run)[0])
     metadata = {

@@ -45,7 +45,7 @@ def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path",
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
         )
     if missing:
-        log.info("%s: %d keys missing from %s (e.g. %s)", key, len(missing), path, missing[:3])
+        log.warning("%s: %d keys missing from %s (e.g. %s)", key, len(missing), path, missing[:3])
     if unexpected:
         log.info("%s: %d unexpected keys in %s (e.g. %s)", key, len(unexpected), path, unexpected[:3])
     log.info("Loaded weights from %s", path)
