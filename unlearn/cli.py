@@ -145,6 +145,8 @@ def _build_logger(lightning_cfg, paths: RunPaths):
 def save_configs(config, paths: RunPaths) -> tuple[Path, Path]:
     from omegaconf import OmegaConf
 
+    # Resolve first: lightning values may interpolate top-level keys (max_steps: ${iterations}).
+    config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
     project = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "lightning"])
     lightning_cfg = OmegaConf.create({"lightning": config.get("lightning", {})})
     project_path = paths.cfg_dir / f"{paths.now}-project.yaml"
@@ -154,14 +156,35 @@ def save_configs(config, paths: RunPaths) -> tuple[Path, Path]:
     return project_path, lightning_path
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` items swallowed by ``--base`` become overrides.
+
+    ``--base a.yaml b.yaml key=value`` is how users write it, and argparse's ``nargs="*"``
+    would otherwise read ``key=value`` as one more config file.
+    """
+    opts = build_parser().parse_args(argv)
+    files = [b for b in opts.base if "=" not in b or Path(b).exists()]
+    moved = [b for b in opts.base if b not in files]
+    opts.base, opts.overrides = files, moved + list(opts.overrides)
+    return opts
+
+
 def prepare(argv: Sequence[str] | None = None):
     """Parse, merge and build everything; return (trainer, model, data, paths, config)."""
-    opts = build_parser().parse_args(argv)
+    opts = parse_args(argv)
+    # `--base a.yaml b.yaml key=value` (the documented form): nargs="*" swallows the
+    # overrides into --base; a key=value item that is no file is an override.
+    overrides = [b for b in opts.base if "=" in b and not Path(b).is_file()]
+    opts.base = [b for b in opts.base if b not in overrides]
+    opts.overrides = overrides + list(opts.overrides)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     paths, base = run_paths(opts, now)
     config = load_configs(base, opts.overrides)
     if "model" not in config:
         raise ConfigError(f"the merged config has no 'model' section (files: {base})")
+    from unlearn.engine.sources import check_model_source
+
+    check_model_source(config)  # model_path / model_config, before anything heavy is imported or built
 
     import lightning.pytorch as pl
 

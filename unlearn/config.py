@@ -29,6 +29,7 @@ __all__ = [
     "load_configs",
     "apply_overrides",
     "config_keys",
+    "check_missing",
 ]
 
 # Keys whose value is a config the receiving class builds itself (sgm convention): the
@@ -231,4 +232,24 @@ def load_configs(paths: Iterable[str | Path], overrides: Sequence[str] = ()) -> 
     """Merge YAML files left to right (later wins), then apply dot-list overrides."""
     configs = [load_config(p) for p in paths]
     merged = OmegaConf.merge(*configs) if configs else OmegaConf.create({})
-    return apply_overrides(merged, overrides)
+    merged = apply_overrides(merged, overrides)
+    check_missing(merged)
+    return merged
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """Mandatory ``???`` values left unset are a ConfigError naming the key(s) to set.
+
+    Only literal ``???`` values are named (not the interpolations that point at them), so
+    a method config's ``concept: ???`` reads "set concept=...", not a resolver traceback.
+    """
+    literal = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+        child = node._get_node(int(leaf) if isinstance(node, ListConfig) else leaf) if node is not None else None
+        if child is not None and not child._is_interpolation():
+            literal.append(key)
+    if literal:
+        examples = " ".join(f"{k}=..." for k in literal)
+        raise ConfigError(f"missing mandatory value(s) {literal}: set them on the command line, e.g. {examples}")

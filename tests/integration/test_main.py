@@ -186,3 +186,12 @@ def test_tensorboard_logger_and_bf16_on_cpu(logdir: Path):
                     "lightning.callbacks.image_logger=null"])
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 1
+
+
+def test_overrides_right_after_base_files(logdir: Path):
+    # As users write it: the overrides follow the --base files directly.
+    run = cli.main(["--logdir", str(logdir), "--no-train", "--base", SMOKE, "lightning.trainer.max_steps=3",
+                    "model.params.base_learning_rate=0.5"])
+    saved = next((run / "configs").glob("*-project.yaml")).read_text()
+    assert "base_learning_rate: 0.5" in saved
+    assert "max_steps: 3" in next((run / "configs").glob("*-lightning.yaml")).read_text()

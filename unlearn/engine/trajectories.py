@@ -1,0 +1,165 @@
+"""A pool of frozen-model sampling trajectories: ESD's x_t without a sampler run per step.
+
+ESD draws, every iteration, a step t uniformly from the ``ddim_steps`` sampler steps and
+runs the *frozen* model's guided sampler (CFG ``start_guidance``) from fresh noise for t
+steps to get x_t (official ``esd_sd.py``: ``run_till_timestep = randint(0, N - 1)``). That
+is (N - 1) / 2 guided steps (2 UNet forwards each) per iteration on average, at batch 1,
+where the GPU is launch-bound.
+
+`TrajectoryPool` samples ``pool_size`` trajectories **in one batch**, each from its own
+fresh noise, its own randomly drawn prompt and its own uniformly drawn stop step t. The
+batch is sorted by t and shrinks as trajectories reach their step (a trajectory stopped at
+t takes exactly t sampler steps), so the pool costs the same UNet work as the reference,
+sum of t, but in at most N - 1 batched calls per ``pool_size`` samples. Each training
+iteration takes ``n`` trajectories no iteration has used yet. Every iteration therefore
+gets ``n`` samples that are independent of each other and of every other iteration's
+(own noise, own t, the reference's distribution); the sampling model is frozen, so the
+pool never goes stale. When fewer than ``n`` unused trajectories are left the pool is
+refilled (leftovers are dropped, never reused).
+
+Cost per iteration (``n`` = batch size, P = ``pool_size``, N = ``ddim_steps``): about
+(N - 1) n UNet image-forwards for x_t on average, as in the reference, spread over
+(N - 1) n / P batched sampler calls instead of (N - 1) / 2 calls at batch 2; plus the
+loss's forwards. Memory: P latents (and their P noises).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, MutableMapping
+
+import torch
+
+from unlearn.diffusion.samplers import Sampler, default_noise_sampler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrajectoryBatch", "TrajectoryPool", "sample_to_steps"]
+
+Cond = Mapping[str, Any]
+DenoiserFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+# prompt indices (P,) -> (cond, uc) for the sampler, each with batch P
+CondsFor = Callable[[torch.Tensor], tuple[Cond, Cond | None]]
+
+
+@dataclass
+class TrajectoryBatch:
+    """x: (n, C, H, W) at sigma: (n,); step: (n,) sampler step t; prompt: (n,) prompt index."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    step: torch.Tensor
+    prompt: torch.Tensor
+
+
+def _head(value: Any, batch: int, keep: int) -> Any:
+    """The first ``keep`` rows of a per-sample tensor (batch ``batch``); anything else as it is."""
+    if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == batch:
+        return value[:keep]
+    return value
+
+
+@torch.no_grad()
+def sample_to_steps(sampler: Sampler, denoiser: DenoiserFn, noise: torch.Tensor, stop: torch.Tensor,
+                    sigmas: torch.Tensor, cond: Cond, uc: Cond | None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run each sample's trajectory for ``stop[i]`` steps, in one shrinking batch.
+
+    noise: (P, C, H, W) unit Gaussian; stop: (P,) long in [0, len(sigmas) - 1). Returns x
+    (P, C, H, W) with x[i] at sigmas[stop[i]], the same as ``sampler(..., end_step=stop[i])``
+    on sample i alone. Samples are sorted by ``stop`` so the running set is a prefix;
+    per-sample entries of the sampler's ``state`` (multistep history) are cut with it.
+    """
+    order = torch.argsort(stop.cpu(), descending=True, stable=True)  # (P,)
+    stop_sorted = stop.cpu()[order]
+    idx = order.to(noise.device)
+    x = noise[idx] * torch.sqrt(1.0 + sigmas[0] ** 2)  # x at sigmas[0]
+    cond = {k: v[idx] if torch.is_tensor(v) else v for k, v in cond.items()}
+    uc = None if uc is None else {k: v[idx] if torch.is_tensor(v) else v for k, v in uc.items()}
+    out = torch.empty_like(x)
+    state: MutableMapping[str, Any] = {}
+    noise_sampler = default_noise_sampler(generator)
+    running = x.shape[0]
+    for i in range(int(stop_sorted[0]) + 1):
+        keep = int((stop_sorted > i).sum())  # samples that still need step i
+        out[keep:running] = x[keep:]  # samples stopping at step i are at sigmas[i]
+        if keep == 0:
+            break
+        if keep < running:
+            x = x[:keep]
+            cond = {k: _head(v, running, keep) for k, v in cond.items()}
+            uc = None if uc is None else {k: _head(v, running, keep) for k, v in uc.items()}
+            state = {k: _head(v, running, keep) for k, v in state.items()}
+            running = keep
+        x = sampler.step(denoiser, x, i, sigmas, cond, uc, state, noise_sampler=noise_sampler)
+    result = torch.empty_like(out)
+    result[idx] = out
+    return result
+
+
+class TrajectoryPool:
+    """Batched frozen-model trajectories, each stopped at its own random step and used once.
+
+    Args:
+        sampler: the sampler with its guider (CFG at ``start_guidance``) already set.
+        num_steps: N, the sampler's step count (ESD's ``ddim_steps``); t ~ U{0, ..., N-1}.
+        pool_size: trajectories generated per refill, in one batch.
+        num_prompts: trajectories draw their prompt uniformly from ``range(num_prompts)``.
+        seed: seeds the CPU generator of noise, prompts and steps (device independent).
+    """
+
+    def __init__(self, sampler: Sampler, num_steps: int, pool_size: int, num_prompts: int, seed: int = 0):
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"ddim_steps: expected a positive integer, got {num_steps!r}")
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size: expected a positive integer, got {pool_size!r}")
+        if num_prompts < 1:
+            raise ValueError("num_prompts: expected at least one prompt")
+        self.sampler = sampler
+        self.num_steps = num_steps
+        self.pool_size = pool_size
+        self.num_prompts = num_prompts
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.x: torch.Tensor | None = None  # (P, C, H, W) each at sigmas[steps[i]]
+        self.noise: torch.Tensor | None = None  # (P, C, H, W) their starting noise
+        self.steps: torch.Tensor | None = None  # (P,)
+        self.prompts: torch.Tensor | None = None  # (P,)
+        self.sigmas: torch.Tensor | None = None  # (N + 1,)
+        self.cursor = 0
+        self.refills = 0
+
+    @property
+    def remaining(self) -> int:
+        """Trajectories not handed out yet."""
+        return 0 if self.x is None else self.pool_size - self.cursor
+
+    @torch.no_grad()
+    def refill(self, denoiser: DenoiserFn, conds_for: CondsFor, latent_shape: tuple[int, ...],
+               device: torch.device | str | None = None) -> None:
+        """Sample ``pool_size`` new trajectories from fresh noise, each to its own random step."""
+        g = self.generator
+        prompts = torch.randint(self.num_prompts, (self.pool_size,), generator=g)  # (P,)
+        steps = torch.randint(self.num_steps, (self.pool_size,), generator=g)  # (P,)
+        noise = torch.randn((self.pool_size, *latent_shape), generator=g).to(device)  # (P, C, H, W)
+        cond, uc = conds_for(prompts)
+        sigmas = self.sampler.get_sigmas(self.num_steps, device=noise.device)  # (N + 1,)
+        self.x = sample_to_steps(self.sampler, denoiser, noise, steps, sigmas, cond, uc, generator=g)
+        self.noise, self.sigmas = noise, sigmas
+        self.steps, self.prompts = steps.to(noise.device), prompts.to(noise.device)
+        self.cursor = 0
+        self.refills += 1
+        log.debug("trajectory pool refill %d: %d trajectories, steps %s", self.refills, self.pool_size, steps.tolist())
+
+    def take(self, n: int, denoiser: DenoiserFn, conds_for: CondsFor, latent_shape: tuple[int, ...],
+             device: torch.device | str | None = None) -> TrajectoryBatch:
+        """``n`` unused trajectories at their own random steps; refills when too few are left."""
+        if not 1 <= n <= self.pool_size:
+            raise ValueError(f"batch_size: expected 1 <= batch_size <= pool_size ({self.pool_size}), got {n}")
+        if self.remaining < n:
+            self.refill(denoiser, conds_for, latent_shape, device)
+        assert self.x is not None and self.steps is not None and self.prompts is not None and self.sigmas is not None
+        sl = slice(self.cursor, self.cursor + n)
+        self.cursor += n
+        steps = self.steps[sl]
+        return TrajectoryBatch(x=self.x[sl], sigma=self.sigmas[steps], step=steps, prompt=self.prompts[sl])

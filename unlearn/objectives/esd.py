@@ -1,0 +1,111 @@
+"""ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023).
+
+The fine-tuned model eps_theta is trained so that, conditioned on the concept c, it
+predicts the frozen model's *negatively guided* noise (Sec. 3 of the paper):
+
+    eps_theta(x_t, c, t)  <-  eps*(x_t, t) - eta [eps*(x_t, c, t) - eps*(x_t, t)]
+
+    loss = || eps_theta(x_t, c_train, t) - sg(target) ||^2      (mean squared error)
+
+with eta = ``negative_guidance`` and eps* the frozen (teacher) model. Every prediction is
+an eps estimate (x - D(x, sigma)) / sigma, so v-prediction models are handled too.
+
+**Erase from** (official ``esd_sd.py``, ``--erase_from``): with a prompt c_from, x_t is
+sampled from c_from, the student sees c_from, and the anchor is the teacher's
+prediction for c_from:
+
+    target = eps*(x_t, c_from) - eta [eps*(x_t, c) - eps*(x_t, ∅)]
+
+i.e. "make c_from behave as if c were subtracted from it".
+
+**Anchor without erase-from.** The paper and ``train-scripts/train-esd.py`` anchor on
+eps*(x_t, ∅) (``anchor="null"``, the default). The newer ``esd_sd.py`` anchors on
+eps*(x_t, c) (``anchor="concept"``): eps*(c) - eta (eps*(c) - eps*(∅)) equals the
+null-anchored target with eta - 1, so that script's default eta = 2 is the paper's eta = 1.
+
+**Preserve** (optional): for a prompt p to keep, a positively guided target on the same
+x_t, eps*(x_t, ∅) + eta_p [eps*(x_t, p) - eps*(x_t, ∅)], weighted by ``preserve_weight``.
+At eta_p = 1 (default) this is plain anchoring of p to the original model, the
+prior-preservation term of concept-ablation style methods (Kumari et al., "Ablating
+Concepts in Text-to-Image Diffusion Models", ICCV 2023); eta_p > 1 strengthens p. The
+preserve term reuses the erased concept's x_t, so it guards p exactly where erasing c
+would spill over; it costs one more teacher and one more student forward per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds, repeat_batch
+
+__all__ = ["ANCHORS", "esd_target", "preserve_target", "ESDObjective"]
+
+ANCHORS: tuple[str, ...] = ("null", "concept")
+
+
+def esd_target(
+    e_null: torch.Tensor, e_concept: torch.Tensor, negative_guidance: float, e_anchor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """e_anchor - eta (e_concept - e_null); e_anchor defaults to e_null (the paper). All (B, C, H, W)."""
+    anchor = e_null if e_anchor is None else e_anchor
+    return anchor - negative_guidance * (e_concept - e_null)
+
+
+def preserve_target(e_null: torch.Tensor, e_keep: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
+    """e_null + eta_p (e_keep - e_null): e_keep itself at eta_p = 1. All (B, C, H, W)."""
+    return e_null + guidance * (e_keep - e_null)
+
+
+class ESDObjective(ErasureObjective):
+    """The ESD loss over an `ErasureBatch`, with the teacher's prompts in one batched call.
+
+    Args:
+        negative_guidance: eta.
+        anchor: ``"null"`` (paper) or ``"concept"`` (``esd_sd.py``); ignored with erase-from,
+            whose anchor is always eps*(x_t, c_from).
+        preserve_guidance: eta_p of the preserve target.
+        preserve_weight: weight of the preserve term in the loss.
+    """
+
+    def __init__(self, negative_guidance: float = 1.0, anchor: str = "null", preserve_guidance: float = 1.0,
+                 preserve_weight: float = 1.0):
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
+        if preserve_weight < 0:
+            raise ValueError(f"preserve_weight: expected >= 0, got {preserve_weight}")
+        self.negative_guidance = float(negative_guidance)
+        self.anchor = anchor
+        self.preserve_guidance = float(preserve_guidance)
+        self.preserve_weight = float(preserve_weight)
+
+    def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput:
+        x, sigma = batch.x, batch.sigma  # (B, C, H, W), (B,)
+        roles = [batch.null, batch.concept]
+        if batch.erase_from is not None:
+            roles.append(batch.erase_from)
+        if batch.preserve is not None:
+            roles.append(batch.preserve)
+        k = len(roles)
+        with torch.no_grad():
+            eps = teacher(repeat_batch(x, k), repeat_batch(sigma, k), cat_conds(roles)).float().chunk(k)
+        e_null, e_concept = eps[0], eps[1]
+        if batch.erase_from is not None:
+            e_anchor = eps[2]
+        else:
+            e_anchor = e_concept if self.anchor == "concept" else e_null
+        target = esd_target(e_null, e_concept, self.negative_guidance, e_anchor)
+
+        student_roles = [batch.erase_from if batch.erase_from is not None else batch.concept]
+        if batch.preserve is not None:
+            student_roles.append(batch.preserve)
+        ks = len(student_roles)
+        pred = student(repeat_batch(x, ks), repeat_batch(sigma, ks), cat_conds(student_roles)).float().chunk(ks)
+        loss_erase = F.mse_loss(pred[0], target)
+        loss = loss_erase
+        logs = {"loss_erase": loss_erase.detach()}
+        if batch.preserve is not None:
+            loss_preserve = F.mse_loss(pred[1], preserve_target(e_null, eps[-1], self.preserve_guidance))
+            loss = loss + self.preserve_weight * loss_preserve
+            logs["loss_preserve"] = loss_preserve.detach()
+        return ObjectiveOutput(loss=loss, logs=logs)
