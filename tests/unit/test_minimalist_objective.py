@@ -1,0 +1,108 @@
+"""MinimalistObjective terms, the sparsity regulariser's gradient, prompt triples, engine groups."""
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from tests.unit.mask_helpers import one_thread, randomize, tiny_network  # noqa: F401
+from unlearn.config import instantiate_from_config, load_configs
+from unlearn.data.prompt_batches import ConceptPromptTriples
+from unlearn.hooks import MaskManager, load_masks
+from unlearn.objectives.minimalist import MinimalistObjective
+
+SMOKE, METHOD = "configs/toy/smoke.yaml", "configs/methods/minimalist.yaml"
+
+
+def test_erase_and_preserve_terms():
+    g = torch.Generator().manual_seed(0)
+    x_masked, x_target = torch.randn(5, 3, 4, 4, generator=g), torch.randn(5, 3, 4, 4, generator=g)
+    out = MinimalistObjective(beta=0.5).trajectory_loss(x_masked, x_target, n_erase=2)
+    erase = ((x_masked[:2] - x_target[:2]) ** 2).mean()
+    preserve = ((x_masked[2:] - x_target[2:]) ** 2).mean()
+    assert torch.allclose(out.logs["loss_erase"], erase) and torch.allclose(out.logs["loss_preserve"], preserve)
+    assert torch.allclose(out.loss, erase + 0.5 * preserve)
+
+
+@pytest.mark.parametrize("strategy", ["sigmoid", "hard_discrete"])
+def test_regulariser_gradient_is_the_expected_off_share(strategy):
+    net = tiny_network()
+    hookers = [{"target": "unlearn.hooks.AttentionHeadHooker"}]
+    manager = MaskManager.from_configs(hookers, strategy=strategy).register(net)
+    randomize(manager)
+    reg = MinimalistObjective(sparsity_weight=0.3).regulariser(manager)
+    reg.backward()
+    lams = manager.masks().values()
+    n = sum(lam.numel() for lam in lams)
+    shift = 0.0 if strategy == "sigmoid" else (2 / 3) * math.log(0.1 / 1.1)  # β log(-γ/ζ)
+    for lam in lams:
+        s = torch.sigmoid(lam.detach() - shift)
+        assert torch.allclose(lam.grad, -0.3 * s * (1 - s) / n)  # d/dλ of w · mean(1 - σ(λ - shift))
+    expected = 1 - torch.sigmoid(torch.cat([lam.detach() for lam in lams]) - shift).mean()
+    assert float(reg.detach()) == pytest.approx(0.3 * float(expected))
+
+
+def test_prompt_triples_on_the_toy_canvas_and_custom_prompts():
+    ds = ConceptPromptTriples("striped", length=20, seed=1)
+    assert len(ds.concept_prompts) == 8 * 6 and len(ds.keep_prompts) == 7 * 8 * 6
+    item = ds[3]
+    assert "striped" in item["concept"] and "striped" not in item["deconcept"] + item["keep"]
+    assert ds[3] == ConceptPromptTriples("striped", length=20, seed=1)[3]
+    assert ConceptPromptTriples("circle", length=1)[0]["deconcept"].count("object") == 1
+    custom = ConceptPromptTriples("Van Gogh", ["a painting by {concept}"], ["a painting"], ["a dog"], length=2)
+    assert custom[0] == {"concept": "a painting by Van Gogh", "deconcept": "a painting", "keep": "a dog"}
+    with pytest.raises(ValueError, match="not a toy-canvas concept"):
+        ConceptPromptTriples("Van Gogh")
+
+
+def _engine(tmp_path, *overrides):
+    cfg = load_configs([SMOKE, METHOD], ["concept=striped", "model.params.num_steps=2", *overrides])
+    torch.manual_seed(0)
+    model = instantiate_from_config(cfg.model, _path="model")
+    model.run_dir = tmp_path
+    return model
+
+
+def _fit(model):
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model)
+
+
+def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_the_grads(tmp_path):
+    hookers = ("model.params.hooker_configs=[{target: unlearn.hooks.LinearHooker, params: {module_regex: 'to_(k|v)$'}},"
+               "{target: unlearn.hooks.AttentionHeadHooker}]")
+    off = _engine(tmp_path / "a", hookers, "model.params.attn_lr=0", "model.params.sparsity_weight=0")
+    assert {h.group for h in off.masks.hookers} == {"linear"}
+    off.train()  # the frozen model stays in eval mode (no ucg prompt dropout); the masks train
+    assert off.masks.training and not off.network.training and not off.conditioner.training
+    assert type(off.network.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]
+                ).__name__ == "AttnProcessor2_0"
+    [opt] = off.configure_optimizers()
+    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("linear", 0.5)]
+    assert opt.defaults["weight_decay"] == 0.0
+    weights = {k: v.clone() for k, v in off.network.state_dict().items()}
+    _fit(off)
+    assert all(torch.equal(v, weights[k]) for k, v in off.network.state_dict().items())  # base stays frozen
+    assert all(not torch.equal(lam.detach(), torch.full_like(lam, 3.0)) for lam in off.masks.masks().values())
+    values, meta = load_masks(tmp_path / "a" / "masks.safetensors")
+    assert meta["concept"] == "striped" and meta["binarize_mode"] == "global"
+    assert float(meta["off_share"]) == pytest.approx(round(0.05 * sum(v.numel() for v in values.values()))
+                                                     / sum(v.numel() for v in values.values()))
+
+    on = _engine(tmp_path / "b", hookers, "model.params.attn_lr=0", "model.params.sparsity_weight=2.0")
+    _fit(on)
+    n = on.masks.num_units()
+    for (key, lam_off), lam_on in zip(off.masks.masks().items(), on.masks.masks().values()):
+        s = torch.sigmoid(torch.full_like(lam_on, 3.0))  # the gradient was taken at λ = init
+        assert torch.allclose(lam_on.grad - lam_off.grad, -2.0 * s * (1 - s) / n, atol=1e-7), key
+
+
+def test_engine_refuses_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="dpmpp_2m"):
+        _engine(tmp_path, "model.params.sampler=dpmpp_2m")
+    with pytest.raises(ValueError, match="continues2binary needs a binarize block"):
+        _engine(tmp_path, "model.params.strategy=continues2binary", "model.params.binarize=null")
+    with pytest.raises(ValueError, match="every mask group in hooker_configs has learning rate 0"):
+        _engine(tmp_path, "model.params.linear_lr=0")

@@ -1,0 +1,144 @@
+"""Save masks as safetensors with metadata, and apply a saved file to a model for inference.
+
+A file holds one fp32 tensor (units,) per masked module, keyed ``"<group>:<module>"``
+(module names relative to the model the masks were trained on: an engine's ``network``),
+and string metadata:
+
+* ``format``: ``unlearn.masks/1``;
+* ``model_class`` and ``model_fingerprint``: the architecture the masks belong to (a hash
+  of the parameter names and shapes, see `model_fingerprint`);
+* ``strategy``: the training strategy; ``modules``: JSON {group: [module names]};
+* ``binarize_mode``, ``off_ratio``, ``off_share`` (share of units switched off) when the
+  masks were binarized, plus free entries such as ``concept``.
+
+`apply_masks` checks every module before touching the model: a file for another model,
+or naming a module this model lacks, is a ValueError that names the module and the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from unlearn.config import get_obj_from_str
+from unlearn.hooks.manager import HOOKER_GROUPS, MaskManager, model_fingerprint
+
+__all__ = ["MASK_FORMAT", "save_masks", "load_masks", "apply_masks"]
+
+MASK_FORMAT = "unlearn.masks/1"
+
+
+def save_masks(
+    manager: MaskManager,
+    path: str | Path,
+    values: Mapping[str, torch.Tensor] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``values`` (default: the manager's deterministic masks) and metadata to ``path``."""
+    from safetensors.torch import save_file
+
+    if manager.model_fingerprint is None:
+        raise ValueError("save_masks: the manager was never registered on a model, so its model is unknown")
+    if values is None:
+        values = {k: v.detach() for k, v in manager.mask_values(sample=False).items()}
+    expected = set(manager.masks())
+    if set(values) != expected:
+        missing = sorted(expected - set(values))[:3]
+        extra = sorted(set(values) - expected)[:3]
+        raise ValueError(f"save_masks: values do not match the manager's masks (missing {missing}, extra {extra})")
+    modules = {group: entry["modules"] for group, entry in manager.describe().items()}
+    meta = {
+        "format": MASK_FORMAT,
+        "model_class": str(manager.model_class),
+        "model_fingerprint": str(manager.model_fingerprint),
+        "strategy": ",".join(manager.strategies()),
+        "modules": json.dumps(modules),
+    }
+    for key, value in (metadata or {}).items():
+        meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(device="cpu", dtype=torch.float32).contiguous() for k, v in values.items()}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(values, metadata) of a mask file; missing -> FileNotFoundError, unreadable -> ValueError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"masks: no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            values = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"masks: cannot read {path} as safetensors: {err}") from err
+    if meta.get("format") != MASK_FORMAT:
+        raise ValueError(f"masks: {path} is not an unlearn mask file (format {meta.get('format')!r}, "
+                         f"expected {MASK_FORMAT!r})")
+    try:
+        modules = json.loads(meta["modules"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"masks: {path} has no readable 'modules' metadata") from err
+    listed = {f"{g}:{name}" for g, names in modules.items() for name in names}
+    if listed != set(values):
+        raise ValueError(f"masks: {path} is inconsistent: its tensors and its 'modules' metadata differ")
+    for key, v in values.items():
+        if v.ndim != 1 or not torch.isfinite(v).all() or v.min() < 0 or v.max() > 1:
+            raise ValueError(f"masks: {path}: mask {key!r} must be a finite vector in [0, 1]")
+    return values, meta
+
+
+def apply_masks(model: nn.Module, path: str | Path, strict: bool = True) -> MaskManager:
+    """Register the masks of ``path`` on ``model`` (fixed values, nothing trainable).
+
+    ``model`` is the module the masks were trained on (an engine's ``network``). With
+    ``strict`` the architecture fingerprint must match too. Returns the registered manager;
+    ``manager.remove()`` restores the model exactly.
+    """
+    from unlearn.hooks.base import MaskHooker
+
+    path = Path(path)
+    values, meta = load_masks(path)
+    modules: dict[str, list[str]] = json.loads(meta["modules"])
+    made_for = f"{meta.get('model_class')} (fingerprint {meta.get('model_fingerprint')})"
+    hookers: list[MaskHooker] = []
+    for group, names in modules.items():
+        if group not in HOOKER_GROUPS:
+            raise ValueError(f"masks: {path}: unknown mask group {group!r}; known: {sorted(HOOKER_GROUPS)}")
+        hooker = get_obj_from_str(HOOKER_GROUPS[group])(module_names=names, strategy="fixed", init_value=1.0)
+        for name in names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(
+                    f"masks: {path} masks module {name!r}, which this {type(model).__name__} does not have; the "
+                    f"file was made for {made_for}"
+                ) from None
+            if not hooker.is_target(module):
+                raise ValueError(f"masks: {path} masks {group} units of module {name!r}, which is a "
+                                 f"{type(module).__name__} here; the file was made for {made_for}")
+            n, got = hooker.num_units(module), values[f"{group}:{name}"].numel()
+            if n != got:
+                raise ValueError(f"masks: {path}: module {name!r} has {n} {hooker.unit_name}s here but its mask "
+                                 f"has {got}; the file was made for {made_for}")
+        hookers.append(hooker)
+    fingerprint = model_fingerprint(model)
+    if strict and meta.get("model_fingerprint") != fingerprint:
+        raise ValueError(
+            f"masks: {path} was made for {made_for}, but this is a {type(model).__name__} with fingerprint "
+            f"{fingerprint} (every masked module exists; pass strict=False to apply the masks anyway)"
+        )
+    manager = MaskManager(hookers).register(model)
+    with torch.no_grad():
+        for hooker in hookers:
+            for name, lam in hooker.masks().items():
+                lam.copy_(values[f"{hooker.group}:{name}"].to(lam.device))
+    return manager
