@@ -4,6 +4,7 @@ from .base import Sampler, default_noise_sampler, to_d
 from .ddim import DDIMSampler
 from .dpmpp_2m import DPMPP2MSampler
 from .euler import EulerAncestralSampler, EulerSampler
+from .few_step import FewStepSampler
 from .heun import HeunSampler
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "HeunSampler",
     "DPMPP2MSampler",
     "DDIMSampler",
+    "FewStepSampler",
     "default_noise_sampler",
     "to_d",
 ]
