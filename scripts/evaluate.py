@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", help="a Lightning checkpoint")
     src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
     src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
+    src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
+    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
     p.add_argument("--concept", action="append", default=[],
                    help="an erased concept (repeat for several); none evaluates a base model")
     p.add_argument("--judge", default="checkpoints/toy/judge.safetensors", help="judge weights")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     for concept in args.concept:
         CANVAS.concept_kind(concept)  # an unknown name fails before any model is built
     judge = load_judge(args.judge)
-    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set).to(args.device)
+    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
+                       masks=args.masks, weights=args.weights).to(args.device)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     concepts = getattr(model, "canvas_concepts", None)
     metrics = run_toy_benchmark(

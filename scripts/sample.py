@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", help="a Lightning checkpoint")
     src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
     src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
+    src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
+    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from unlearn.callbacks.image_logger import save_grid
     from unlearn.engine.loading import load_model
 
-    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set).to(args.device)
+    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
+                       masks=args.masks, weights=args.weights).to(args.device)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     jobs = [(i, prompt, args.seed + k) for i, prompt in enumerate(prompts) for k in range(args.n_per_prompt)]
     out = Path(args.out)

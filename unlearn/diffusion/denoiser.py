@@ -102,6 +102,14 @@ class DiscreteDenoiser(Denoiser):
         self.num_idx = num_idx
         self.do_quantize_c_noise = quantize_c_noise
 
+    def _apply(self, fn, recurse=True):
+        # `.to(device)` moves the sigma table; `.to(bfloat16)` / `.half()` (half-precision
+        # weights) must not round it: bf16 merges neighbouring timesteps' sigmas.
+        table = self.sigmas
+        super()._apply(fn, recurse)
+        self.sigmas = table.to(self.sigmas.device)
+        return self
+
     def sigma_to_idx(self, sigma: torch.Tensor) -> torch.Tensor:
         """Index of the nearest training sigma; sigma: any shape -> long tensor, same shape and device."""
         table = self.sigmas.to(device=sigma.device, dtype=torch.float32)  # (N,)

@@ -45,6 +45,9 @@ class DiffusionEngine(pl.LightningModule):
             ``{"conditioner.": 10.0}`` for a text encoder trained from scratch.
         metadata: free-form facts about the model (e.g. the toy canvas's ``objects`` and
             ``styles``), checked by evaluation against the judge.
+        force_zeros_for_empty_prompt: an empty negative prompt gives zero text embeddings
+            (crossattn and pooled; size conditioning unchanged) instead of the embedding of
+            "", as diffusers' SDXL pipeline does by default (its config flag of this name).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class DiffusionEngine(pl.LightningModule):
         log_num_steps: int | None = None,
         metadata: dict[str, Any] | None = None,
         lr_scales: dict[str, float] | None = None,
+        force_zeros_for_empty_prompt: bool = False,
     ):
         super().__init__()
         self.network = instantiate_from_config(network_config, _path="model.params.network_config")
@@ -92,6 +96,7 @@ class DiffusionEngine(pl.LightningModule):
         self.log_num_steps = log_num_steps
         self.metadata = dict(metadata or {})
         self.lr_scales = dict(lr_scales or {})
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         if gradient_checkpointing:
             self.network.set_gradient_checkpointing(True)
         if ckpt_path:
@@ -176,12 +181,26 @@ class DiffusionEngine(pl.LightningModule):
         )
         return generation.build_sampler(cfg)
 
-    def conditioning_for(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def conditioning_for(
+        self, prompts: Sequence[str], force_zero_embeddings: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         if self.conditioner is None:
             return {}
         keys = [k for e in self.conditioner.embedders for k in _input_keys(e)]
         batch = generation.conditioning_batch(keys, prompts, self.image_size)
-        return self.conditioner(batch)
+        return self.conditioner(batch, force_zero_embeddings)
+
+    def unconditional_for(self, negatives: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The guidance branch for negative prompts ("" = none), honouring ``force_zeros_for_empty_prompt``."""
+        empty = [not n for n in negatives]
+        if not (self.force_zeros_for_empty_prompt and any(empty)):
+            return self.conditioning_for(negatives)
+        zero = self.conditioning_for(negatives, force_zero_embeddings=["txt"])
+        if all(empty):
+            return zero
+        uc = self.conditioning_for(negatives)
+        mask = torch.tensor(empty)  # (B,)
+        return {k: torch.where(mask.to(v.device).reshape(-1, *[1] * (v.ndim - 1)), zero[k], v) for k, v in uc.items()}
 
     @torch.no_grad()
     def generate(
@@ -209,7 +228,7 @@ class DiffusionEngine(pl.LightningModule):
         self.eval()
         try:
             cond = self.conditioning_for(prompts)
-            uc = self.conditioning_for(negatives) if self.conditioner is not None else None
+            uc = self.unconditional_for(negatives) if self.conditioner is not None else None
             noise = generation.seeded_noise(seeds, self.latent_shape, self.device, torch.float32)
             z = sampler(self.denoise, noise, cond, uc)
             return self.decode_first_stage(z).clamp(-1, 1) if decode else z

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from unlearn.checkpoint import load_into
 from unlearn.config import ConfigError, instantiate_from_config, load_configs
+from unlearn.engine.sources import check_model_source
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def load_model(
     run: str | Path | None = None,
     ckpt: str | Path | None = None,
     overrides: Sequence[str] = (),
+    masks: str | Path | None = None,
+    weights: str | Path | None = None,
 ):
     """The ``model`` of the merged config, with weights from ``ckpt`` (or the run's last).
 
@@ -39,19 +42,24 @@ def load_model(
       ``configs`` are given.
     * ``configs`` alone: weights come from the config's own ``ckpt_path`` entries.
     Extra ``configs`` are merged after the run's, then ``overrides``.
+    ``masks``: a mask file (`unlearn.hooks.save_masks`) applied to the model's network;
+    a mask-training engine's own training masks are removed first.
+    ``weights``: an erased-weights file (``erased.safetensors`` of an ESD run, changed UNet
+    parameters under diffusers names), applied after every checkpoint
+    (`unlearn.engine.export.apply_erased_weights`).
     """
     base: list[Path] = []
-    weights: Path | None = Path(ckpt) if ckpt else None
+    ckpt_file: Path | None = Path(ckpt) if ckpt else None
     if run is not None:
         run_dir = Path(run)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"--run: no such run directory: {run_dir}")
         base += _run_configs(run_dir)
-        weights = weights or _last_checkpoint(run_dir)
-    elif weights is not None and not configs:
-        if not weights.is_file():
-            raise FileNotFoundError(f"--ckpt: no such checkpoint: {weights}")
-        run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent
+        ckpt_file = ckpt_file or _last_checkpoint(run_dir)
+    elif ckpt_file is not None and not configs:
+        if not ckpt_file.is_file():
+            raise FileNotFoundError(f"--ckpt: no such checkpoint: {ckpt_file}")
+        run_dir = ckpt_file.parent.parent if ckpt_file.parent.name == "checkpoints" else ckpt_file.parent
         base += _run_configs(run_dir)
     base += [Path(c) for c in configs]
     if not base:
@@ -59,8 +67,27 @@ def load_model(
     config = load_configs(base, overrides)
     if "model" not in config:
         raise ConfigError(f"no 'model' section in {[str(b) for b in base]}")
+    check_model_source(config)  # model_path / model_config, before any weights load
     model = instantiate_from_config(config.model, _path="model")
+    if ckpt_file is not None:
+        load_into(model, ckpt_file, key="ckpt", strict=True)
     if weights is not None:
-        load_into(model, weights, key="ckpt", strict=True)
+        from unlearn.engine.export import apply_erased_weights
+
+        apply_erased_weights(model, weights)
+    if masks is not None:
+        _apply_mask_file(model, masks)
     model.eval()
     return model
+
+
+def _apply_mask_file(model, path: str | Path) -> None:
+    from unlearn.hooks import MaskManager, apply_masks
+
+    if not hasattr(model, "network"):
+        raise ValueError(f"--masks: {type(model).__name__} has no network to apply {path} to")
+    if isinstance(getattr(model, "masks", None), MaskManager):
+        model.masks.remove()
+    # A submodule, so the fixed masks follow the model's .to(device).
+    model.add_module("applied_masks", apply_masks(model.network, path))
+    log.info("Applied masks from %s", path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -45,6 +47,11 @@ class DiffusersAutoencoderKL(FirstStage):
 
     z = (E(x) - shift) * scale, x = D(z / scale + shift). ``scale_factor`` defaults to the
     VAE config's ``scaling_factor`` (0.18215 for SD1/2, 0.13025 for SDXL).
+
+    ``upcast`` (default: the VAE config's ``force_upcast``) runs the VAE in float32 whenever
+    it would otherwise compute in float16 (fp16 weights or fp16 autocast), as diffusers' SDXL
+    pipeline does: SDXL's VAE overflows in float16. bfloat16 is left alone. Latents and
+    images are returned in float32 whatever precision the VAE ran in.
     """
 
     def __init__(
@@ -57,10 +64,13 @@ class DiffusersAutoencoderKL(FirstStage):
         scale_factor: float | None = None,
         shift_factor: float | None = None,
         sample_posterior: bool = False,
+        upcast: bool | None = None,
     ):
         super().__init__()
         from diffusers import AutoencoderKL
 
+        if pretrained_path is not None and single_file is None and Path(pretrained_path).expanduser().is_file():
+            pretrained_path, single_file = None, pretrained_path  # a single SD checkpoint file
         sources = [s for s in (pretrained_path, single_file, config) if s is not None]
         if len(sources) != 1:
             raise ValueError(
@@ -89,19 +99,43 @@ class DiffusersAutoencoderKL(FirstStage):
         self.sample_posterior = sample_posterior
         self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
+        self.upcast = bool(getattr(vae.config, "force_upcast", False) if upcast is None else upcast)
 
     def train(self, mode: bool = True):
         # The VAE stays in eval mode whatever the engine does: it is never trained here.
         super().train(False)
         return self
 
+    def _needs_upcast(self, device_type: str) -> bool:
+        if not self.upcast:
+            return False
+        if self.vae.dtype == torch.float16:
+            return True
+        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+    @contextlib.contextmanager
+    def _precision(self, device_type: str) -> Iterator[torch.dtype]:
+        """Yield the dtype to run the VAE in; float32 (autocast off) where fp16 would overflow."""
+        if not self._needs_upcast(device_type):
+            yield self.vae.dtype
+            return
+        weights_dtype = self.vae.dtype
+        self.vae.to(torch.float32)
+        try:
+            with torch.autocast(device_type, enabled=False):
+                yield torch.float32
+        finally:
+            self.vae.to(weights_dtype)
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, H, W) in [-1, 1] -> z: (B, C, H/f, W/f)
-        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
-        z = dist.sample() if self.sample_posterior else dist.mode()
-        return (z - self.shift_factor) * self.scale_factor
+        with self._precision(x.device.type) as dtype:
+            dist = self.vae.encode(x.to(dtype)).latent_dist
+            z = dist.sample() if self.sample_posterior else dist.mode()
+        return (z.float() - self.shift_factor) * self.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z / self.scale_factor + self.shift_factor
-        return self.vae.decode(z.to(self.vae.dtype)).sample
+        with self._precision(z.device.type) as dtype:
+            return self.vae.decode(z.to(dtype)).sample.float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +27,8 @@ def build_unet(
 ):
     """Build a diffusers UNet from exactly one local source.
 
-    * ``pretrained_path``: a diffusers pipeline folder (``subfolder="unet"``) or a UNet folder.
+    * ``pretrained_path``: a diffusers pipeline folder (``subfolder="unet"``) or a UNet folder;
+      a file here is taken as ``single_file`` (model configs pass ``${model_path}``, either).
     * ``single_file``: an original SD `.safetensors`/`.ckpt`; its architecture comes from
       ``single_file_config`` (a local diffusers pipeline folder) or ``original_config``
       (the LDM YAML), never from a hub.
@@ -34,6 +36,8 @@ def build_unet(
     """
     from diffusers import UNet2DConditionModel
 
+    if pretrained_path is not None and single_file is None and Path(pretrained_path).expanduser().is_file():
+        pretrained_path, single_file = None, pretrained_path
     sources = [s for s in (pretrained_path, single_file, config) if s is not None]
     if len(sources) != 1:
         raise ValueError(
@@ -114,9 +118,13 @@ class DiffusersUNet(DiffusionNetwork):
             self.unet.disable_gradient_checkpointing()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        # x: (B, C, H, W); t: (B,) or scalar
+        # x: (B, C, H, W); t: (B,) or scalar. The UNet runs in its own dtype (fp16/bf16 weights
+        # included); the output comes back in x's dtype, so samplers keep float32 state.
+        out_dtype, dtype = x.dtype, self.unet.dtype
+        cond = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in cond.items()}
+        x = x.to(dtype)
         if "concat" in cond:
-            x = torch.cat([x, cond["concat"].to(x.dtype)], dim=1)
+            x = torch.cat([x, cond["concat"]], dim=1)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         added = {k: cond[k] for k in ("text_embeds", "time_ids") if k in cond}
         return self.unet(
@@ -126,4 +134,4 @@ class DiffusersUNet(DiffusionNetwork):
             class_labels=cond.get("vector"),
             added_cond_kwargs=added or None,
             return_dict=False,
-        )[0]
+        )[0].to(out_dtype)

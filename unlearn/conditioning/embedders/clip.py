@@ -29,6 +29,7 @@ from torch import nn
 from unlearn.paths import resolve_local_dir
 from ..tokenizer import build_clip_tokenizer
 from .base import AbstractEmbModel
+from .ldm_text import clip_from_single_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPTokenizer
@@ -59,7 +60,8 @@ class CLIPTextEmbedder(AbstractEmbModel):
     """Tokenize prompts and encode them with a transformers CLIP text model.
 
     Args:
-        pretrained_path: local transformers/diffusers folder (never a hub id).
+        pretrained_path: local transformers/diffusers folder (never a hub id), or a single SD
+            checkpoint file (see ``single_file_config``).
         config: ``CLIPTextConfig`` kwargs for a randomly initialised (tiny/toy) model.
         tokenizer_path: local tokenizer folder; default: the ``tokenizer*/`` folder next
             to the text encoder, else the offline CLIP tokenizer (`build_clip_tokenizer`).
@@ -71,6 +73,10 @@ class CLIPTextEmbedder(AbstractEmbModel):
         with_projection: use ``CLIPTextModelWithProjection`` (pooled = ``text_embeds``).
         subfolder: subfolder of ``pretrained_path`` (``"text_encoder"``, ``"text_encoder_2"``).
         final_norm: apply the final LayerNorm to ``penultimate``/``hidden`` outputs.
+        single_file_config: when ``pretrained_path`` is a single SD checkpoint file
+            (``.safetensors``/``.ckpt`` in the original LDM/sgm layout), a local diffusers
+            folder holding ``<subfolder>/config.json`` and the tokenizer; diffusers converts
+            the text encoder's weights (CLIP, or OpenCLIP for SD 2.x / SDXL's second encoder).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class CLIPTextEmbedder(AbstractEmbModel):
         with_projection: bool = False,
         subfolder: str | None = None,
         final_norm: bool = False,
+        single_file_config: str | None = None,
     ) -> None:
         super().__init__()
         if (pretrained_path is None) == (config is None):
@@ -101,7 +108,11 @@ class CLIPTextEmbedder(AbstractEmbModel):
         self.with_projection = with_projection
         self.final_norm = final_norm
 
-        self.transformer = self._build_model(pretrained_path, config, subfolder, with_projection)
+        if pretrained_path is not None and Path(pretrained_path).expanduser().is_file():
+            self.transformer = clip_from_single_file(pretrained_path, single_file_config, subfolder, with_projection)
+            pretrained_path = single_file_config  # the tokenizer sits beside the text encoder's config
+        else:
+            self.transformer = self._build_model(pretrained_path, config, subfolder, with_projection)
         self._check_layer_idx()
         positions = self.transformer.config.max_position_embeddings
         if not 2 <= max_length <= positions:

@@ -1,0 +1,149 @@
+"""The engine built from configs/models/{sd15,sd21,sdxl}.yaml reproduces diffusers' pipelines.
+
+Each tiny pipeline folder is loaded twice, by ``load_model`` with ``model_path=<folder>`` and
+by ``StableDiffusion(XL)Pipeline.from_pretrained``; both sample from the same seeded latents
+with the same scheduler, steps, guidance and prompts. Matching latents and images prove the
+conditioning (text layers, pooled embedding, time_ids, zeroed SDXL negatives), the
+parameterization (eps / v) and the timesteps are wired as diffusers wires them.
+
+Schedulers: DDIMScheduler(set_alpha_to_one=True, clip_sample=False) <-> our DDIM and
+EulerDiscreteScheduler <-> our Euler, both with the real configs' timestep_spacing="leading",
+steps_offset=1 (see tests/unit/test_diffusion_samplers.py for why these match).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from tests.integration.tiny_pipelines import IMAGE_SIZE, load_diffusers
+from unlearn.engine import generation
+from unlearn.engine.loading import load_model
+
+STEPS = 5
+GUIDANCE = 7.5
+PROMPT = "a photo of a cat on a sofa"
+SCHEDULERS = {"ddim": (DDIMScheduler, dict(set_alpha_to_one=True, clip_sample=False)),
+              "euler": (EulerDiscreteScheduler, {})}
+TOL = 1e-4  # max difference: [0, 1] images (measured: 2e-6 at most) and latents relative to their max
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: far faster than two contended threads
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_engines):
+    return tiny_engines
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_pipelines):
+    return {arch: load_diffusers(arch, folder) for arch, folder in tiny_pipelines.items()}
+
+
+def _diffusers(pipe, sampler, negative, noise, output_type):
+    cls, kw = SCHEDULERS[sampler]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
+    # negative_prompt=None is diffusers' "no negative prompt" (zero embeddings for SDXL).
+    out = pipe(PROMPT, negative_prompt=negative or None, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+               latents=noise.clone(), height=IMAGE_SIZE, width=IMAGE_SIZE, output_type=output_type)
+    return out.images
+
+
+@pytest.mark.parametrize("negative", ["", "blurry, low quality"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+@pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])
+def test_sampling_matches_the_diffusers_pipeline(arch, sampler, negative, engines, pipelines):
+    model, pipe = engines[arch], pipelines[arch]
+    ours_sampler = model.make_sampler(sampler, STEPS, GUIDANCE)
+    latents = model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler, decode=False)
+    images = (model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler) + 1) / 2
+    noise = generation.seeded_noise([7], model.latent_shape)
+    their_latents = _diffusers(pipe, sampler, negative, noise, "latent")
+    their_images = _diffusers(pipe, sampler, negative, noise, "pt")
+    # Latents reach |z| ~ 20 here: compare them relative to their scale (measured: 1.5e-6).
+    latent_err = ((latents - their_latents).abs().max() / their_latents.abs().max().clamp(min=1)).item()
+    image_err = (images - their_images).abs().max().item()
+    assert latent_err < TOL and image_err < TOL, f"{arch}/{sampler}: latents {latent_err:.2e}, images {image_err:.2e}"
+    # Non-trivial: the prompt and the guidance scale each move the result far beyond TOL.
+    other = model.generate(["a red car"], seeds=[7], negative_prompt=negative, sampler=ours_sampler, decode=False)
+    unguided = model.generate([PROMPT], seeds=[7], sampler=model.make_sampler(sampler, STEPS, 1.0), decode=False)
+    assert (other - latents).abs().max() > 100 * TOL and (unguided - latents).abs().max() > 100 * TOL
+
+
+def test_conditioning_equals_encode_prompt(engines, pipelines):
+    """Text layers, pooled embedding, time_ids and SDXL's zeroed negative, tensor by tensor."""
+    for arch in ("sd15", "sd21"):
+        embeds, _ = pipelines[arch].encode_prompt(PROMPT, "cpu", 1, False)
+        torch.testing.assert_close(engines[arch].conditioning_for([PROMPT])["crossattn"], embeds, atol=1e-6, rtol=0)
+    model, pipe = engines["sdxl"], pipelines["sdxl"]
+    embeds, neg, pooled, neg_pooled = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=True)
+    cond, uc = model.conditioning_for([PROMPT]), model.unconditional_for([""])
+    torch.testing.assert_close(cond["crossattn"], embeds, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cond["text_embeds"], pooled, atol=1e-6, rtol=0)
+    assert torch.count_nonzero(neg) == 0 and torch.count_nonzero(uc["crossattn"]) == 0
+    assert torch.count_nonzero(neg_pooled) == 0 and torch.count_nonzero(uc["text_embeds"]) == 0
+    time_ids = pipe._get_add_time_ids((IMAGE_SIZE, IMAGE_SIZE), (0, 0), (IMAGE_SIZE, IMAGE_SIZE), torch.float32,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    torch.testing.assert_close(cond["time_ids"], time_ids)
+    torch.testing.assert_close(uc["time_ids"], time_ids)  # size conditioning is never zeroed
+    # A non-empty negative prompt is encoded, and mixed batches zero only the empty rows.
+    mixed = model.unconditional_for(["", "blurry"])
+    assert torch.count_nonzero(mixed["crossattn"][0]) == 0 and torch.count_nonzero(mixed["crossattn"][1]) > 0
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])
+def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engines, pipelines, tmp_path):
+    """An original-layout .safetensors (UNet, VAE, CLIP / OpenCLIP text towers) + a config folder."""
+    from safetensors.torch import save_file
+
+    from tests.integration.ldm_layout import clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    pipe = pipelines[arch]
+    if arch == "sd15":
+        text = clip_to_ldm(pipe.text_encoder)
+    elif arch == "sd21":  # a 24-layer-style tower: diffusers' folder dropped the last layer
+        text = openclip_to_ldm(pipe.text_encoder)
+    else:  # sgm's conditioner: CLIP ViT-L as embedder 0, OpenCLIP bigG as embedder 1
+        text = {**clip_to_ldm(pipe.text_encoder, prefix="conditioner.embedders.0.transformer."),
+                **openclip_to_ldm(pipe.text_encoder_2, extra_layer=False, prefix="conditioner.embedders.1.model.")}
+    state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}
+    state = {k: v.contiguous() for k, v in state.items()}
+    if arch == "sd15":  # the .ckpt flavour: a pickled {"state_dict": ...}, as CompVis released SD 1.x
+        file = tmp_path / "v1-5-pruned-emaonly.ckpt"
+        torch.save({"state_dict": state, "global_step": 840000}, file)
+    else:
+        file = tmp_path / f"{arch}.safetensors"
+        save_file(state, str(file))
+    configs = tmp_path / "configs"  # the folder without any weights
+    shutil.copytree(tiny_pipelines[arch], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+
+    single = load_model([f"configs/models/{arch}.yaml"],
+                        overrides=[f"model_path={file}", f"model_config={configs}", f"model.params.image_size={IMAGE_SIZE}"])
+    expected = engines[arch].state_dict()
+    got = single.state_dict()
+    assert got.keys() == expected.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
+
+def test_single_file_errors_name_what_is_missing(tiny_pipelines, pipelines, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.integration.ldm_layout import unet_to_ldm
+    from unlearn.conditioning import CLIPTextEmbedder
+
+    file = tmp_path / "unet_only.safetensors"
+    save_file({k: v.contiguous() for k, v in unet_to_ldm(pipelines["sd15"].unet).items()}, str(file))
+    with pytest.raises(ValueError, match="set single_file_config .* text_encoder/config.json"):
+        CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder")
+    with pytest.raises(ValueError, match="holds no text encoder of width 16 .* found: none"):
+        CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder",
+                         single_file_config=str(tiny_pipelines["sd15"]))

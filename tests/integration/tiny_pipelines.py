@@ -1,0 +1,125 @@
+"""Tiny random SD 1.x, SD 2.x and SDXL pipelines with the real architectures (not a test module).
+
+Each is a real diffusers pipeline, shrunk: the same component classes and wiring (CLIP text
+encoders with the full 49408-token vocabulary and the offline CLIP tokenizer, AutoencoderKL,
+UNet2DConditionModel with SD 2.x's linear projections and SDXL's text_time embedding), saved
+with ``save_pretrained`` so the engine and diffusers load the very same folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unlearn.conditioning.tokenizer import EOS_TOKEN, build_clip_tokenizer
+
+IMAGE_SIZE = 16  # pixels; the VAE downsamples by 2, so latents are 8 x 8
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def _text_config(hidden: int, act: str, projection: int = 16) -> dict:
+    return dict(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=projection, hidden_act=act,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+    )
+
+
+def _vae(scaling_factor: float = 0.18215):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=IMAGE_SIZE, scaling_factor=scaling_factor,
+    )
+
+
+def _unet(cross_attention_dim: int, **kwargs):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, norm_num_groups=4, **kwargs,
+    )
+
+
+def _tokenizer(cache: Path, pad_token: str = EOS_TOKEN):
+    return build_clip_tokenizer(cache_dir=cache, max_length=77, pad_token=pad_token)
+
+
+def build_sd15(folder: Path, cache: Path) -> Path:
+    """SD 1.x: eps, CLIP (quick_gelu) last layer, DDIM with SD 1.5's timestep settings."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
+        tokenizer=_tokenizer(cache),
+        unet=_unet(16, attention_head_dim=4),
+        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
+                                timestep_spacing="leading"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sd21(folder: Path, cache: Path) -> Path:
+    """SD 2.x-v: v-prediction, OpenCLIP-as-CLIPTextModel (gelu, "!" padding), linear projections."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(1)
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "gelu"))),
+        tokenizer=_tokenizer(cache, pad_token="!"),
+        unet=_unet(16, attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True),
+        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
+                                timestep_spacing="leading", prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sdxl(folder: Path, cache: Path) -> Path:
+    """SDXL: two encoders (16 + 32 channels), pooled projection (16), time_ids, Euler leading."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(2)
+    time_dim = 8
+    pooled = 16
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(scaling_factor=0.13025),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, "gelu", projection=pooled))),
+        tokenizer=_tokenizer(cache),
+        tokenizer_2=_tokenizer(cache, pad_token="!"),
+        unet=_unet(16 + 32, attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                   addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=pooled + 6 * time_dim),
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading"),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+BUILDERS = {"sd15": build_sd15, "sd21": build_sd21, "sdxl": build_sdxl}
+
+
+def load_diffusers(arch: str, folder: Path):
+    """The same folder through diffusers' own pipeline class, offline."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    pipe = cls.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

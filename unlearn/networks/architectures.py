@@ -1,0 +1,113 @@
+"""The real SD 1.5, SD 2.1 (768-v) and SDXL base architectures, for random-weight models.
+
+No real weights exist on these machines; speed and memory at real scale are measured on
+random weights of the real architectures. The component configs are those of the released
+diffusers repos (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0);
+tests check the parameter counts against the published ones:
+
+==========  ==============  ==========  ===================================================
+model       UNet            VAE         text encoder(s)
+==========  ==============  ==========  ===================================================
+SD 1.5      859,520,964     83,653,863  CLIP ViT-L/14 123,060,480
+SD 2.1      865,910,724     83,653,863  OpenCLIP ViT-H/14, 23 of 24 layers, 340,387,840
+SDXL base   2,567,463,684   83,653,863  CLIP ViT-L/14 + OpenCLIP bigG/14 694,659,840
+==========  ==============  ==========  ===================================================
+
+`save_random_pipeline` writes such a model as a diffusers folder (``model_path`` of
+``configs/models/<arch>.yaml``); ``scripts/make_random_model.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ARCHITECTURES", "build_components", "save_random_pipeline"]
+
+log = logging.getLogger(__name__)
+
+_CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+_OPENCLIP_H = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                   num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512)
+_OPENCLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                      num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+_SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "unet": dict(sample_size=64, cross_attention_dim=768),  # otherwise diffusers' defaults
+        "vae": dict(_VAE, sample_size=512),
+        "text_encoders": [(_CLIP_L, False, "<|endoftext|>")],  # (config, with_projection, pad token)
+        "scheduler": ("PNDMScheduler", dict(_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)),
+    },
+    "sd21": {
+        "unet": dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                     use_linear_projection=True, upcast_attention=True),
+        "vae": dict(_VAE, sample_size=768),
+        "text_encoders": [(_OPENCLIP_H, False, "!")],
+        "scheduler": ("DDIMScheduler", dict(_SD_BETAS, prediction_type="v_prediction", clip_sample=False,
+                                            set_alpha_to_one=False)),
+    },
+    "sdxl": {
+        "unet": dict(sample_size=128, block_out_channels=(320, 640, 1280),
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                     transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20],
+                     cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+                     addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+        "vae": dict(_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+        "text_encoders": [(_CLIP_L, False, "<|endoftext|>"), (_OPENCLIP_BIGG, True, "!")],
+        "scheduler": ("EulerDiscreteScheduler", dict(_SD_BETAS, timestep_spacing="leading")),
+    },
+}
+
+
+def _architecture(arch: str) -> dict[str, Any]:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch: expected one of {sorted(ARCHITECTURES)}, got {arch!r}")
+    return ARCHITECTURES[arch]
+
+
+def build_components(arch: str) -> dict[str, Any]:
+    """UNet, VAE and text encoder(s) of ``arch`` with random weights, on the current default
+    device (``with torch.device("meta"):`` builds them without memory)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    spec = _architecture(arch)
+    parts: dict[str, Any] = {"unet": UNet2DConditionModel(**spec["unet"]), "vae": AutoencoderKL(**spec["vae"])}
+    for i, (config, with_projection, _) in enumerate(spec["text_encoders"]):
+        cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+        parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = cls(CLIPTextConfig(**config))
+    return parts
+
+
+def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random-weight ``arch`` model as a diffusers pipeline folder; returns the folder."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from unlearn.conditioning.tokenizer import build_clip_tokenizer
+
+    spec = _architecture(arch)
+    torch.manual_seed(seed)
+    parts = {k: v.to(dtype) for k, v in build_components(arch).items()}
+    for i, (_, _, pad) in enumerate(spec["text_encoders"]):
+        parts["tokenizer" if i == 0 else f"tokenizer_{i + 1}"] = build_clip_tokenizer(max_length=77, pad_token=pad)
+    name, kwargs = spec["scheduler"]
+    parts["scheduler"] = getattr(diffusers, name)(**kwargs)
+    if arch == "sdxl":
+        pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    log.info("wrote a random-weight %s (%s) to %s", arch, dtype, folder)
+    return folder
