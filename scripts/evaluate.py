@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
+
+from unlearn.scripting import add_model_arguments, load_model_from_args, run_script
 
 log = logging.getLogger("unlearn.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("model (one of --run, --ckpt, --config; --config may add to the others)")
-    src.add_argument("--run", help="a run directory (its saved config and newest last.ckpt)")
-    src.add_argument("--ckpt", help="a Lightning checkpoint")
-    src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
-    src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
-    src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
-    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
+    add_model_arguments(p)
     p.add_argument("--concept", action="append", default=[],
                    help="an erased concept (repeat for several); none evaluates a base model")
     p.add_argument("--judge", default="checkpoints/toy/judge.safetensors", help="judge weights")
@@ -49,7 +44,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--out must name a .json file, got {out}")
 
     from unlearn.data.canvas import CANVAS
-    from unlearn.engine.loading import load_model
     from unlearn.eval.judge import load_judge
     from unlearn.eval.report import metrics_markdown
     from unlearn.eval.toy_benchmark import run_toy_benchmark
@@ -57,8 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     for concept in args.concept:
         CANVAS.concept_kind(concept)  # an unknown name fails before any model is built
     judge = load_judge(args.judge)
-    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
-                       masks=args.masks, weights=args.weights).to(args.device)
+    model = load_model_from_args(args, args.device)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     concepts = getattr(model, "canvas_concepts", None)
     metrics = run_toy_benchmark(
@@ -72,9 +65,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -11,8 +11,8 @@ mean nothing. Needs the model's size in RAM (SDXL: about 14 GB in float32, 7 GB 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+
+from unlearn.scripting import run_script
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -33,9 +33,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
+
+from unlearn.scripting import add_model_arguments, load_model_from_args, run_script
 
 log = logging.getLogger("unlearn.sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("model (one of --run, --ckpt, --config; --config may add to the others)")
-    src.add_argument("--run", help="a run directory (its saved config and newest last.ckpt)")
-    src.add_argument("--ckpt", help="a Lightning checkpoint")
-    src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
-    src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
-    src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
-    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
+    add_model_arguments(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
@@ -62,10 +57,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from tqdm import tqdm
 
     from unlearn.callbacks.image_logger import save_grid
-    from unlearn.engine.loading import load_model
 
-    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
-                       masks=args.masks, weights=args.weights).to(args.device)
+    model = load_model_from_args(args, args.device)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     jobs = [(i, prompt, args.seed + k) for i, prompt in enumerate(prompts) for k in range(args.n_per_prompt)]
     out = Path(args.out)
@@ -88,9 +81,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

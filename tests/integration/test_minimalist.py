@@ -18,12 +18,7 @@ SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
 METHOD = str(ROOT / "configs" / "methods" / "minimalist.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ SCHEDULERS = {"ddim": (DDIMScheduler, dict(set_alpha_to_one=True, clip_sample=Fa
 TOL = 1e-4  # max difference: [0, 1] images (measured: 2e-6 at most) and latents relative to their max
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: far faster than two contended threads
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from tests.integration.tiny_pipelines import IMAGE_SIZE
 ARCHS = ["sd15", "sd21", "sdxl"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(arch):

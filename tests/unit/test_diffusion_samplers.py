@@ -41,13 +41,7 @@ V = {"target": "unlearn.diffusion.scalings.VScaling"}
 DPM_KW = dict(algorithm_type="dpmsolver++", final_sigmas_type="zero")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny UNet runs ~30x faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from tests.unit.mask_helpers import Wrapper, one_thread, tiny_inputs, tiny_network  # noqa: F401
+from tests.unit.mask_helpers import Wrapper, tiny_inputs, tiny_network  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.hooks import AttentionHeadHooker, HeadMaskedAttnProcessor, MaskManager
 
 

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from tests.unit.mask_helpers import one_thread, randomize, tiny_inputs, tiny_network  # noqa: F401
+from tests.unit.mask_helpers import randomize, tiny_inputs, tiny_network  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.hooks import MaskManager, apply_masks, binarize, load_masks, save_masks
 
 CONFIGS = [
@@ -27,7 +29,7 @@ def test_local_binarization_switches_off_exactly_the_ratio_in_every_layer(traine
     result = binarize(manager, "local", off_ratio=0.25)
     lams = manager.masks()
     for key, v in result.values.items():
-        n, k = v.numel(), round(0.25 * v.numel())
+        k = round(0.25 * v.numel())
         assert int((v == 0).sum()) == k and set(v.unique().tolist()) <= {0.0, 1.0}
         # the switched-off units are those with the lowest λ
         assert lams[key].detach()[v == 0].max() <= lams[key].detach()[v == 1].min()

@@ -5,7 +5,9 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from tests.unit.mask_helpers import Wrapper, one_thread, randomize, tiny_inputs, tiny_network  # noqa: F401
+from tests.unit.mask_helpers import Wrapper, randomize, tiny_inputs, tiny_network  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.hooks import FeedForwardHooker, LinearHooker, MaskManager, NormHooker
 
 ALL = [

@@ -6,7 +6,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from tests.unit.mask_helpers import one_thread, randomize, tiny_network  # noqa: F401
+from tests.unit.mask_helpers import randomize, tiny_network  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.config import instantiate_from_config, load_configs
 from unlearn.data.prompt_batches import ConceptPromptTriples
 from unlearn.hooks import MaskManager, load_masks

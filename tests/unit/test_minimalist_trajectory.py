@@ -6,7 +6,9 @@ from functools import partial
 import pytest
 import torch
 
-from tests.unit.mask_helpers import one_thread, randomize, tiny_inputs, tiny_network  # noqa: F401
+from tests.unit.mask_helpers import randomize, tiny_inputs, tiny_network  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.diffusion.denoiser import DiscreteDenoiser
 from unlearn.diffusion.samplers import EulerAncestralSampler, EulerSampler
 from unlearn.engine.trajectory_checkpoint import checkpointed_trajectory_backward, run_trajectory

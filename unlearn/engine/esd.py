@@ -194,7 +194,7 @@ class ESDEngine(DiffusionEngine):
         if self._cond_table is None or next(iter(self._cond_table["concept"].values())).device != self.device:
             with torch.no_grad(), _eval_mode(self.conditioner):
                 self._cond_table = {"concept": self.conditioning_for(self.prompts),
-                                    "null": self.conditioning_for([""])}
+                                    "null": self.unconditional_for([""])}
                 if self.erase_from is not None:
                     self._cond_table["erase_from"] = self.conditioning_for([self.erase_from])
                 if self.preserve:

@@ -214,7 +214,7 @@ class MaskErasureEngine(DiffusionEngine):
         with torch.no_grad():
             cond_masked = self.conditioning_for(concept + keep)
             cond_target = self.conditioning_for(deconcept + keep)
-            uc = self.conditioning_for([""] * (2 * n)) if self.conditioner is not None else None
+            uc = self.unconditional_for([""] * (2 * n)) if self.conditioner is not None else None
         sigmas = self._trajectory_sampler.get_sigmas(self.num_steps, device=self.device)
         noise = generation.seeded_noise([seeds[-1] + k for k in range(2 * n)], self.latent_shape, self.device)
         x0 = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # (2n, C, H, W), shared by both trajectories

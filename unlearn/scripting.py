@@ -1,0 +1,38 @@
+"""What the command-line scripts share: the model-source flags and a clean error exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run / --ckpt / --config / --set / --masks / --weights, as `load_model_from_args` reads them."""
+    src = parser.add_argument_group("model (one of --run, --ckpt, --config; --config may add to the others)")
+    src.add_argument("--run", help="a run directory (its saved config and newest last.ckpt)")
+    src.add_argument("--ckpt", help="a Lightning checkpoint")
+    src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
+    src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
+    src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
+    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
+
+
+def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):
+    from unlearn.engine.loading import load_model
+
+    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
+                       masks=args.masks, weights=args.weights)
+    return model.to(device)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a script's ``main`` with logging; bad input (or a missing optional package such as
+    nudenet) exits 2 with one line, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
