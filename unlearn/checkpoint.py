@@ -38,6 +38,12 @@ def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch
 def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path", strict: bool = False) -> None:
     """Load weights into ``module``, logging (or, when strict, raising on) key mismatches."""
     state = load_state_dict(path, key)
+    own = module.state_dict()
+    wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{key}: {path} was saved from a model of another shape ({len(wrong)} tensors), e.g. "
+                         + "; ".join(wrong[:3]))
     missing, unexpected = module.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(

@@ -210,14 +210,18 @@ def prepare(argv: Sequence[str] | None = None):
     return trainer, model, data, paths, config, opts
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Run ``main.py`` with ``argv``; returns the run directory."""
-    trainer, model, data, paths, _, opts = prepare(argv)
+def fit(trainer, model, data, paths: RunPaths, opts: argparse.Namespace) -> Path:
     log.info("Run directory: %s", paths.run_dir)
     if opts.train:
         ckpt = str(paths.resume_ckpt) if paths.resume_ckpt else None
         trainer.fit(model, datamodule=data, ckpt_path=ckpt)
     return paths.run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run ``main.py`` with ``argv``; returns the run directory."""
+    trainer, model, data, paths, _, opts = prepare(argv)
+    return fit(trainer, model, data, paths, opts)
 
 
 def _setup_logging() -> None:
@@ -230,11 +234,18 @@ def _setup_logging() -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``main.py``: config mistakes print one clear line, not a traceback."""
+    """Entry point for ``main.py``: bad input found while building the run (config mistakes,
+    missing files, invalid values) prints one clear line, not a traceback. Errors during
+    training keep their traceback: they are bugs, and the checkpoint callback has saved."""
     _setup_logging()
     try:
-        main(argv)
-    except (ConfigError, FileNotFoundError) as err:
+        trainer, model, data, paths, _, opts = prepare(argv)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        fit(trainer, model, data, paths, opts)
+    except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -195,3 +195,13 @@ def test_overrides_right_after_base_files(logdir: Path):
     saved = next((run / "configs").glob("*-project.yaml")).read_text()
     assert "base_learning_rate: 0.5" in saved
     assert "max_steps: 3" in next((run / "configs").glob("*-lightning.yaml")).read_text()
+
+
+def test_main_py_reports_bad_values_without_traceback(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path),
+         "model.params.network_config.params.attention=flash9"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "attention: expected one of" in proc.stderr and "Traceback" not in proc.stderr

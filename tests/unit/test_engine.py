@@ -106,3 +106,12 @@ def test_export_model_round_trip(tmp_path, engine):
     b = loaded.generate(["a striped circle"], seeds=[3], num_steps=2)
     assert torch.equal(a, b)
     assert str(out) in cfg_out.read_text()
+
+
+def test_checkpoint_of_another_shape_names_the_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "other.safetensors"
+    save_file({"network.unet.conv_in.weight": torch.zeros(7, 3, 3, 3)}, str(bad))
+    with pytest.raises(ValueError, match=r"another shape .*network\.unet\.conv_in\.weight: \(7, 3, 3, 3\) in the file"):
+        load_model([SMOKE], overrides=[f"model.params.ckpt_path={bad}"])
