@@ -30,11 +30,14 @@ from typing import Sequence
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.captions import OBJECT_TEMPLATES, STYLE_TEMPLATES, fix_articles
 
-__all__ = ["TEMPLATES", "PromptRow", "split_concepts", "read_prompt_csv", "concept_prompts"]
+__all__ = ["TEMPLATES", "PromptRow", "split_concepts", "read_prompt_csv", "concept_prompts", "read_name_list",
+           "canvas_prompt_rows", "write_prompt_csv"]
 
 TEMPLATES: tuple[str, ...] = ("auto", "concept", "object", "style", "i2p", "custom")
 # Columns of the I2P CSV (Schramowski et al. 2023); UnlearnCanvas prompt lists use the same layout.
 CSV_COLUMNS: tuple[str, ...] = ("prompt", "categories", "evaluation_seed", "evaluation_guidance")
+# UnlearnCanvas's evaluation prompt for one (style, object) pair; names' underscores become spaces.
+CANVAS_EVAL_TEMPLATE = "A {object} image in {style} style."
 
 
 @dataclass(frozen=True)
@@ -178,3 +181,49 @@ def concept_prompts(
         else:
             raise ValueError("template custom needs prompt_templates (with a {concept} slot) or prompt_csv")
     return _unique(prompts)
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    """Names in a local text file, one a line (UnlearnCanvas style / object lists); blank lines
+    and ``#`` comments are skipped. Missing file: FileNotFoundError; no names: ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"name list: no such file: {path}")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"name list: {path} holds no names")
+    return names
+
+
+def canvas_prompt_rows(
+    styles: Sequence[str] | str | Path,
+    objects: Sequence[str] | str | Path,
+    template: str = CANVAS_EVAL_TEMPLATE,
+    seeds: Sequence[int | None] = (None,),
+    guidance: float | None = None,
+) -> list[PromptRow]:
+    """One row per (style, object, seed), style-major: ``template`` with ``{style}`` and
+    ``{object}`` filled (underscores as spaces), categories ``(style, object)`` as named.
+    ``styles`` / ``objects``: lists of names or `read_name_list` files."""
+    styles = read_name_list(styles) if isinstance(styles, (str, Path)) else list(styles)
+    objects = read_name_list(objects) if isinstance(objects, (str, Path)) else list(objects)
+    if "{style}" not in template and "{object}" not in template:
+        raise ValueError(f"template: expected {{style}} and/or {{object}} in {template!r}")
+    return [
+        PromptRow(template.format(style=s.replace("_", " "), object=o.replace("_", " ")), (s, o), seed, guidance)
+        for s in styles for o in objects for seed in seeds
+    ]
+
+
+def write_prompt_csv(rows: Sequence[PromptRow], path: str | Path) -> Path:
+    """Write ``rows`` with the I2P columns, so `read_prompt_csv` (and ``evaluate.py --prompts``) reads them back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow([r.prompt, ",".join(r.categories), "" if r.evaluation_seed is None else r.evaluation_seed,
+                             "" if r.evaluation_guidance is None else r.evaluation_guidance])
+    return path
