@@ -4,7 +4,8 @@
     python scripts/sample.py --config configs/models/toy_canvas.yaml --prompt "a striped circle" \
         --n-per-prompt 4 --steps 25 --guidance-scale 3 --out outputs/samples
 
-Writes one PNG per image (``<prompt index>_<seed>.png``) and ``grid.png`` (a row per prompt).
+Writes one PNG per image (``images/<prompt index>_<seed>.png``, a folder that
+`scripts/evaluate_nudity.py --images` can read as it is) and ``grid.png`` (a row per prompt).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         batch = model.generate([j[1] for j in chunk], seeds=[j[2] for j in chunk],
                                negative_prompt=args.negative_prompt, sampler=sampler)
         for (i, _, seed), image in zip(chunk, batch):
-            path = out / f"{i:04d}_{seed}.png"
+            path = out / "images" / f"{i:04d}_{seed}.png"
             save_grid(image[None], path, nrow=1, padding=0)
             written.append(path)
         images.append(batch.cpu())

@@ -152,6 +152,7 @@ def test_sample_script_writes_images(trained_run: Path, tmp_path: Path):
         "--n-per-prompt", "3", "--steps", "3", "--batch-size", "4", "--out", str(out),
     ])
     assert len(written) == 6
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in written)
     for path in written:
         assert Image.open(path).size == (16, 16)
     grid = Image.open(out / "grid.png")
