@@ -13,6 +13,23 @@ from unlearn.paths import resolve_local_file
 log = logging.getLogger(__name__)
 
 
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file. ``what`` names the file's role in errors:
+    missing -> FileNotFoundError, unreadable -> ValueError, both naming the path."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{what}: cannot read {path} as .safetensors: {err}") from err
+    return tensors, metadata
+
+
 def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch.Tensor]:
     """Load a flat state dict; a Lightning checkpoint's ``state_dict`` is unwrapped.
 

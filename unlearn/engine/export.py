@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from unlearn.checkpoint import read_safetensors
 from unlearn.selection import selection_root
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,7 @@ def save_erased_weights(path: str | Path, tensors: Mapping[str, torch.Tensor], m
 
 def load_erased_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of an erased-weights file; FileNotFoundError / ValueError name the path."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"erased weights: no such file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"erased weights: cannot read {path} as .safetensors: {err}") from err
+    tensors, metadata = read_safetensors(path, "erased weights")
     if not tensors:
         raise ValueError(f"erased weights: {path} holds no tensors")
     return tensors, metadata

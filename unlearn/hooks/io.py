@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from unlearn.checkpoint import read_safetensors
 from unlearn.config import get_obj_from_str
 from unlearn.hooks.manager import HOOKER_GROUPS, MaskManager, model_fingerprint
 
@@ -69,17 +70,7 @@ def save_masks(
 
 def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(values, metadata) of a mask file; missing -> FileNotFoundError, unreadable -> ValueError."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"masks: no such file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            values = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types
-        raise ValueError(f"masks: cannot read {path} as safetensors: {err}") from err
+    values, meta = read_safetensors(path, "masks")
     if meta.get("format") != MASK_FORMAT:
         raise ValueError(f"masks: {path} is not an unlearn mask file (format {meta.get('format')!r}, "
                          f"expected {MASK_FORMAT!r})")
