@@ -230,3 +230,20 @@ def test_train_end_benchmarks_the_student_and_the_teacher(trained, monkeypatch, 
     shape = (1, 3, 16, 16)
     assert calls == [("DMD2Engine", tmp_path / "eval", "FewStepSampler", ["striped"], shape),
                      ("_TeacherView", tmp_path / "eval" / "teacher", "NoneType", ["striped"], shape)]
+
+
+def test_teacher_generate_samples_the_teacher_not_the_student():
+    from unlearn.engine import generation
+    from unlearn.engine.diffusion import DiffusionEngine
+
+    engine = build_engine()
+    with torch.no_grad():  # make the student differ from the teacher
+        for p in engine.generator.parameters():
+            p.add_(0.05)
+    teacher = engine.teacher_generate(PROMPTS, seeds=[0, 1], decode=False)
+    sampler = DiffusionEngine.make_sampler(engine)
+    with torch.no_grad():
+        noise = generation.seeded_noise([0, 1], engine.latent_shape)
+        expected = sampler(engine.denoise, noise, engine.conditioning_for(PROMPTS), engine.unconditional_for([""] * 2))
+    assert torch.allclose(teacher, expected, atol=1e-6)
+    assert not torch.allclose(teacher, engine.generate(PROMPTS, seeds=[0, 1], num_steps=4, decode=False), atol=1e-3)

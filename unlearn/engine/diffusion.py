@@ -230,10 +230,16 @@ class DiffusionEngine(pl.LightningModule):
             cond = self.conditioning_for(prompts)
             uc = self.unconditional_for(negatives) if self.conditioner is not None else None
             noise = generation.seeded_noise(seeds, self.latent_shape, self.device, torch.float32)
-            z = sampler(self.denoise, noise, cond, uc)
+            z = self.run_sampler(sampler, noise, cond, uc, seeds)
             return self.decode_first_stage(z).clamp(-1, 1) if decode else z
         finally:
             self.train(was_training)
+
+    def run_sampler(self, sampler, noise: torch.Tensor, cond: dict[str, torch.Tensor],
+                    uc: dict[str, torch.Tensor] | None, seeds: Sequence[int]) -> torch.Tensor:
+        """The sampling call of `generate`; ``noise`` (B, C, H, W) was drawn from ``seeds``.
+        Subclasses whose model or noise differ (a distilled student) override this alone."""
+        return sampler(self.denoise, noise, cond, uc)
 
     @torch.no_grad()
     def log_images(self, batch: dict[str, Any], n: int = 8) -> dict[str, torch.Tensor]:

@@ -364,29 +364,17 @@ class DMD2Engine(DiffusionEngine):
                         self.student_sampler.timesteps_for(num_steps), self.generator_timesteps)
         return FewStepSampler(self.discretization_config, self.generator_timesteps, num_steps=num_steps)
 
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int] | None = None,
-                 negative_prompt: str | Sequence[str] = "", sampler=None, num_steps: int | None = None,
-                 guidance_scale: float | None = None, decode: bool = True) -> torch.Tensor:
-        """Student images (B, C, H, W) in [-1, 1]; image i uses seed i's noise for its start
-        and its re-noising, so it does not depend on the batch. ``negative_prompt`` only
-        matters for a sampler with a CFG guider."""
-        seeds = list(range(len(prompts))) if seeds is None else list(seeds)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        sampler = sampler or self.make_sampler(num_steps=num_steps, guidance_scale=guidance_scale)
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        was_training = self.training
-        self.eval()
-        try:
-            cond = self.conditioning_for(prompts)
-            uc = self.unconditional_for(negatives) if self.conditioner is not None else None
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-            noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens]).to(self.device)
-            z = sampler(self.student_denoise, noise, cond, uc, noise_sampler=per_sample_noise_sampler(gens))
-            return self.decode_first_stage(z).clamp(-1, 1) if decode else z
-        finally:
-            self.train(was_training)
+    def run_sampler(self, sampler, noise: torch.Tensor, cond: dict[str, torch.Tensor],
+                    uc: dict[str, torch.Tensor] | None, seeds: Sequence[int]) -> torch.Tensor:
+        """A `FewStepSampler` samples the student (``make_sampler`` gives one); any other
+        sampler samples the teacher (``teacher_generate``). Image i's re-noising continues
+        seed i's generator after its starting noise, so it does not depend on the batch."""
+        if not isinstance(sampler, FewStepSampler):
+            return super().run_sampler(sampler, noise, cond, uc, seeds)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        for g in gens:  # the starting noise (already in ``noise``) was the first draw of each
+            torch.randn(self.latent_shape, generator=g)
+        return sampler(self.student_denoise, noise, cond, uc, noise_sampler=per_sample_noise_sampler(gens))
 
     def teacher_generate(self, prompts: Sequence[str], seeds: Sequence[int] | None = None, **kwargs: Any):
         """Teacher images with the model's own sampler config (``sampler_config``)."""
