@@ -115,3 +115,15 @@ def test_checkpoint_of_another_shape_names_the_tensor(tmp_path):
     save_file({"network.unet.conv_in.weight": torch.zeros(7, 3, 3, 3)}, str(bad))
     with pytest.raises(ValueError, match=r"another shape .*network\.unet\.conv_in\.weight: \(7, 3, 3, 3\) in the file"):
         load_model([SMOKE], overrides=[f"model.params.ckpt_path={bad}"])
+
+
+def test_toy_base_recipe_folds_32px_images_into_8x8_v_prediction():
+    cfg = load_configs([ROOT / "configs" / "toy" / "canvas_base.yaml"])
+    model = instantiate_from_config(cfg.model)
+    assert model.latent_shape == (48, 8, 8)
+    batch = {"jpg": torch.rand(2, 3, 32, 32) * 2 - 1, "txt": ["a striped circle", "a dotted star"]}
+    z = model.encode_first_stage(batch["jpg"])
+    loss = model.loss_fn(model.network, model.denoiser, z, model.condition(batch))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    images = model.generate(["a striped circle"], seeds=[0], num_steps=2, guidance_scale=3.0)
+    assert images.shape == (1, 3, 32, 32)

@@ -124,3 +124,20 @@ def test_identity_first_stage():
     stage = IdentityFirstStage()
     x = torch.randn(2, 3, 4, 4)
     assert stage.encode(x) is x and stage.decode(x) is x and stage.downsample_factor == 1
+
+
+def test_pixel_unshuffle_first_stage_is_a_lossless_fold():
+    from unlearn.networks import PixelUnshuffleFirstStage
+
+    stage = PixelUnshuffleFirstStage(factor=4)
+    assert stage.downsample_factor == 4 and stage.latent_channels == 48
+    x = torch.randn(2, 3, 32, 32)
+    z = stage.encode(x)
+    assert z.shape == (2, 48, 8, 8)
+    # Channel c*16 + 4*i + j of position (p, q) holds pixel (4p + i, 4q + j) of channel c.
+    assert z[1, 2 * 16 + 4 * 3 + 1, 5, 6] == x[1, 2, 4 * 5 + 3, 4 * 6 + 1]
+    assert torch.equal(stage.decode(z), x)
+    # A permutation keeps i.i.d. Gaussian noise i.i.d.: same values, same norm.
+    assert torch.equal(z.flatten().sort().values, x.flatten().sort().values)
+    with pytest.raises(ValueError, match="factor"):
+        PixelUnshuffleFirstStage(factor=0)

@@ -1,0 +1,126 @@
+"""Collect the toy-world runs of ``toy_methods.sh`` into one table.
+
+    python scripts/bench/toy_table.py OUT_DIR --style striped --object circle --images 4
+
+Reads ``OUT_DIR/eval/<name>/metrics.json`` (written by ``scripts/evaluate.py``),
+``OUT_DIR/times.txt`` (training seconds per method) and the masks files' metadata, and
+writes ``OUT_DIR/toy_methods.json`` and ``OUT_DIR/toy_methods.md``. Nothing is computed
+here beyond copying the figures and the issues' targets beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+# (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
+# DMD2's targets are relative to its teacher and are checked separately below.
+ROWS = [
+    ("base", "base model (no erasure)", None, None),
+    ("esd_x", "ESD-x (xattn)", "style", (90, 80, 90)),
+    ("esd_u", "ESD-u (noxattn)", "object", (90, 70, 70)),
+    ("masks_style", "minimalist masks", "style", (90, 80, 90)),
+    ("masks_object", "minimalist masks", "object", (90, 80, 90)),
+    ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
+    ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
+]
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.1f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _off_share(run_file: Path) -> float | None:
+    if not run_file.is_file():
+        return None
+    masks = Path(run_file.read_text().strip()) / "masks.safetensors"
+    if not masks.is_file():
+        return None
+    with safe_open(str(masks), "pt") as f:
+        meta = f.metadata() or {}
+    return 100 * float(meta["off_share"]) if "off_share" in meta else None
+
+
+def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
+    times = {}
+    if (out / "times.txt").is_file():
+        for line in (out / "times.txt").read_text().split("\n"):
+            if line.strip():
+                name, seconds = line.split()
+                times[name] = int(seconds)
+    rows = []
+    for name, method, kind, target in ROWS:
+        metrics = _load(out / "eval" / name / "metrics.json")
+        if metrics is None:
+            continue
+        concept = {"style": style, "object": obj}.get(kind) if kind else None
+        row = {"name": name, "method": method, "concept": concept,
+               **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
+               "train_s": times.get(name), "target": target}
+        if name.startswith("masks_"):
+            row["off_pct"] = _off_share(out / f"{name}.run")
+        rows.append(row)
+    # The base model judged against each erased concept: what UA/IRA/CRA are before erasure.
+    before = {kind: _load(out / "eval" / f"base_vs_{kind}" / "metrics.json") for kind in ("style", "object")}
+    return {"style": style, "object": obj, "rows": rows,
+            "before": {k: ({m: v.get(m) for m in ("UA", "IRA", "CRA")} if v else None) for k, v in before.items()}}
+
+
+def markdown(result: dict[str, Any], images: int) -> str:
+    lines = [f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
+             f"Erased concepts: style `{result['style']}`, object `{result['object']}`.", "",
+             "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        target = "/".join(f"≥{t}" for t in r["target"]) if r["target"] else ""
+        extra = f" ({_fmt(r['off_pct'])}% off)" if r.get("off_pct") is not None else ""
+        lines.append(f"| {r['method']}{extra} | {r['concept'] or ''} | {_fmt(r['UA'])} | {_fmt(r['IRA'])} | "
+                     f"{_fmt(r['CRA'])} | {_fmt(r['FD'])} | {_fmt(r['object_acc'])} | {_fmt(r['style_acc'])} | "
+                     f"{_fmt(r['joint_acc'])} | {r['train_s'] if r['train_s'] is not None else ''} | {target} |")
+    lines += ["", "Before erasure (the base model judged against the same concept):", "",
+              "| concept | UA | IRA | CRA |", "|---|---|---|---|"]
+    for kind, name in (("style", result["style"]), ("object", result["object"])):
+        b = result["before"].get(kind) or {}
+        lines.append(f"| {name} | {_fmt(b.get('UA'))} | {_fmt(b.get('IRA'))} | {_fmt(b.get('CRA'))} |")
+    by_name = {r["name"]: r for r in result["rows"]}
+    teacher = by_name.get("esd_x")
+    if teacher:
+        lines += ["", "DMD2 against its teacher (ESD-x, 25-step sampler); issue 7 asks for the 4-step student: "
+                  "FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
+                  "| student | FD / teacher FD | UA − teacher UA |", "|---|---|---|"]
+        for name in ("dmd2_4step", "dmd2_1step"):
+            s = by_name.get(name)
+            if s and teacher["FD"] and s["FD"] is not None and s["UA"] is not None and teacher["UA"] is not None:
+                lines.append(f"| {s['method']} | {s['FD'] / teacher['FD']:.2f} | {s['UA'] - teacher['UA']:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path)
+    p.add_argument("--style", required=True)
+    p.add_argument("--object", required=True)
+    p.add_argument("--images", type=int, default=4)
+    args = p.parse_args(argv)
+    result = collect(args.out, args.style, args.object)
+    if not result["rows"]:
+        raise SystemExit(f"no metrics.json under {args.out / 'eval'}; run scripts/bench/toy_methods.sh first")
+    (args.out / "toy_methods.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result, args.images)
+    (args.out / "toy_methods.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

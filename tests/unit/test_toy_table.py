@@ -1,0 +1,56 @@
+"""scripts/bench/toy_table.py copies the evaluation figures into one table without changing them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _table():
+    spec = importlib.util.spec_from_file_location("toy_table", ROOT / "scripts" / "bench" / "toy_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(out: Path, name: str, **values):
+    path = out / "eval" / name / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"object_acc": 80.0, "style_acc": 90.0, "joint_acc": 72.0, **values}))
+
+
+def test_table_rows_figures_and_teacher_ratios(tmp_path):
+    _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0)
+    _metrics(tmp_path, "base_vs_style", UA=5.0, IRA=91.0, CRA=82.0, FD=10.0)
+    _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
+    _metrics(tmp_path, "masks_style", UA=70.0, IRA=85.0, CRA=90.0, FD=11.0)
+    _metrics(tmp_path, "dmd2_4step", UA=93.0, IRA=70.0, CRA=60.0, FD=15.0)
+    run = tmp_path / "runs" / "m"
+    run.mkdir(parents=True)
+    save_file({"x": torch.ones(1)}, str(run / "masks.safetensors"), metadata={"off_share": "0.0425"})
+    (tmp_path / "masks_style.run").write_text(f"{run}\n")
+    (tmp_path / "times.txt").write_text("esd_x 61\nmasks_style 240\n")
+
+    _table().main([str(tmp_path), "--style", "striped", "--object", "circle", "--images", "4"])
+    result = json.loads((tmp_path / "toy_methods.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["base", "esd_x", "masks_style", "dmd2_4step"]  # missing runs are left out
+    assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
+    assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
+    assert result["before"]["style"] == {"UA": 5.0, "IRA": 91.0, "CRA": 82.0} and result["before"]["object"] is None
+    md = (tmp_path / "toy_methods.md").read_text()
+    assert "| ESD-x (xattn) | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
+    assert "| minimalist masks (4.2% off) | striped |" in md
+    assert "| DMD2 4-step student of ESD-x | 1.25 | -2.5 |" in md  # FD 15 / 12, UA 93 - 95.5
+
+
+def test_table_without_runs_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        _table().main([str(tmp_path), "--style", "striped", "--object", "circle"])
