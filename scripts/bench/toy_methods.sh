@@ -7,16 +7,23 @@
 # 1-step students of the ESD-x-erased model), then evaluates each result and the base model
 # with the same command (`scripts/evaluate.py`: every (object, style) prompt, IMAGES images
 # each, seeds 0..IMAGES-1, the model's own sampler) and writes OUT_DIR/toy_methods.{json,md}.
-# The concepts are fixed here, not chosen after seeing results: STYLE=striped OBJECT=circle
-# (the README's examples); override them through the environment. DMD2_STEPS (critic
-# updates, default 600) and MASK_STEPS (default 300) set how long the CPU-bound runs train.
+# Which concepts: erasing one the base model cannot draw measures nothing (UA is 100%
+# before any erasure), so unless STYLE / OBJECT are given, they are picked from the BASE
+# model's evaluation alone, before any method runs: the style (other than "solid", the
+# plain fill) and the object the base model draws most reliably, the first in canvas order
+# on ties. DMD2_STEPS (critic updates, default 600) and MASK_STEPS (default 300) set how
+# long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
+# "5e-5 2e-4 1e-3": the official esd_sd.py value first, then larger ones, since that value
+# was set for SD 1.5's 860M-parameter UNet); the table keeps every row, and the DMD2
+# teacher is the ESD-x run at ESD_TEACHER_LR (default 5e-5).
+# A step whose metrics.json exists is skipped, so an interrupted run continues.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
-STYLE=${STYLE:-striped}
-OBJECT=${OBJECT:-circle}
 IMAGES=${IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-600}
 MASK_STEPS=${MASK_STEPS:-300}
+ESD_LRS=${ESD_LRS:-5e-5 2e-4 1e-3}
+ESD_TEACHER_LR=${ESD_TEACHER_LR:-5e-5}
 MODEL=configs/models/toy_canvas.yaml
 PY=${PYTHON:-python}
 RUNS="$OUT/runs"
@@ -28,8 +35,10 @@ train() {  # train NAME CONFIG... -- runs main.py and prints the run directory
     || { tail -30 "$RUNS/$name.log" >&2; exit 1; }
   ls -d "$RUNS"/*_"$name" | tail -1
 }
+done_() { [ -f "$OUT/eval/$1/metrics.json" ]; }
 evaluate() {  # evaluate NAME [--concept C] [model args...]
   local name=$1; shift
+  done_ "$name" && return 0
   "$PY" scripts/evaluate.py --images-per-prompt "$IMAGES" --out "$OUT/eval/$name/metrics.json" "$@" \
     >"$OUT/eval_$name.log" 2>&1 || { tail -30 "$OUT/eval_$name.log" >&2; exit 1; }
 }
@@ -38,27 +47,45 @@ timed() {  # timed NAME CMD... -- appends "NAME seconds" to OUT/times.txt
   "$@"
   echo "$name $((SECONDS - t0))" >>"$OUT/times.txt"
 }
-: >"$OUT/times.txt"
+touch "$OUT/times.txt"
 
 evaluate base --config "$MODEL"
+pick() {  # pick KIND EXCLUDE -- the concept of KIND with the highest base accuracy
+  "$PY" - "$OUT/eval/base/metrics.json" "$1" "$2" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["per_concept"] if r["kind"] == sys.argv[2] and r["concept"] != sys.argv[3]]
+print(max(rows, key=lambda r: r["accuracy"])["concept"])  # max keeps the first of equals
+PY
+}
+STYLE=${STYLE:-$(pick style solid)}
+OBJECT=${OBJECT:-$(pick object none)}
+echo "concepts: style $STYLE, object $OBJECT" | tee "$OUT/concepts.txt"
 evaluate base_vs_style --config "$MODEL" --concept "$STYLE"
 evaluate base_vs_object --config "$MODEL" --concept "$OBJECT"
 
-timed esd_x train esd_x_"$STYLE" configs/methods/esd_x.yaml concept="$STYLE" model.params.eval_config=null >"$OUT/esd_x.run"
-evaluate esd_x --config "$MODEL" --weights "$(cat "$OUT/esd_x.run")/erased.safetensors" --concept "$STYLE"
-
-timed esd_u train esd_u_"$OBJECT" configs/methods/esd_u.yaml concept="$OBJECT" model.params.eval_config=null >"$OUT/esd_u.run"
-evaluate esd_u --config "$MODEL" --weights "$(cat "$OUT/esd_u.run")/erased.safetensors" --concept "$OBJECT"
+for lr in $ESD_LRS; do
+  suffix=$([ "$lr" = 5e-5 ] && echo "" || echo "_lr$lr")
+  for variant in esd_x esd_u; do
+    name=$variant$suffix
+    concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
+    done_ "$name" && continue
+    timed "$name" train "${name}_$concept" configs/methods/$variant.yaml concept="$concept" lr="$lr"       model.params.eval_config=null >"$OUT/$name.run"
+    evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
+  done
+done
 
 for kind in style object; do
   concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
+  done_ "masks_$kind" && continue
   timed "masks_$kind" train "masks_$concept" configs/methods/minimalist.yaml concept="$concept" \
     lightning.trainer.max_steps="$MASK_STEPS" model.params.eval_config=null >"$OUT/masks_$kind.run"
   evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
 done
 
-teacher="$(cat "$OUT/esd_x.run")/erased.safetensors"
+teacher_run=esd_x$([ "$ESD_TEACHER_LR" = 5e-5 ] && echo "" || echo "_lr$ESD_TEACHER_LR")
+teacher="$(cat "$OUT/$teacher_run.run")/erased.safetensors"
 for steps in 4 1; do
+  done_ "dmd2_${steps}step" && continue
   timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
   timed "dmd2_${steps}step" train "dmd2_${steps}step" configs/methods/dmd2.yaml \
     model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
@@ -66,4 +93,5 @@ for steps in 4 1; do
   evaluate "dmd2_${steps}step" --run "$(cat "$OUT/dmd2_${steps}step.run")" --concept "$STYLE"
 done
 
-"$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES"
+"$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES" \
+  --teacher "$teacher_run"

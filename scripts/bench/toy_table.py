@@ -19,7 +19,9 @@ from typing import Any
 from safetensors import safe_open
 
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
-# DMD2's targets are relative to its teacher and are checked separately below.
+# DMD2's targets are relative to its teacher and are checked separately below. ESD rows
+# also come as <name>_lr<lr> (toy_methods.sh's learning-rate sweep).
+ESD_DEFAULT_LR = "5e-5"
 ROWS = [
     ("base", "base model (no erasure)", None, None),
     ("esd_x", "ESD-x (xattn)", "style", (90, 80, 90)),
@@ -29,6 +31,19 @@ ROWS = [
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
 ]
+
+
+def _expand(out: Path) -> list[tuple[str, str, str | None, tuple | None]]:
+    """ROWS with each ESD row followed by its learning-rate variants found under ``out/eval``."""
+    rows = []
+    for name, method, kind, target in ROWS:
+        if name.startswith("esd_"):
+            rows.append((name, f"{method}, lr {ESD_DEFAULT_LR}", kind, target))
+            for path in sorted((out / "eval").glob(f"{name}_lr*"), key=lambda p: float(p.name.split("_lr")[1])):
+                rows.append((path.name, f"{method}, lr {path.name.split('_lr')[1]}", kind, target))
+        else:
+            rows.append((name, method, kind, target))
+    return rows
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -60,7 +75,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
                 name, seconds = line.split()
                 times[name] = int(seconds)
     rows = []
-    for name, method, kind, target in ROWS:
+    for name, method, kind, target in _expand(out):
         metrics = _load(out / "eval" / name / "metrics.json")
         if metrics is None:
             continue
@@ -77,7 +92,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
             "before": {k: ({m: v.get(m) for m in ("UA", "IRA", "CRA")} if v else None) for k, v in before.items()}}
 
 
-def markdown(result: dict[str, Any], images: int) -> str:
+def markdown(result: dict[str, Any], images: int, teacher: str = "esd_x") -> str:
     lines = [f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
              f"Erased concepts: style `{result['style']}`, object `{result['object']}`.", "",
              "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
@@ -94,9 +109,10 @@ def markdown(result: dict[str, Any], images: int) -> str:
         b = result["before"].get(kind) or {}
         lines.append(f"| {name} | {_fmt(b.get('UA'))} | {_fmt(b.get('IRA'))} | {_fmt(b.get('CRA'))} |")
     by_name = {r["name"]: r for r in result["rows"]}
-    teacher = by_name.get("esd_x")
+    teacher_name, teacher = teacher, by_name.get(teacher)
     if teacher:
-        lines += ["", "DMD2 against its teacher (ESD-x, 25-step sampler); issue 7 asks for the 4-step student: "
+        lines += ["", f"DMD2 against its teacher ({teacher['method']}, `{teacher_name}`, 25-step sampler); "
+                  "issue 7 asks for the 4-step student: "
                   "FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
                   "| student | FD / teacher FD | UA − teacher UA |", "|---|---|---|"]
         for name in ("dmd2_4step", "dmd2_1step"):
@@ -112,12 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--style", required=True)
     p.add_argument("--object", required=True)
     p.add_argument("--images", type=int, default=4)
+    p.add_argument("--teacher", default="esd_x", help="the row DMD2 distilled (default esd_x)")
     args = p.parse_args(argv)
     result = collect(args.out, args.style, args.object)
     if not result["rows"]:
         raise SystemExit(f"no metrics.json under {args.out / 'eval'}; run scripts/bench/toy_methods.sh first")
     (args.out / "toy_methods.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result, args.images)
+    result["dmd2_teacher"] = args.teacher
+    md = markdown(result, args.images, args.teacher)
     (args.out / "toy_methods.md").write_text(md)
     print(md)
 

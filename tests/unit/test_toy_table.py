@@ -30,6 +30,8 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0)
     _metrics(tmp_path, "base_vs_style", UA=5.0, IRA=91.0, CRA=82.0, FD=10.0)
     _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
+    _metrics(tmp_path, "esd_x_lr1e-3", UA=99.0, IRA=60.0, CRA=97.0, FD=14.0)
+    _metrics(tmp_path, "esd_x_lr2e-4", UA=97.0, IRA=70.0, CRA=98.0, FD=13.0)
     _metrics(tmp_path, "masks_style", UA=70.0, IRA=85.0, CRA=90.0, FD=11.0)
     _metrics(tmp_path, "dmd2_4step", UA=93.0, IRA=70.0, CRA=60.0, FD=15.0)
     run = tmp_path / "runs" / "m"
@@ -41,12 +43,14 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     _table().main([str(tmp_path), "--style", "striped", "--object", "circle", "--images", "4"])
     result = json.loads((tmp_path / "toy_methods.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["base", "esd_x", "masks_style", "dmd2_4step"]  # missing runs are left out
+    # Missing runs are left out; the learning-rate sweep follows its method, smallest lr first.
+    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "masks_style", "dmd2_4step"]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
     assert result["before"]["style"] == {"UA": 5.0, "IRA": 91.0, "CRA": 82.0} and result["before"]["object"] is None
     md = (tmp_path / "toy_methods.md").read_text()
-    assert "| ESD-x (xattn) | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
+    assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
+    assert "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
     assert "| minimalist masks (4.2% off) | striped |" in md
     assert "| DMD2 4-step student of ESD-x | 1.25 | -2.5 |" in md  # FD 15 / 12, UA 93 - 95.5
 

@@ -1,0 +1,52 @@
+"""The shipped toy base model (configs/models/toy_canvas.yaml + checkpoints/toy/canvas_base.safetensors)
+loads completely and draws the object and style its prompt names, as the judge sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearn.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
+from unlearn.engine.loading import load_model
+from unlearn.eval.judge import load_judge
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "models" / "toy_canvas.yaml"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+WEIGHTS = ROOT / "checkpoints" / "toy" / "canvas_base.safetensors"
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    # The config names the weights relative to the repository root; tests may run elsewhere.
+    return load_model([CONFIG], overrides=[f"model.params.ckpt_path={WEIGHTS}"]).eval()
+
+
+def test_shipped_weights_cover_the_whole_model(toy_model):
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS), "pt") as f:
+        shipped = set(f.keys())
+    expected = {k for k in toy_model.state_dict() if k.startswith(("network.", "conditioner."))}
+    assert expected and expected <= shipped
+
+
+def test_shipped_model_draws_the_prompted_object_and_style(toy_model):
+    judge = load_judge(ROOT / "checkpoints" / "toy" / "judge.safetensors")
+    # One image per object (solid style) and per style (on a circle), fixed seeds.
+    prompts = [f"a solid {o}" for o in CANVAS_OBJECTS] + [f"a {s} circle" for s in CANVAS_STYLES]
+    with torch.no_grad():
+        images = toy_model.generate(prompts, seeds=list(range(len(prompts))), num_steps=25, guidance_scale=3.0)
+        obj_logits, style_logits = judge(images)
+    n = len(CANVAS_OBJECTS)
+    object_hits = (obj_logits[:n].argmax(1) == torch.arange(n)).sum().item()
+    style_hits = (style_logits[n:].argmax(1) == torch.arange(len(CANVAS_STYLES))).sum().item()
+    # Chance is 1/8 of each. The shipped model draws every object but not the striped and
+    # checkered patterns yet (checkpoints/toy/MODEL_CARD.md).
+    assert object_hits >= 7, f"{object_hits}/8 objects"
+    assert style_hits >= 4, f"{style_hits}/8 styles"
