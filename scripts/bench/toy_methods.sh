@@ -82,16 +82,16 @@ for kind in style object; do
   evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
 done
 
-teacher_run=esd_x$([ "$ESD_TEACHER_LR" = 5e-5 ] && echo "" || echo "_lr$ESD_TEACHER_LR")
-teacher="$(cat "$OUT/$teacher_run.run")/erased.safetensors"
+suffix=$([ "$ESD_TEACHER_LR" = 5e-5 ] && echo "" || echo "_lr$ESD_TEACHER_LR")
+teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
 for steps in 4 1; do
-  done_ "dmd2_${steps}step" && continue
+  name=dmd2_${steps}step$suffix
+  done_ "$name" && continue
   timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
-  timed "dmd2_${steps}step" train "dmd2_${steps}step" configs/methods/dmd2.yaml \
+  timed "$name" train "$name" configs/methods/dmd2.yaml \
     model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
-    lightning.trainer.max_steps="$DMD2_STEPS" >"$OUT/dmd2_${steps}step.run"
-  evaluate "dmd2_${steps}step" --run "$(cat "$OUT/dmd2_${steps}step.run")" --concept "$STYLE"
+    lightning.trainer.max_steps="$DMD2_STEPS" >"$OUT/$name.run"
+  evaluate "$name" --run "$(cat "$OUT/$name.run")" --concept "$STYLE"
 done
 
-"$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES" \
-  --teacher "$teacher_run"
+"$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES"

@@ -30,14 +30,15 @@ ROWS = [
     ("masks_object", "minimalist masks", "object", (90, 80, 90)),
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
+# A DMD2 row <name>[_lr<lr>] distilled the ESD-x row esd_x[_lr<lr>] (toy_methods.sh's ESD_TEACHER_LR).
 ]
 
 
 def _expand(out: Path) -> list[tuple[str, str, str | None, tuple | None]]:
-    """ROWS with each ESD row followed by its learning-rate variants found under ``out/eval``."""
+    """ROWS with each ESD / DMD2 row followed by its learning-rate variants found under ``out/eval``."""
     rows = []
     for name, method, kind, target in ROWS:
-        if name.startswith("esd_"):
+        if name.startswith(("esd_", "dmd2_")):
             rows.append((name, f"{method}, lr {ESD_DEFAULT_LR}", kind, target))
             for path in sorted((out / "eval").glob(f"{name}_lr*"), key=lambda p: float(p.name.split("_lr")[1])):
                 rows.append((path.name, f"{method}, lr {path.name.split('_lr')[1]}", kind, target))
@@ -92,7 +93,12 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
             "before": {k: ({m: v.get(m) for m in ("UA", "IRA", "CRA")} if v else None) for k, v in before.items()}}
 
 
-def markdown(result: dict[str, Any], images: int, teacher: str = "esd_x") -> str:
+def _teacher_of(name: str) -> str:
+    """dmd2_4step_lr2e-4 -> esd_x_lr2e-4: the ESD-x row a DMD2 row distilled."""
+    return "esd_x" + (name[name.index("_lr"):] if "_lr" in name else "")
+
+
+def markdown(result: dict[str, Any], images: int) -> str:
     lines = [f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
              f"Erased concepts: style `{result['style']}`, object `{result['object']}`.", "",
              "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
@@ -109,16 +115,16 @@ def markdown(result: dict[str, Any], images: int, teacher: str = "esd_x") -> str
         b = result["before"].get(kind) or {}
         lines.append(f"| {name} | {_fmt(b.get('UA'))} | {_fmt(b.get('IRA'))} | {_fmt(b.get('CRA'))} |")
     by_name = {r["name"]: r for r in result["rows"]}
-    teacher_name, teacher = teacher, by_name.get(teacher)
-    if teacher:
-        lines += ["", f"DMD2 against its teacher ({teacher['method']}, `{teacher_name}`, 25-step sampler); "
-                  "issue 7 asks for the 4-step student: "
-                  "FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
-                  "| student | FD / teacher FD | UA − teacher UA |", "|---|---|---|"]
-        for name in ("dmd2_4step", "dmd2_1step"):
-            s = by_name.get(name)
-            if s and teacher["FD"] and s["FD"] is not None and s["UA"] is not None and teacher["UA"] is not None:
-                lines.append(f"| {s['method']} | {s['FD'] / teacher['FD']:.2f} | {s['UA'] - teacher['UA']:+.1f} |")
+    students = [r for r in result["rows"] if r["name"].startswith("dmd2_") and _teacher_of(r["name"]) in by_name]
+    if students:
+        lines += ["", "DMD2 students against their teacher (the ESD-x row of the same learning rate, 25-step "
+                  "sampler); issue 7 asks for the 4-step student: FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
+                  "| student | teacher | FD / teacher FD | UA − teacher UA |", "|---|---|---|---|"]
+        for s in students:
+            teacher = by_name[_teacher_of(s["name"])]
+            if teacher["FD"] and s["FD"] is not None and s["UA"] is not None and teacher["UA"] is not None:
+                lines.append(f"| {s['method']} | {teacher['method']} | {s['FD'] / teacher['FD']:.2f} | "
+                             f"{s['UA'] - teacher['UA']:+.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,14 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--style", required=True)
     p.add_argument("--object", required=True)
     p.add_argument("--images", type=int, default=4)
-    p.add_argument("--teacher", default="esd_x", help="the row DMD2 distilled (default esd_x)")
     args = p.parse_args(argv)
     result = collect(args.out, args.style, args.object)
     if not result["rows"]:
         raise SystemExit(f"no metrics.json under {args.out / 'eval'}; run scripts/bench/toy_methods.sh first")
     (args.out / "toy_methods.json").write_text(json.dumps(result, indent=2) + "\n")
-    result["dmd2_teacher"] = args.teacher
-    md = markdown(result, args.images, args.teacher)
+    md = markdown(result, args.images)
     (args.out / "toy_methods.md").write_text(md)
     print(md)
 

@@ -34,6 +34,7 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     _metrics(tmp_path, "esd_x_lr2e-4", UA=97.0, IRA=70.0, CRA=98.0, FD=13.0)
     _metrics(tmp_path, "masks_style", UA=70.0, IRA=85.0, CRA=90.0, FD=11.0)
     _metrics(tmp_path, "dmd2_4step", UA=93.0, IRA=70.0, CRA=60.0, FD=15.0)
+    _metrics(tmp_path, "dmd2_4step_lr2e-4", UA=96.0, IRA=70.0, CRA=60.0, FD=26.0)
     run = tmp_path / "runs" / "m"
     run.mkdir(parents=True)
     save_file({"x": torch.ones(1)}, str(run / "masks.safetensors"), metadata={"off_share": "0.0425"})
@@ -44,7 +45,8 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     result = json.loads((tmp_path / "toy_methods.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
     # Missing runs are left out; the learning-rate sweep follows its method, smallest lr first.
-    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "masks_style", "dmd2_4step"]
+    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "masks_style", "dmd2_4step",
+                          "dmd2_4step_lr2e-4"]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
     assert result["before"]["style"] == {"UA": 5.0, "IRA": 91.0, "CRA": 82.0} and result["before"]["object"] is None
@@ -52,7 +54,9 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
     assert "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
     assert "| minimalist masks (4.2% off) | striped |" in md
-    assert "| DMD2 4-step student of ESD-x | 1.25 | -2.5 |" in md  # FD 15 / 12, UA 93 - 95.5
+    # Each student is compared with the ESD-x run of its own learning rate.
+    assert "| DMD2 4-step student of ESD-x, lr 5e-5 | ESD-x (xattn), lr 5e-5 | 1.25 | -2.5 |" in md  # 15/12, 93-95.5
+    assert "| DMD2 4-step student of ESD-x, lr 2e-4 | ESD-x (xattn), lr 2e-4 | 2.00 | -1.0 |" in md  # 26/13, 96-97
 
 
 def test_table_without_runs_is_an_error(tmp_path):
