@@ -24,7 +24,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from unlearn.scripting import add_model_arguments, load_model_from_args, run_script
+from unlearn.scripting import add_model_arguments, json_output, load_model_from_args, run_script
 
 log = logging.getLogger("unlearn.evaluate")
 
@@ -55,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.suffix != ".json":
-        raise ValueError(f"--out must name a .json file, got {out}")
+    out = json_output(args.out)
     if args.prompts:
         return _prompt_benchmark(args, out)
 

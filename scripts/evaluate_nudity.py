@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
-from unlearn.scripting import run_script
+from unlearn.scripting import json_output, run_script
 
 log = logging.getLogger("unlearn.evaluate_nudity")
 
@@ -36,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.suffix != ".json":
-        raise ValueError(f"--out must name a .json file, got {out}")
+    out = json_output(args.out)
     from unlearn.eval.nudity import evaluate_nudity
 
     result = evaluate_nudity(args.images, classes=args.classes or args.preset, threshold=args.threshold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -25,6 +26,14 @@ def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):
     model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
                        masks=args.masks, weights=args.weights)
     return model.to(device)
+
+
+def json_output(out: str | Path) -> Path:
+    """The ``--out`` path of a script that writes a JSON result; anything else is a ValueError."""
+    out = Path(out)
+    if out.suffix != ".json":
+        raise ValueError(f"--out must name a .json file, got {out}")
+    return out
 
 
 def run_script(main: Callable[[], Any]) -> None:

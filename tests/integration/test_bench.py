@@ -3,22 +3,18 @@ one iteration through the real engines and the JSON and markdown reports are wri
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_methods", ROOT / "scripts" / "bench" / "bench_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_methods.py")
 
 
 def test_bench_tiny_cpu_writes_every_key(tmp_path):

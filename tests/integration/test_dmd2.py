@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from unlearn import cli
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -44,11 +44,7 @@ def test_main_distils_and_exports_the_student(dmd2_run: Path):
 
 
 def test_sample_script_samples_the_student(dmd2_run: Path, tmp_path: Path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import sample
-    finally:
-        sys.path.pop(0)
+    sample = load_script("sample.py")
     written = sample.main(["--run", str(dmd2_run), "--prompt", "a striped circle", "--n-per-prompt", "2",
                            "--guidance-scale", "5", "--out", str(tmp_path / "four")])
     assert len(written) == 2 and Image.open(written[0]).size == (16, 16)

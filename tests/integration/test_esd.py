@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.scripts import load_script
 from unlearn import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +37,11 @@ def test_run_writes_only_cross_attention_weights(esd_run: Path):
 
 
 def test_sample_script_applies_erased_weights(esd_run: Path, tmp_path: Path):
-    import importlib.util
 
     from unlearn.engine.export import load_erased_weights
     from unlearn.engine.loading import load_model
 
-    spec = importlib.util.spec_from_file_location("sample_script", ROOT / "scripts" / "sample.py")
-    sample = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sample)
+    sample = load_script("sample.py")
     weights = esd_run / "erased.safetensors"
     written = sample.main(["--config", SMOKE, "--weights", str(weights), "--prompt", "a striped circle",
                            "--steps", "2", "--out", str(tmp_path / "samples")])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -16,11 +16,7 @@ JUDGE = str(ROOT / "checkpoints" / "toy" / "judge.safetensors")
 
 @pytest.fixture(scope="module")
 def evaluate():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate as module
-    finally:
-        sys.path.pop(0)
+    module = load_script("evaluate.py")
     return module
 
 

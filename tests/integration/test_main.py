@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from unlearn import cli
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -141,11 +142,7 @@ def test_help_is_fast():
 
 
 def test_sample_script_writes_images(trained_run: Path, tmp_path: Path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import sample
-    finally:
-        sys.path.pop(0)
+    sample = load_script("sample.py")
     out = tmp_path / "samples"
     written = sample.main([
         "--run", str(trained_run), "--prompt", "a striped circle", "--prompt", "a dotted star",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from unlearn import cli
 from unlearn.hooks import load_masks
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -42,11 +42,7 @@ def test_main_trains_masks_and_writes_them(mask_run: Path):
 
 
 def test_sample_script_applies_the_masks(mask_run: Path, tmp_path: Path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import sample
-    finally:
-        sys.path.pop(0)
+    sample = load_script("sample.py")
     args = ["--config", SMOKE, "--prompt", "a striped circle", "--steps", "3"]
     torch.manual_seed(0)  # the smoke config has no weights: the same seed gives the same random model
     plain = sample.main([*args, "--out", str(tmp_path / "plain")])

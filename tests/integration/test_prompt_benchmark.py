@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 from unlearn.data.prompts import read_prompt_csv
 from unlearn.eval.prompt_benchmark import generate_prompt_images, select_rows
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -50,11 +50,7 @@ class FakeDetector:
 
 @pytest.fixture
 def evaluate():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate as module
-    finally:
-        sys.path.pop(0)
+    module = load_script("evaluate.py")
     return module
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from omegaconf import OmegaConf
 
 from unlearn.config import instantiate_from_config, load_configs
 from unlearn.engine.loading import load_model
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "toy" / "smoke.yaml"
@@ -93,11 +93,7 @@ def test_export_model_round_trip(tmp_path, engine):
     trainer.strategy.connect(engine)
     trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import export_model
-    finally:
-        sys.path.pop(0)
+    export_model = load_script("export_model.py")
     out = tmp_path / "model.safetensors"
     cfg_out = tmp_path / "model.yaml"
     export_model.main(["--run", str(run), "--out", str(out), "--config-out", str(cfg_out)])

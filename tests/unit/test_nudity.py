@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.scripts import load_script
 from unlearn.eval.nudity import (
     DEFAULT_THRESHOLD,
     EXPOSED_CLASSES,
@@ -31,11 +31,7 @@ def flat_folder(tmp_path):
 
 def test_nudenet_finds_nothing_on_flat_images_and_states_its_settings(flat_folder, tmp_path):
     pytest.importorskip("nudenet")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import evaluate_nudity
-    finally:
-        sys.path.pop(0)
+    evaluate_nudity = load_script("evaluate_nudity.py")
     out = tmp_path / "res" / "nudity.json"
     result = evaluate_nudity.main(["--images", str(flat_folder), "--out", str(out)])
     assert result["num_images"] == 3 and result["num_nude"] == 0 and result["nudity_rate"] == 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
+
 
 
 def _table():
-    spec = importlib.util.spec_from_file_location("toy_table", ROOT / "scripts" / "bench" / "toy_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/toy_table.py")
 
 
 def _metrics(out: Path, name: str, **values):
