@@ -115,10 +115,14 @@ class DiffusionEngine(pl.LightningModule):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape_for(self.image_size)
+
+    def latent_shape_for(self, image_size: int) -> tuple[int, int, int]:
+        """(C, H, W) of the model-space tensor for square images of ``image_size`` pixels."""
         f = self.first_stage.downsample_factor
-        if self.image_size % f:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of the first stage's factor {f}")
-        return (self.network.in_channels, self.image_size // f, self.image_size // f)
+        if image_size % f:
+            raise ValueError(f"image_size {image_size} is not a multiple of the first stage's factor {f}")
+        return (self.network.in_channels, image_size // f, image_size // f)
 
     @property
     def canvas_concepts(self) -> tuple[list[str], list[str]] | None:

@@ -218,10 +218,7 @@ class ESDEngine(DiffusionEngine):
 
     @property
     def train_latent_shape(self) -> tuple[int, int, int]:
-        f = self.first_stage.downsample_factor
-        if self.train_image_size % f:
-            raise ValueError(f"image_size {self.train_image_size} is not a multiple of the first stage's factor {f}")
-        return (self.network.in_channels, self.train_image_size // f, self.train_image_size // f)
+        return self.latent_shape_for(self.train_image_size)
 
     @property
     def pool(self) -> TrajectoryPool:
