@@ -7,15 +7,16 @@
 # 1-step students of the ESD-x-erased model), then evaluates each result and the base model
 # with the same command (`scripts/evaluate.py`: every (object, style) prompt, IMAGES images
 # each, seeds 0..IMAGES-1, the model's own sampler) and writes OUT_DIR/toy_methods.{json,md}.
-# Which concepts: erasing one the base model cannot draw measures nothing (UA is 100%
-# before any erasure), so unless STYLE / OBJECT are given, they are picked from the BASE
-# model's evaluation alone, before any method runs: the style (other than "solid", the
-# plain fill) and the object the base model draws most reliably, the first in canvas order
-# on ties. DMD2_STEPS (critic updates, default 600) and MASK_STEPS (default 300) set how
+# Which concepts: unless STYLE / OBJECT are given, scripts/bench/pick_concepts.py picks them
+# from the BASE model's evaluation and the judge alone, before any method runs: the style
+# (other than "solid", the plain fill) and the object the base model draws most reliably,
+# leaving out the judge's sinks (a concept the judge gives to most blurred images: erasing
+# it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates, default 600) and MASK_STEPS (default 300) set how
 # long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
 # "5e-5 2e-4 1e-3": the official esd_sd.py value first, then larger ones, since that value
 # was set for SD 1.5's 860M-parameter UNet); the table keeps every row, and the DMD2
-# teacher is the ESD-x run at ESD_TEACHER_LR (default 5e-5).
+# teacher is the ESD-x run at ESD_TEACHER_LR (default: the one with the highest UA, the
+# smaller learning rate on ties; a student can only stay as erased as its teacher).
 # A step whose metrics.json exists is skipped, so an interrupted run continues.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
@@ -23,7 +24,7 @@ IMAGES=${IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-600}
 MASK_STEPS=${MASK_STEPS:-300}
 ESD_LRS=${ESD_LRS:-5e-5 2e-4 1e-3}
-ESD_TEACHER_LR=${ESD_TEACHER_LR:-5e-5}
+ESD_TEACHER_LR=${ESD_TEACHER_LR:-}
 MODEL=configs/models/toy_canvas.yaml
 PY=${PYTHON:-python}
 RUNS="$OUT/runs"
@@ -50,15 +51,12 @@ timed() {  # timed NAME CMD... -- appends "NAME seconds" to OUT/times.txt
 touch "$OUT/times.txt"
 
 evaluate base --config "$MODEL"
-pick() {  # pick KIND EXCLUDE -- the concept of KIND with the highest base accuracy
-  "$PY" - "$OUT/eval/base/metrics.json" "$1" "$2" <<'PY'
-import json, sys
-rows = [r for r in json.load(open(sys.argv[1]))["per_concept"] if r["kind"] == sys.argv[2] and r["concept"] != sys.argv[3]]
-print(max(rows, key=lambda r: r["accuracy"])["concept"])  # max keeps the first of equals
-PY
-}
-STYLE=${STYLE:-$(pick style solid)}
-OBJECT=${OBJECT:-$(pick object none)}
+if [ -z "${STYLE:-}" ] || [ -z "${OBJECT:-}" ]; then
+  read -r picked_style picked_object < <("$PY" scripts/bench/pick_concepts.py "$OUT/eval/base/metrics.json" \
+    --out "$OUT/concepts.json" 2>"$OUT/pick_concepts.log")
+  STYLE=${STYLE:-$picked_style}
+  OBJECT=${OBJECT:-$picked_object}
+fi
 echo "concepts: style $STYLE, object $OBJECT" | tee "$OUT/concepts.txt"
 evaluate base_vs_style --config "$MODEL" --concept "$STYLE"
 evaluate base_vs_object --config "$MODEL" --concept "$OBJECT"
@@ -82,6 +80,17 @@ for kind in style object; do
   evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
 done
 
+if [ -z "$ESD_TEACHER_LR" ]; then  # the most erased ESD-x run
+  ESD_TEACHER_LR=$("$PY" - "$OUT/eval" $ESD_LRS <<'PY'
+import json, sys
+def ua(lr):
+    name = "esd_x" if lr == "5e-5" else f"esd_x_lr{lr}"
+    return json.load(open(f"{sys.argv[1]}/{name}/metrics.json"))["UA"]
+print(max(sorted(sys.argv[2:], key=float), key=ua))  # max keeps the first (smallest lr) of equals
+PY
+)
+fi
+echo "DMD2 teacher: ESD-x lr $ESD_TEACHER_LR" | tee -a "$OUT/concepts.txt"
 suffix=$([ "$ESD_TEACHER_LR" = 5e-5 ] && echo "" || echo "_lr$ESD_TEACHER_LR")
 teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
 for steps in 4 1; do

@@ -50,3 +50,17 @@ def test_shipped_model_draws_the_prompted_object_and_style(toy_model):
     # checkered patterns yet (checkpoints/toy/MODEL_CARD.md).
     assert object_hits >= 7, f"{object_hits}/8 objects"
     assert style_hits >= 4, f"{style_hits}/8 styles"
+
+
+def test_probe_styles_reports_recovery_per_style_and_sigma(tmp_path):
+    from tests.scripts import load_script
+
+    probe = load_script("probe_styles.py")
+    common = ["--config", str(CONFIG), "--set", f"model.params.ckpt_path={WEIGHTS}", "--images", "2"]
+    with pytest.raises(ValueError, match=r"--start-steps must lie in 1\.\.24"):
+        probe.main(common + ["--start-steps", "25", "--out", str(tmp_path / "bad.json")])
+    result = probe.main(common + ["--start-steps", "23", "--unconditional", "2", "--out", str(tmp_path / "p.json")])
+    assert set(result["recovery_percent_by_sigma"]) == set(CANVAS_STYLES)
+    # From the last steps (sigma ~0.27) a solid fill survives on the shipped model.
+    assert result["recovery_percent_by_sigma"]["solid"] == {"0.27": 100.0}
+    assert sum(result["unconditional_styles"].values()) == 2
