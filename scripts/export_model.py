@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from unlearn.scripting import run_script
+from unlearn.scripting import output_path, run_script
 
 log = logging.getLogger("unlearn.export")
 
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must be a .safetensors file, got {out}")
+    out = output_path(args.out, ".safetensors")
 
     import torch
     from omegaconf import OmegaConf

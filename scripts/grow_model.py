@@ -16,9 +16,8 @@ configs' own ``ckpt_path`` is ignored. The output holds every tensor of the grow
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from unlearn.scripting import run_script
+from unlearn.scripting import output_path, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[str]:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must be a .safetensors file, got {out}")
+    out = output_path(args.out, ".safetensors")
     from safetensors.torch import save_file
 
     from unlearn.engine.loading import load_model

@@ -52,12 +52,17 @@ def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch
     return dict(obj)
 
 
+def shape_mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """"name: (file shape) in the file, (model shape) in the model" for each shared tensor whose shapes differ."""
+    return [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k, v in state.items() if k in own and own[k].shape != v.shape]
+
+
 def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path", strict: bool = False) -> None:
     """Load weights into ``module``, logging (or, when strict, raising on) key mismatches."""
     state = load_state_dict(path, key)
     own = module.state_dict()
-    wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    wrong = shape_mismatches(state, own)
     if wrong:
         raise ValueError(f"{key}: {path} was saved from a model of another shape ({len(wrong)} tensors), e.g. "
                          + "; ".join(wrong[:3]))

@@ -28,12 +28,17 @@ def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):
     return model.to(device)
 
 
+def output_path(out: str | Path, suffix: str) -> Path:
+    """The ``--out`` path of a script that writes a ``suffix`` file; any other is a ValueError."""
+    out = Path(out)
+    if out.suffix != suffix:
+        raise ValueError(f"--out must name a {suffix} file, got {out}")
+    return out
+
+
 def json_output(out: str | Path) -> Path:
     """The ``--out`` path of a script that writes a JSON result; anything else is a ValueError."""
-    out = Path(out)
-    if out.suffix != ".json":
-        raise ValueError(f"--out must name a .json file, got {out}")
-    return out
+    return output_path(out, ".json")
 
 
 def run_script(main: Callable[[], Any]) -> None:

@@ -11,8 +11,8 @@
 # from the BASE model's evaluation and the judge alone, before any method runs: the style
 # (other than "solid", the plain fill) and the object the base model draws most reliably,
 # leaving out the judge's sinks (a concept the judge gives to most blurred images: erasing
-# it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates, default 600) and MASK_STEPS (default 300) set how
-# long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
+# it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates,
+# default 600) and MASK_STEPS (default 300) set how long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
 # "5e-5 2e-4 1e-3": the official esd_sd.py value first, then larger ones, since that value
 # was set for SD 1.5's 860M-parameter UNet); the table keeps every row, and the DMD2
 # teacher is the ESD-x run at ESD_TEACHER_LR (default: the one with the highest UA, the
@@ -37,6 +37,7 @@ train() {  # train NAME CONFIG... -- runs main.py and prints the run directory
   ls -d "$RUNS"/*_"$name" | tail -1
 }
 done_() { [ -f "$OUT/eval/$1/metrics.json" ]; }
+lr_suffix() { [ "$1" = 5e-5 ] || echo "_lr$1"; }  # run names: esd_x (official lr), esd_x_lr2e-4, ...
 evaluate() {  # evaluate NAME [--concept C] [model args...]
   local name=$1; shift
   done_ "$name" && return 0
@@ -62,12 +63,13 @@ evaluate base_vs_style --config "$MODEL" --concept "$STYLE"
 evaluate base_vs_object --config "$MODEL" --concept "$OBJECT"
 
 for lr in $ESD_LRS; do
-  suffix=$([ "$lr" = 5e-5 ] && echo "" || echo "_lr$lr")
+  suffix=$(lr_suffix "$lr")
   for variant in esd_x esd_u; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
     done_ "$name" && continue
-    timed "$name" train "${name}_$concept" configs/methods/$variant.yaml concept="$concept" lr="$lr"       model.params.eval_config=null >"$OUT/$name.run"
+    timed "$name" train "${name}_$concept" configs/methods/$variant.yaml concept="$concept" lr="$lr" \
+      model.params.eval_config=null >"$OUT/$name.run"
     evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
   done
 done
@@ -80,18 +82,16 @@ for kind in style object; do
   evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
 done
 
-if [ -z "$ESD_TEACHER_LR" ]; then  # the most erased ESD-x run
-  ESD_TEACHER_LR=$("$PY" - "$OUT/eval" $ESD_LRS <<'PY'
+if [ -z "$ESD_TEACHER_LR" ]; then  # the most erased ESD-x run: argv holds "lr metrics.json" pairs
+  ESD_TEACHER_LR=$("$PY" - $(for lr in $ESD_LRS; do echo "$lr $OUT/eval/esd_x$(lr_suffix "$lr")/metrics.json"; done) <<'PY'
 import json, sys
-def ua(lr):
-    name = "esd_x" if lr == "5e-5" else f"esd_x_lr{lr}"
-    return json.load(open(f"{sys.argv[1]}/{name}/metrics.json"))["UA"]
-print(max(sorted(sys.argv[2:], key=float), key=ua))  # max keeps the first (smallest lr) of equals
+runs = sorted(zip(sys.argv[1::2], sys.argv[2::2]), key=lambda run: float(run[0]))
+print(max(runs, key=lambda run: json.load(open(run[1]))["UA"])[0])  # max keeps the first (smallest lr) of equals
 PY
 )
 fi
 echo "DMD2 teacher: ESD-x lr $ESD_TEACHER_LR" | tee -a "$OUT/concepts.txt"
-suffix=$([ "$ESD_TEACHER_LR" = 5e-5 ] && echo "" || echo "_lr$ESD_TEACHER_LR")
+suffix=$(lr_suffix "$ESD_TEACHER_LR")
 teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
 for steps in 4 1; do
   name=dmd2_${steps}step$suffix

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unlearn.checkpoint import load_state_dict
+from unlearn.checkpoint import load_state_dict, shape_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def warm_start(model: nn.Module, path: str | Path, key: str = "--from") -> list[
     if unexpected:
         raise ValueError(f"{key}: {path} has {len(unexpected)} tensors the grown model lacks, "
                          f"e.g. {unexpected[:3]}: it is not a smaller version of this model")
-    wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-             for k, v in state.items() if own[k].shape != v.shape]
+    wrong = shape_mismatches(state, own)
     if wrong:
         raise ValueError(f"{key}: {path} differs in shape from the grown model: " + "; ".join(wrong[:3]))
     model.load_state_dict(state, strict=False)
