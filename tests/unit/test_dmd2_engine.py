@@ -232,6 +232,48 @@ def test_train_end_benchmarks_the_student_and_the_teacher(trained, monkeypatch, 
                      ("_TeacherView", tmp_path / "eval" / "teacher", "NoneType", ["striped"], shape)]
 
 
+def test_every_n_steps_benchmarks_the_student_during_training(trained, monkeypatch, tmp_path):
+    import json
+
+    import unlearn.eval.toy_benchmark as toy_benchmark
+    from unlearn.data.canvas import CANVAS
+
+    eng = trained[0]
+    calls = []
+
+    def fake_benchmark(model, out_dir, sampler=None, **kwargs):
+        calls.append((Path(out_dir).name, type(sampler).__name__, model.training))
+        return {"FD": 10.0 + len(calls), "UA": 100.0 - 25 * len(calls), "IRA": 50.0, "CRA": float("nan")}
+
+    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
+    monkeypatch.setattr(eng, "run_dir", tmp_path)
+    monkeypatch.setattr(eng, "eval_config", {"teacher": True, "every_n_steps": 2})
+    monkeypatch.setattr(eng, "eval_every", 2)
+    monkeypatch.setattr(eng, "metadata", {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)})
+    eng.train()
+    for updates in (1, 2, 3, 4):
+        monkeypatch.setattr(eng, "critic_updates", updates)
+        eng.on_train_batch_end(None, None, 0)
+    # the student only (no teacher), in eval mode, at iterations 2 and 4; training mode restored
+    assert calls == [("step_2", "FewStepSampler", False), ("step_4", "FewStepSampler", False)]
+    assert eng.training
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "progress.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["UA"], r["FD"]) for r in rows] == [(2, 75.0, 11.0), (4, 50.0, 12.0)]
+    table = (tmp_path / "eval" / "progress.md").read_text().splitlines()
+    assert table[0] == "| iteration | generator updates | UA | IRA | CRA | FD |"
+    assert table[3].startswith("| 4 | ") and table[3].endswith("| 50.0 | 50.0 | n/a | 12.0 |")
+
+
+@pytest.mark.parametrize("every", [0, -3, 1.5, True, "10"])
+def test_every_n_steps_must_be_a_positive_integer(every):
+    with pytest.raises(ValueError, match="eval_config.every_n_steps"):
+        build_engine(f"model.params.eval_config={{every_n_steps: {json_value(every)}}}")
+
+
+def json_value(v):
+    return "true" if v is True else f"'{v}'" if isinstance(v, str) else str(v)
+
+
 def test_teacher_generate_samples_the_teacher_not_the_student():
     from unlearn.engine import generation
     from unlearn.engine.diffusion import DiffusionEngine

@@ -95,7 +95,8 @@ class DMD2Engine(DiffusionEngine):
         teacher_masks: a minimalist masks file registered on the teacher after the copies.
         eval_config: toy benchmark at the end of training (models with canvas metadata):
             keys ``erased`` (default: the teacher_weights' concept), ``images_per_prompt``,
-            ``batch_size``, ``judge``, ``num_steps``, ``teacher`` (also evaluate the teacher).
+            ``batch_size``, ``judge``, ``num_steps``, ``teacher`` (also evaluate the teacher),
+            ``every_n_steps`` (also the student every n iterations: ``eval/progress.md``).
     """
 
     def __init__(
@@ -162,6 +163,10 @@ class DMD2Engine(DiffusionEngine):
         unknown = sorted(set(self.eval_config or {}) - set(dmd2_outputs.EVAL_KEYS))
         if unknown:
             raise ValueError(f"eval_config: unknown key(s) {unknown}; allowed: {list(dmd2_outputs.EVAL_KEYS)}")
+        every = (self.eval_config or {}).get("every_n_steps")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"eval_config.every_n_steps: expected a positive integer, got {every!r}")
+        self.eval_every = every
         self.run_dir: Path | None = None
         self.provenance = {"teacher_ckpt": engine_kwargs.get("ckpt_path"), "teacher_weights": teacher_weights,
                            "teacher_masks": teacher_masks}
@@ -339,10 +344,18 @@ class DMD2Engine(DiffusionEngine):
         self.generator_updates = int(counts.get("generator_updates", 0))
         self.critic_updates = int(counts.get("critic_updates", 0))
 
+    def _output_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir is not None else Path(self.trainer.default_root_dir)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (self.eval_every and self.canvas_concepts and self.trainer.is_global_zero
+                and self.critic_updates % self.eval_every == 0):
+            dmd2_outputs.run_progress_evaluation(self, self._output_dir() / "eval")
+
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        out = Path(self.run_dir) if self.run_dir is not None else Path(self.trainer.default_root_dir)
+        out = self._output_dir()
         dmd2_outputs.export_student(self, out / "student.safetensors")
         if self.eval_config and self.canvas_concepts:
             dmd2_outputs.run_evaluation(self, out / "eval")

@@ -18,10 +18,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STUDENT_FORMAT", "EVAL_KEYS", "export_student", "erased_concepts", "run_evaluation"]
+__all__ = ["STUDENT_FORMAT", "EVAL_KEYS", "export_student", "erased_concepts", "run_evaluation",
+           "run_progress_evaluation"]
 
 STUDENT_FORMAT = "unlearn-dmd2-student/1"
-EVAL_KEYS = ("erased", "images_per_prompt", "batch_size", "judge", "num_steps", "teacher")
+EVAL_KEYS = ("erased", "images_per_prompt", "batch_size", "judge", "num_steps", "teacher", "every_n_steps")
+PROGRESS_KEYS = ("UA", "IRA", "CRA", "FD")
 
 
 def export_student(model, path: str | Path) -> Path:
@@ -73,11 +75,14 @@ class _TeacherView:
         return self.engine.teacher_generate(prompts, seeds, **({"sampler": sampler} if sampler else {}))
 
 
-def run_evaluation(model, out_dir: str | Path) -> dict[str, Any]:
-    """Toy benchmark of the student into ``out_dir`` (and of the teacher into ``out_dir/teacher``)."""
+def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None) -> dict[str, Any]:
+    """Toy benchmark of the student into ``out_dir`` (and of the teacher into ``out_dir/teacher``
+    when ``teacher``, default ``eval_config.teacher``)."""
     from unlearn.eval.toy_benchmark import run_toy_benchmark
 
     cfg = dict(model.eval_config or {})
+    if teacher is None:
+        teacher = bool(cfg.get("teacher"))
     out_dir = Path(out_dir)
     erased = erased_concepts(model)
     kwargs: dict[str, Any] = {
@@ -88,7 +93,7 @@ def run_evaluation(model, out_dir: str | Path) -> dict[str, Any]:
         kwargs["judge"] = cfg["judge"]
     results = {"student": run_toy_benchmark(model, out_dir=out_dir, sampler=model.make_sampler(
         num_steps=cfg.get("num_steps")), **kwargs)}
-    if cfg.get("teacher"):
+    if teacher:
         results["teacher"] = run_toy_benchmark(_TeacherView(model), out_dir=out_dir / "teacher", **kwargs)
         s, t = results["student"], results["teacher"]
         log.info("DMD2 student vs teacher: FD %.3f vs %.3f (ratio %.2f), UA %.2f vs %.2f", s["FD"], t["FD"],
@@ -98,3 +103,32 @@ def run_evaluation(model, out_dir: str | Path) -> dict[str, Any]:
                                   if k in ("UA", "IRA", "CRA", "FD") and isinstance(v, (int, float))},
                                  step=model.global_step)
     return results
+
+
+def run_progress_evaluation(model, eval_dir: str | Path) -> dict[str, Any]:
+    """The student's toy benchmark at the current iteration, into ``eval_dir/step_<n>``; its
+    headline figures are appended to ``eval_dir/progress.jsonl`` and ``progress.md``.
+
+    Distillation can undo an erasure while FD still improves (the toy table's DMD2 students
+    lose UA as they train), so ``eval_config.every_n_steps`` watches both during the run.
+    """
+    eval_dir = Path(eval_dir)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    step = int(model.critic_updates)
+    was_training = model.training
+    model.eval()
+    try:
+        student = run_evaluation(model, eval_dir / f"step_{step}", teacher=False)["student"]
+    finally:
+        model.train(was_training)
+    row = {"step": step, "generator_updates": int(model.generator_updates),
+           **{k: float(student[k]) for k in PROGRESS_KEYS if isinstance(student.get(k), (int, float))}}
+    with (eval_dir / "progress.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in (eval_dir / "progress.jsonl").read_text().splitlines() if line.strip()]
+    table = ["| iteration | generator updates | " + " | ".join(PROGRESS_KEYS) + " |", "|---" * (2 + len(PROGRESS_KEYS)) + "|"]
+    table += [f"| {r['step']} | {r['generator_updates']} | " + " | ".join(
+        f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in PROGRESS_KEYS) + " |" for r in rows]
+    (eval_dir / "progress.md").write_text("\n".join(table) + "\n")
+    log.info("DMD2 student at iteration %d: %s", step, ", ".join(f"{k} {row[k]:.2f}" for k in PROGRESS_KEYS if k in row))
+    return row

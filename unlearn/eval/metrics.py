@@ -35,7 +35,7 @@ import torch
 
 from unlearn.data.canvas import CANVAS, CanvasSpec
 
-__all__ = ["per_concept_accuracy", "unlearncanvas_metrics", "frechet_distance"]
+__all__ = ["per_concept_accuracy", "unlearncanvas_metrics", "metrics_against", "frechet_distance"]
 
 KINDS = ("object", "style")
 
@@ -134,6 +134,26 @@ def unlearncanvas_metrics(
         "per_concept": rows,
         "cell_joint_acc": cell.tolist(),
     }
+
+
+def metrics_against(per_concept: Sequence[dict[str, Any]], erased: Sequence[str]) -> dict[str, float]:
+    """UA, IRA and CRA of an evaluation's ``per_concept`` rows against other ``erased`` concepts.
+
+    UA, IRA and CRA are means of per-concept accuracies, so a base model's single evaluation
+    gives its figures against every concept (what a method must beat) without new images.
+    Returns ``{"UA", "IRA", "CRA"}`` in percent, as `unlearncanvas_metrics` would have.
+    """
+    acc = {(r["kind"], r["concept"]): float(r["accuracy"]) for r in per_concept if r["n"] > 0}
+    known = {concept for _, concept in acc}
+    missing = [name for name in erased if name not in known]
+    if missing:
+        raise ValueError(f"erased: {missing} not among the evaluated concepts {sorted(known)}")
+    erased_keys = {key for key in acc if key[1] in set(erased)}
+    erased_kinds = {kind for kind, _ in erased_keys}
+    ua = [100.0 - acc[key] for key in sorted(erased_keys)]
+    ira = [a for key, a in acc.items() if key[0] in erased_kinds and key not in erased_keys]
+    cra = [a for key, a in acc.items() if erased_kinds and key[0] not in erased_kinds]
+    return {"UA": _mean(ua), "IRA": _mean(ira), "CRA": _mean(cra)}
 
 
 def _as_double(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

@@ -1,0 +1,53 @@
+"""scripts/bench/toy_sweep.py: per-concept erasures averaged; resumes from saved metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.scripts import load_script
+
+
+def _per_concept(acc):
+    return [{"concept": c, "kind": k, "n": 32, "accuracy": a} for (k, c), a in acc.items()]
+
+
+def _write(path, payload):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def test_sweep_averages_saved_runs_without_training_again(tmp_path):
+    sweep = load_script("bench/toy_sweep.py")
+    base_acc = {("object", "circle"): 100.0, ("object", "star"): 80.0, ("object", "moon"): 90.0,
+                ("style", "solid"): 60.0, ("style", "outlined"): 40.0}
+    _write(tmp_path / "eval" / "base" / "metrics.json", {"per_concept": _per_concept(base_acc), "FD": 24.0})
+    for concept, (ua, ira, cra, fd, secs) in {"circle": (10.0, 90.0, 50.0, 30.0, 40),
+                                              "star": (70.0, 80.0, 40.0, 50.0, 60)}.items():
+        _write(tmp_path / "eval" / concept / "metrics.json", {"UA": ua, "IRA": ira, "CRA": cra, "FD": fd})
+        (tmp_path / "eval" / concept / "train_s.txt").write_text(f"{secs}\n")
+    # --python false: any training or evaluation call would fail the test
+    result = sweep.main(["--method", "configs/methods/esd_u.yaml", "--kind", "object", "--concepts", "circle", "star",
+                         "--out", str(tmp_path), "--python", "false"])
+    assert result["mean"] == pytest.approx({"UA": 40.0, "IRA": 85.0, "CRA": 45.0, "FD": 40.0, "train_s": 50.0})
+    # the base against circle: UA 0, IRA mean(80, 90), CRA mean(60, 40); against star: UA 20, IRA 95
+    assert result["concepts"][0]["base"] == pytest.approx({"UA": 0.0, "IRA": 85.0, "CRA": 50.0})
+    assert result["base_mean"] == pytest.approx({"UA": 10.0, "IRA": 90.0, "CRA": 50.0})
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["mean"]["UA"] == pytest.approx(40.0)
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| **mean** | **40.0** | **85.0** | **45.0** | 40.0 | 50.0 | 10.0 / 90.0 / 50.0 |" in table
+
+
+def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
+    sweep = load_script("bench/toy_sweep.py")
+    with pytest.raises(ValueError, match=r"\['striped'\] are not objects"):
+        sweep.main(["--method", "configs/methods/esd_u.yaml", "--kind", "object", "--concepts", "striped",
+                    "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="no_such.yaml"):
+        sweep.main(["--method", "configs/methods/no_such.yaml", "--kind", "object", "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="erased.safetensors or masks.safetensors"):
+        sweep.artifact_args(tmp_path)
+    (tmp_path / "masks.safetensors").write_bytes(b"")
+    assert sweep.artifact_args(tmp_path) == ["--masks", str(tmp_path / "masks.safetensors")]
