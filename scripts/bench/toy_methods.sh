@@ -59,8 +59,6 @@ if [ -z "${STYLE:-}" ] || [ -z "${OBJECT:-}" ]; then
   OBJECT=${OBJECT:-$picked_object}
 fi
 echo "concepts: style $STYLE, object $OBJECT" | tee "$OUT/concepts.txt"
-evaluate base_vs_style --config "$MODEL" --concept "$STYLE"
-evaluate base_vs_object --config "$MODEL" --concept "$OBJECT"
 
 for lr in $ESD_LRS; do
   suffix=$(lr_suffix "$lr")

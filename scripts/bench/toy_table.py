@@ -18,6 +18,8 @@ from typing import Any
 
 from safetensors import safe_open
 
+from unlearn.eval.metrics import metrics_against
+
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
 # DMD2's targets are relative to its teacher and are checked separately below. ESD rows
 # also come as <name>_lr<lr> (toy_methods.sh's learning-rate sweep).
@@ -87,10 +89,12 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
         if name.startswith("masks_"):
             row["off_pct"] = _off_share(out / f"{name}.run")
         rows.append(row)
-    # The base model judged against each erased concept: what UA/IRA/CRA are before erasure.
-    before = {kind: _load(out / "eval" / f"base_vs_{kind}" / "metrics.json") for kind in ("style", "object")}
-    return {"style": style, "object": obj, "rows": rows,
-            "before": {k: ({m: v.get(m) for m in ("UA", "IRA", "CRA")} if v else None) for k, v in before.items()}}
+    # The base model judged against each erased concept: what UA/IRA/CRA are before erasure
+    # (means of its per-concept accuracies, so its one evaluation serves both concepts).
+    base = _load(out / "eval" / "base" / "metrics.json")
+    before = {kind: (metrics_against(base["per_concept"], [concept]) if base and "per_concept" in base else None)
+              for kind, concept in (("style", style), ("object", obj))}
+    return {"style": style, "object": obj, "rows": rows, "before": before}
 
 
 def _teacher_of(name: str) -> str:

@@ -24,8 +24,10 @@ def _metrics(out: Path, name: str, **values):
 
 
 def test_table_rows_figures_and_teacher_ratios(tmp_path):
-    _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0)
-    _metrics(tmp_path, "base_vs_style", UA=5.0, IRA=91.0, CRA=82.0, FD=10.0)
+    per_concept = [{"concept": c, "kind": "style", "n": 4, "accuracy": a}
+                   for c, a in (("striped", 95.0), ("solid", 90.0), ("dotted", 92.0))]
+    per_concept += [{"concept": c, "kind": "object", "n": 6, "accuracy": a} for c, a in (("circle", 80.0), ("star", 84.0))]
+    _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0, per_concept=per_concept)
     _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
     _metrics(tmp_path, "esd_x_lr1e-3", UA=99.0, IRA=60.0, CRA=97.0, FD=14.0)
     _metrics(tmp_path, "esd_x_lr2e-4", UA=97.0, IRA=70.0, CRA=98.0, FD=13.0)
@@ -46,7 +48,9 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
                           "dmd2_4step_lr2e-4"]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
-    assert result["before"]["style"] == {"UA": 5.0, "IRA": 91.0, "CRA": 82.0} and result["before"]["object"] is None
+    # the base against each erased concept, from its per-concept accuracies
+    assert result["before"]["style"] == pytest.approx({"UA": 5.0, "IRA": 91.0, "CRA": 82.0})
+    assert result["before"]["object"] == pytest.approx({"UA": 20.0, "IRA": 84.0, "CRA": 92.333333})
     md = (tmp_path / "toy_methods.md").read_text()
     assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
     assert "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
