@@ -109,7 +109,7 @@ def run_paths(opts: argparse.Namespace, now: str) -> tuple[RunPaths, list[str]]:
 def _build_callbacks(lightning_cfg, paths: RunPaths) -> list:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from unlearn.callbacks import CheckpointOnException, ImageLogger
+    from unlearn.callbacks import CheckpointAtTrainEnd, CheckpointOnException, ImageLogger
     from unlearn.config import instantiate_from_config
 
     ckpt_params = {"dirpath": str(paths.ckpt_dir), "filename": "{epoch:06}-{step:09}", "save_last": True,
@@ -117,7 +117,8 @@ def _build_callbacks(lightning_cfg, paths: RunPaths) -> list:
                    # Resuming must overwrite last.ckpt, not add last-v1.ckpt beside it.
                    "enable_version_counter": False}
     ckpt_params.update(dict(lightning_cfg.get("modelcheckpoint", {}).get("params", {})))
-    callbacks = [ModelCheckpoint(**ckpt_params), CheckpointOnException(paths.ckpt_dir)]
+    callbacks = [ModelCheckpoint(**ckpt_params), CheckpointOnException(paths.ckpt_dir),
+                 CheckpointAtTrainEnd(paths.ckpt_dir)]
     for name, cfg in dict(lightning_cfg.get("callbacks", {})).items():
         if cfg is None:  # a later config may switch a callback off with `name: null`
             continue

@@ -48,6 +48,18 @@ def test_run_directory_layout(trained_run: Path):
     assert list((trained_run / "images" / "train").glob("samples_gs-000004.png"))
 
 
+def test_last_ckpt_holds_the_final_step_between_periodic_saves(tmp_path: Path):
+    # smoke.yaml saves every 2 steps; a run stopping at 5 must not leave last.ckpt at 4
+    run = train(tmp_path, "--name", "odd", "lightning.trainer.max_steps=5")
+    last = run / "checkpoints" / "last.ckpt"
+    assert ckpt_step(last) == 5
+    assert sorted(ckpt_step(p) for p in (run / "checkpoints").glob("epoch=*.ckpt")) == [2, 4]
+    # resuming a finished run trains nothing and leaves last.ckpt untouched
+    stamp = last.stat().st_mtime_ns
+    cli.main(["--resume", str(run), "lightning.trainer.max_steps=5"])
+    assert last.stat().st_mtime_ns == stamp and ckpt_step(last) == 5
+
+
 def test_resume_from_directory_continues_at_saved_step(trained_run: Path, tmp_path: Path):
     import shutil
 
