@@ -12,7 +12,9 @@
 # (other than "solid", the plain fill) and the object the base model draws most reliably,
 # leaving out the judge's sinks (a concept the judge gives to most blurred images: erasing
 # it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates,
-# default 600) and MASK_STEPS (default 300) set how long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
+# default 3000: at 500 the 4-step student still drew the erased style back, see each DMD2
+# run's eval/progress.md, copied beside its metrics) and MASK_STEPS (default 300) set how
+# long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
 # "5e-5 2e-4 1e-3": the official esd_sd.py value first, then larger ones, since that value
 # was set for SD 1.5's 860M-parameter UNet); the table keeps every row, and the DMD2
 # teacher is the ESD-x run at ESD_TEACHER_LR (default: the one with the highest UA, the
@@ -21,7 +23,7 @@
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
 IMAGES=${IMAGES:-4}
-DMD2_STEPS=${DMD2_STEPS:-600}
+DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
 ESD_LRS=${ESD_LRS:-5e-5 2e-4 1e-3}
 ESD_TEACHER_LR=${ESD_TEACHER_LR:-}
@@ -97,8 +99,9 @@ for steps in 4 1; do
   timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
   timed "$name" train "$name" configs/methods/dmd2.yaml \
     model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
-    lightning.trainer.max_steps="$DMD2_STEPS" >"$OUT/$name.run"
+    lightning.trainer.max_steps="$DMD2_STEPS" "model.params.eval_config={every_n_steps: 500}" >"$OUT/$name.run"
   evaluate "$name" --run "$(cat "$OUT/$name.run")" --concept "$STYLE"
+  cp "$(cat "$OUT/$name.run")/eval/progress.md" "$OUT/eval/$name/progress.md"
 done
 
 "$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES"
