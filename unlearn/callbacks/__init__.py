@@ -1,7 +1,6 @@
-"""Lightning callbacks: image logging, and checkpoints at the end of training or on interrupt."""
+"""Lightning callbacks: image logging, and a `last.ckpt` kept current at the end of training and on interrupt."""
 
-from unlearn.callbacks.checkpoint_at_end import CheckpointAtTrainEnd
-from unlearn.callbacks.checkpoint_on_exception import CheckpointOnException
 from unlearn.callbacks.image_logger import ImageLogger, save_grid
+from unlearn.callbacks.last_checkpoint import CheckpointAtTrainEnd, CheckpointOnException
 
 __all__ = ["CheckpointAtTrainEnd", "CheckpointOnException", "ImageLogger", "save_grid"]
