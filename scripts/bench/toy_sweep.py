@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unlearn.eval.metrics import HEADLINE
 from unlearn.scripting import run_script
 
 ARTIFACTS = {"erased.safetensors": "--weights", "masks.safetensors": "--masks"}
-KEYS = ("UA", "IRA", "CRA", "FD")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:
     def mean(key):
         values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
         return sum(values) / len(values) if values else float("nan")
-    return {key: mean(key) for key in (*KEYS, "train_s") if any(key in r for r in rows)}
+    return {key: mean(key) for key in (*HEADLINE, "train_s") if any(key in r for r in rows)}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times_path.write_text(f"{seconds:.0f}\n")
             evaluate(args, metrics_path, ["--config", args.model, *artifact_args(run_dir)], concept)
         m = json.loads(metrics_path.read_text())
-        row = {"concept": concept, **{k: m.get(k) for k in KEYS},
+        row = {"concept": concept, **{k: m.get(k) for k in HEADLINE},
                "train_s": float(times_path.read_text()) if times_path.is_file() else None,
                "base": metrics_against(base["per_concept"], [concept])}
         rows.append(row)

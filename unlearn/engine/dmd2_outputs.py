@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from unlearn.eval.metrics import HEADLINE
+
 log = logging.getLogger(__name__)
 
 __all__ = ["STUDENT_FORMAT", "EVAL_KEYS", "export_student", "erased_concepts", "run_evaluation",
@@ -23,7 +25,6 @@ __all__ = ["STUDENT_FORMAT", "EVAL_KEYS", "export_student", "erased_concepts", "
 
 STUDENT_FORMAT = "unlearn-dmd2-student/1"
 EVAL_KEYS = ("erased", "images_per_prompt", "batch_size", "judge", "num_steps", "teacher", "every_n_steps")
-PROGRESS_KEYS = ("UA", "IRA", "CRA", "FD")
 
 
 def export_student(model, path: str | Path) -> Path:
@@ -100,7 +101,7 @@ def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None) -> d
                  s["FD"] / max(t["FD"], 1e-12), s.get("UA", float("nan")), t.get("UA", float("nan")))
     if model.logger is not None:
         model.logger.log_metrics({f"eval/{k}": float(v) for k, v in results["student"].items()
-                                  if k in ("UA", "IRA", "CRA", "FD") and isinstance(v, (int, float))},
+                                  if k in HEADLINE and isinstance(v, (int, float))},
                                  step=model.global_step)
     return results
 
@@ -122,13 +123,13 @@ def run_progress_evaluation(model, eval_dir: str | Path) -> dict[str, Any]:
     finally:
         model.train(was_training)
     row = {"step": step, "generator_updates": int(model.generator_updates),
-           **{k: float(student[k]) for k in PROGRESS_KEYS if isinstance(student.get(k), (int, float))}}
+           **{k: float(student[k]) for k in HEADLINE if isinstance(student.get(k), (int, float))}}
     with (eval_dir / "progress.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in (eval_dir / "progress.jsonl").read_text().splitlines() if line.strip()]
-    table = ["| iteration | generator updates | " + " | ".join(PROGRESS_KEYS) + " |", "|---" * (2 + len(PROGRESS_KEYS)) + "|"]
+    table = ["| iteration | generator updates | " + " | ".join(HEADLINE) + " |", "|---" * (2 + len(HEADLINE)) + "|"]
     table += [f"| {r['step']} | {r['generator_updates']} | " + " | ".join(
-        f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in PROGRESS_KEYS) + " |" for r in rows]
+        f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in HEADLINE) + " |" for r in rows]
     (eval_dir / "progress.md").write_text("\n".join(table) + "\n")
-    log.info("DMD2 student at iteration %d: %s", step, ", ".join(f"{k} {row[k]:.2f}" for k in PROGRESS_KEYS if k in row))
+    log.info("DMD2 student at iteration %d: %s", step, ", ".join(f"{k} {row[k]:.2f}" for k in HEADLINE if k in row))
     return row

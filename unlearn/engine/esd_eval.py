@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.eval import toy_benchmark
+from unlearn.eval.metrics import HEADLINE
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EVAL_KEYS", "run_before_after", "before_after_table"]
 
 EVAL_KEYS = ("images_per_prompt", "batch_size", "num_steps", "guidance_scale", "sampler", "judge", "before")
-HEADLINE = ("UA", "IRA", "CRA", "FD")
 
 
 def _fmt(value: Any) -> str:

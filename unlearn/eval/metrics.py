@@ -35,9 +35,10 @@ import torch
 
 from unlearn.data.canvas import CANVAS, CanvasSpec
 
-__all__ = ["per_concept_accuracy", "unlearncanvas_metrics", "metrics_against", "frechet_distance"]
+__all__ = ["HEADLINE", "per_concept_accuracy", "unlearncanvas_metrics", "metrics_against", "frechet_distance"]
 
 KINDS = ("object", "style")
+HEADLINE = ("UA", "IRA", "CRA", "FD")  # the figures every erasure report leads with
 
 
 def _labels(values: Sequence[int] | np.ndarray | torch.Tensor, n_classes: int, name: str) -> np.ndarray:
