@@ -264,6 +264,42 @@ def test_every_n_steps_benchmarks_the_student_during_training(trained, monkeypat
     assert table[3].startswith("| 4 | ") and table[3].endswith("| 50.0 | 50.0 | n/a | 12.0 |")
 
 
+def test_final_student_benchmarked_by_a_progress_evaluation_is_not_benchmarked_again(trained, monkeypatch, tmp_path):
+    import json
+
+    import unlearn.eval.toy_benchmark as toy_benchmark
+    from unlearn.data.canvas import CANVAS
+
+    eng = trained[0]
+    calls = []
+
+    def fake_benchmark(model, out_dir, sampler=None, **kwargs):
+        calls.append((type(model).__name__, Path(out_dir).relative_to(tmp_path).as_posix()))
+        metrics = {"FD": 10.0 + len(calls), "UA": 90.0}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
+        (Path(out_dir) / "grid.png").write_bytes(b"png %d" % len(calls))
+        return metrics
+
+    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
+    monkeypatch.setattr(eng, "run_dir", tmp_path)
+    monkeypatch.setattr(eng, "eval_config", {"teacher": True, "every_n_steps": 2})
+    monkeypatch.setattr(eng, "eval_every", 2)
+    monkeypatch.setattr(eng, "metadata", {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)})
+    monkeypatch.setattr(eng, "critic_updates", 4)
+    eng.on_train_batch_end(None, None, 0)
+    eng.on_train_end()
+    # the final student's files come from its progress benchmark; only the teacher is sampled
+    assert calls == [("DMD2Engine", "eval/step_4"), ("_TeacherView", "eval/teacher")]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == {"FD": 11.0, "UA": 90.0}
+    assert (tmp_path / "eval" / "grid.png").read_bytes() == b"png 1"
+    # a run ending between progress benchmarks benchmarks its final student
+    calls.clear()
+    monkeypatch.setattr(eng, "critic_updates", 5)
+    eng.on_train_end()
+    assert calls == [("DMD2Engine", "eval"), ("_TeacherView", "eval/teacher")]
+
+
 @pytest.mark.parametrize("every", [0, -3, 1.5, True, "10"])
 def test_every_n_steps_must_be_a_positive_integer(every):
     with pytest.raises(ValueError, match="eval_config.every_n_steps"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,12 @@ class _TeacherView:
         return self.engine.teacher_generate(prompts, seeds, **({"sampler": sampler} if sampler else {}))
 
 
-def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None) -> dict[str, Any]:
+def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None,
+                   student_from: str | Path | None = None) -> dict[str, Any]:
     """Toy benchmark of the student into ``out_dir`` (and of the teacher into ``out_dir/teacher``
-    when ``teacher``, default ``eval_config.teacher``)."""
+    when ``teacher``, default ``eval_config.teacher``). ``student_from``: a directory where the
+    same student was already benchmarked (a progress evaluation at the final iteration); its
+    files are copied instead of sampling and judging the student a second time."""
     from unlearn.eval.toy_benchmark import run_toy_benchmark
 
     cfg = dict(model.eval_config or {})
@@ -92,8 +96,15 @@ def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None) -> d
     }
     if cfg.get("judge"):
         kwargs["judge"] = cfg["judge"]
-    results = {"student": run_toy_benchmark(model, out_dir=out_dir, sampler=model.make_sampler(
-        num_steps=cfg.get("num_steps")), **kwargs)}
+    if student_from is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in Path(student_from).iterdir():
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+        results = {"student": json.loads((out_dir / "metrics.json").read_text())}
+    else:
+        results = {"student": run_toy_benchmark(model, out_dir=out_dir, sampler=model.make_sampler(
+            num_steps=cfg.get("num_steps")), **kwargs)}
     if teacher:
         results["teacher"] = run_toy_benchmark(_TeacherView(model), out_dir=out_dir / "teacher", **kwargs)
         s, t = results["student"], results["teacher"]
