@@ -11,7 +11,8 @@ depends on which concept it is (a shape the judge gives to any round blob is har
 "un-recognise"); the mean over all of a kind does not depend on a pick. The base model is
 evaluated once and its figures against each concept come from its per-concept accuracies
 (`unlearn.eval.metrics.metrics_against`). Writes ``OUT/sweep.json`` and ``OUT/sweep.md``
-(per-concept rows, the mean, the base's mean). A concept whose ``metrics.json`` exists is
+(per-concept rows, the mean, the base's mean, and where the base model fails to draw some
+concepts, the same means over the concepts it draws). A concept whose ``metrics.json`` exists is
 skipped, so an interrupted sweep continues where it stopped.
 """
 
@@ -30,6 +31,9 @@ from unlearn.eval.metrics import HEADLINE
 from unlearn.scripting import run_script
 
 ARTIFACTS = {"erased.safetensors": "--weights", "masks.safetensors": "--masks"}
+# A concept counts as drawn by the base model when the judge recognises it in at least this
+# share of the base model's images of it; the sweep adds a mean over those concepts alone.
+DRAWN_MIN_ACCURACY = 50.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,10 +103,18 @@ def markdown(result: dict[str, Any]) -> str:
         b = r["base"]
         lines.append(f"| {r['concept']} | {fmt(r['UA'])} | {fmt(r['IRA'])} | {fmt(r['CRA'])} | {fmt(r['FD'])} | "
                      f"{fmt(r['train_s'])} | {fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
-    m, b = result["mean"], result["base_mean"]
-    lines.append(f"| **mean** | **{fmt(m['UA'])}** | **{fmt(m['IRA'])}** | **{fmt(m['CRA'])}** | {fmt(m['FD'])} | "
-                 f"{fmt(m.get('train_s'))} | {fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
+    means = [("mean", result["mean"], result["base_mean"])]
+    if result["drawn"] != [r["concept"] for r in result["concepts"]]:
+        means.append((f"mean, drawn ({len(result['drawn'])})", result["mean_drawn"], result["base_mean_drawn"]))
+    for label, m, b in means:
+        lines.append(f"| **{label}** | **{fmt(m.get('UA'))}** | **{fmt(m.get('IRA'))}** | **{fmt(m.get('CRA'))}** | "
+                     f"{fmt(m.get('FD'))} | {fmt(m.get('train_s'))} | "
+                     f"{fmt(b.get('UA'))} / {fmt(b.get('IRA'))} / {fmt(b.get('CRA'))} |")
     lines.append(f"\nBase model FD: {fmt(result['base_FD'])}.")
+    if len(means) > 1:
+        lines.append(f"\"Drawn\": the concepts the base model itself draws (its accuracy on the concept "
+                     f">= {DRAWN_MIN_ACCURACY:.0f}%): {', '.join(result['drawn']) or 'none'}. Erasing a concept the "
+                     f"base model never draws measures nothing, so its UA says nothing of the method.")
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{concept:10s} UA {row['UA']:5.1f}  IRA {row['IRA']:5.1f}  CRA {row['CRA']:5.1f}  FD {row['FD']:6.1f}",
               flush=True)
 
+    drawn = [r for r in rows if 100.0 - r["base"]["UA"] >= DRAWN_MIN_ACCURACY]
     result = {"method": args.method, "kind": args.kind, "model": args.model, "overrides": args.set,
               "images_per_prompt": args.images, "concepts": rows, "mean": mean_row(rows),
-              "base_mean": mean_row([r["base"] for r in rows]), "base_FD": base["FD"]}
+              "base_mean": mean_row([r["base"] for r in rows]), "base_FD": base["FD"],
+              "drawn": [r["concept"] for r in drawn], "mean_drawn": mean_row(drawn),
+              "base_mean_drawn": mean_row([r["base"] for r in drawn])}
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "sweep.md").write_text(markdown(result))
     print(markdown(result))

@@ -38,6 +38,27 @@ def test_sweep_averages_saved_runs_without_training_again(tmp_path):
     assert saved["mean"]["UA"] == pytest.approx(40.0)
     table = (tmp_path / "sweep.md").read_text()
     assert "| **mean** | **40.0** | **85.0** | **45.0** | 40.0 | 50.0 | 10.0 / 90.0 / 50.0 |" in table
+    assert result["drawn"] == ["circle", "star"] and "drawn" not in table  # both drawn: one mean
+
+
+def test_sweep_adds_a_mean_over_the_concepts_the_base_model_draws(tmp_path):
+    sweep = load_script("bench/toy_sweep.py")
+    # the base model draws solid (90%) and noisy (50%, the threshold) but not striped (10%)
+    base_acc = {("style", "solid"): 90.0, ("style", "striped"): 10.0, ("style", "noisy"): 50.0,
+                ("object", "circle"): 100.0}
+    _write(tmp_path / "eval" / "base" / "metrics.json", {"per_concept": _per_concept(base_acc), "FD": 24.0})
+    for concept, ua in {"solid": 60.0, "striped": 100.0, "noisy": 80.0}.items():
+        _write(tmp_path / "eval" / concept / "metrics.json", {"UA": ua, "IRA": 50.0, "CRA": 90.0, "FD": 30.0})
+    result = sweep.main(["--method", "configs/methods/esd_x.yaml", "--kind", "style", "--concepts", "solid",
+                         "striped", "noisy", "--out", str(tmp_path), "--python", "false"])
+    assert result["drawn"] == ["solid", "noisy"]
+    assert result["mean"]["UA"] == pytest.approx(80.0)
+    assert result["mean_drawn"]["UA"] == pytest.approx(70.0)
+    # the base against solid: UA 10, IRA mean(10, 50); against noisy: UA 50, IRA mean(90, 10)
+    assert result["base_mean_drawn"] == pytest.approx({"UA": 30.0, "IRA": 40.0, "CRA": 100.0})
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| **mean, drawn (2)** | **70.0** | **50.0** | **90.0** | 30.0 | n/a | 30.0 / 40.0 / 100.0 |" in table
+    assert "solid, noisy" in table
 
 
 def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
