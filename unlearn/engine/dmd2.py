@@ -167,7 +167,6 @@ class DMD2Engine(DiffusionEngine):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"eval_config.every_n_steps: expected a positive integer, got {every!r}")
         self.eval_every = every
-        self._progress_evaluated_at: int | None = None  # critic iteration of the last progress benchmark
         self.run_dir: Path | None = None
         self.provenance = {"teacher_ckpt": engine_kwargs.get("ckpt_path"), "teacher_weights": teacher_weights,
                            "teacher_masks": teacher_masks}
@@ -352,7 +351,6 @@ class DMD2Engine(DiffusionEngine):
         if (self.eval_every and self.canvas_concepts and self.trainer.is_global_zero
                 and self.critic_updates % self.eval_every == 0):
             dmd2_outputs.run_progress_evaluation(self, self._output_dir() / "eval")
-            self._progress_evaluated_at = self.critic_updates
 
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:
@@ -360,10 +358,10 @@ class DMD2Engine(DiffusionEngine):
         out = self._output_dir()
         dmd2_outputs.export_student(self, out / "student.safetensors")
         if self.eval_config and self.canvas_concepts:
-            # When every_n_steps divides the run, the final student was just benchmarked.
-            done = self._progress_evaluated_at == self.critic_updates
+            # When every_n_steps divides the run, the final student was just benchmarked there.
+            final = dmd2_outputs.progress_dir(out / "eval", self.critic_updates)
             dmd2_outputs.run_evaluation(self, out / "eval",
-                                        student_from=out / "eval" / f"step_{self.critic_updates}" if done else None)
+                                        student_from=final if (final / "metrics.json").is_file() else None)
 
     # ------------------------------------------------------------------ sampling
     def make_sampler(self, sampler: str | None = None, num_steps: int | None = None,

@@ -22,7 +22,7 @@ from unlearn.eval.metrics import HEADLINE
 log = logging.getLogger(__name__)
 
 __all__ = ["STUDENT_FORMAT", "EVAL_KEYS", "export_student", "erased_concepts", "run_evaluation",
-           "run_progress_evaluation"]
+           "progress_dir", "run_progress_evaluation"]
 
 STUDENT_FORMAT = "unlearn-dmd2-student/1"
 EVAL_KEYS = ("erased", "images_per_prompt", "batch_size", "judge", "num_steps", "teacher", "every_n_steps")
@@ -117,6 +117,11 @@ def run_evaluation(model, out_dir: str | Path, teacher: bool | None = None,
     return results
 
 
+def progress_dir(eval_dir: str | Path, step: int) -> Path:
+    """Where `run_progress_evaluation` benchmarks the student of critic iteration ``step``."""
+    return Path(eval_dir) / f"step_{int(step)}"
+
+
 def run_progress_evaluation(model, eval_dir: str | Path) -> dict[str, Any]:
     """The student's toy benchmark at the current iteration, into ``eval_dir/step_<n>``; its
     headline figures are appended to ``eval_dir/progress.jsonl`` and ``progress.md``.
@@ -130,7 +135,7 @@ def run_progress_evaluation(model, eval_dir: str | Path) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     try:
-        student = run_evaluation(model, eval_dir / f"step_{step}", teacher=False)["student"]
+        student = run_evaluation(model, progress_dir(eval_dir, step), teacher=False)["student"]
     finally:
         model.train(was_training)
     row = {"step": step, "generator_updates": int(model.generator_updates),
