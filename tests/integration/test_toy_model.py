@@ -46,10 +46,10 @@ def test_shipped_model_draws_the_prompted_object_and_style(toy_model):
     n = len(CANVAS_OBJECTS)
     object_hits = (obj_logits[:n].argmax(1) == torch.arange(n)).sum().item()
     style_hits = (style_logits[n:].argmax(1) == torch.arange(len(CANVAS_STYLES))).sum().item()
-    # Chance is 1/8 of each. The shipped model draws every object but not the striped and
-    # checkered patterns yet (checkpoints/toy/MODEL_CARD.md).
+    # Chance is 1/8 of each. The shipped model draws every object and style, wavy least
+    # reliably (56% on the toy benchmark, checkpoints/toy/MODEL_CARD.md).
     assert object_hits >= 7, f"{object_hits}/8 objects"
-    assert style_hits >= 4, f"{style_hits}/8 styles"
+    assert style_hits >= 6, f"{style_hits}/8 styles"
 
 
 def test_probe_styles_reports_recovery_per_style_and_sigma(tmp_path):

@@ -60,3 +60,34 @@ def test_concept_kind_and_unknown_names():
 def test_spec_mismatch_error_shows_both_lists():
     with pytest.raises(ValueError, match="different canvas.*'dog'.*'circle'"):
         CANVAS.check_matches(("dog",) + CANVAS_OBJECTS[1:], CANVAS_STYLES, "model")
+
+
+PATTERNS = ("striped", "wavy", "checkered", "dotted")
+
+
+@pytest.mark.parametrize("style", PATTERNS)
+def test_patterns_are_anchored_to_the_shape(style):
+    # A pattern is a function of the shape's placement alone (no random angle or phase), and
+    # moves with the shape: the base model can then read it off the shape, as an outline.
+    from unlearn.data.textures import STYLE_FILLS, Placement
+
+    fill = STYLE_FILLS[style]
+    a, b = np.array([1.0, 0.0, 0.0], np.float32), np.array([0.0, 0.0, 1.0], np.float32)
+    place = Placement(size=32, cx=14.0, cy=15.0, radius=11.0, angle=0.3)
+    first = fill(np.random.default_rng(0), place, a, b)
+    np.testing.assert_array_equal(first, fill(np.random.default_rng(1), place, a, b))
+    moved = fill(np.random.default_rng(0), Placement(32, 17.0, 15.0, 11.0, 0.3), a, b)
+    np.testing.assert_allclose(moved[:, 3:], first[:, :-3], atol=1e-5)
+
+
+def test_stripes_are_vertical_several_pixels_wide_and_shaded_from_the_shape_colour():
+    from unlearn.data.textures import PATTERN_SHADE, STYLE_FILLS, Placement
+
+    a, b = np.array([1.0, 1.0, 1.0], np.float32), np.zeros(3, np.float32)
+    stripes = STYLE_FILLS["striped"](np.random.default_rng(0), Placement(32, 16.0, 16.0, 11.0, 0.0), a, b)[..., 0]
+    np.testing.assert_allclose(stripes, np.broadcast_to(stripes[0], stripes.shape))  # constant down a column
+    row = stripes[16] > 0.5
+    edges = np.flatnonzero(row[1:] != row[:-1])
+    assert len(edges) >= 4 and np.diff(edges).min() >= 3  # period 0.75 * 11 = 8.25 px
+    # The second colour follows from the first (b is ignored), so the pattern's contrast does too.
+    assert stripes.max() == pytest.approx(1.0) and stripes.min() == pytest.approx(PATTERN_SHADE)

@@ -4,7 +4,17 @@ Each fill is a function ``fill(rng, place, colour_a, colour_b) -> (H, W, 3) floa
 [0, 1] (before clipping) that paints the whole canvas; the renderer keeps it only where the
 shape's coverage mask is set. Periodic patterns are anti-aliased analytically: a sine of the
 pattern phase is scaled and clipped (``_soft_square``), which gives a one-pixel soft edge
-instead of jaggies. Periods stay at >= 4 px so every pattern survives a 32 px canvas.
+instead of jaggies.
+
+The four patterns (striped, wavy, checkered, dotted) are drawn in the canvas frame and
+anchored to the shape: axis-aligned, with their phase fixed at the shape's centre and their
+period a fixed fraction of its radius (7-10 px on a 32 px canvas). Given the shape, a
+pattern is then as determined as an outline is. An earlier world drew them at a random
+angle and phase with 4-6 px periods; the base model never learned to draw those and
+painted one mottled texture for all four (checkpoints/toy/MODEL_CARD.md). A sampler
+must settle such a phase from the noise alone at mid noise levels, where the prompt's
+pull on it is a small part of the loss; a shape-anchored pattern is already visible in
+the denoiser's x0 estimate once the shape is.
 
 The "outlined" style is not a fill (it changes the coverage mask); it is painted solid here
 and the renderer draws only the shape's contour.
@@ -19,7 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Placement", "STYLE_FILLS", "pixel_grid"]
+__all__ = ["PATTERN_SHADE", "Placement", "STYLE_FILLS", "pixel_grid"]
+
+PATTERN_SHADE = 0.35  # second colour of a pattern = this times the first
 
 
 @dataclass(frozen=True)
@@ -66,41 +78,47 @@ def _solid(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndar
     return np.broadcast_to(a, (place.size, place.size, 3)).astype(np.float32)
 
 
+def _centred(place: Placement) -> tuple[np.ndarray, np.ndarray]:
+    """Canvas coordinates relative to the shape centre, in units of its radius: (u right, v down)."""
+    x, y = pixel_grid(place.size)
+    return (x - place.cx) / place.radius, (y - place.cy) / place.radius
+
+
+def _shade(colour: np.ndarray) -> np.ndarray:
+    """The second colour of a pattern: a dark shade of the first, so it follows from it."""
+    return colour * PATTERN_SHADE
+
+
 def _striped(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    u, _ = _rotated(place, rng.uniform(0.0, math.pi))
-    period = place.size * rng.uniform(0.15, 0.19)
-    return _mix(_soft_square(2.0 * math.pi * u / period + rng.uniform(0.0, 2.0 * math.pi)), a, b)
+    # Vertical stripes, a boundary through the centre, 2.7 periods across the shape.
+    u, _ = _centred(place)
+    return _mix(_soft_square(2.0 * math.pi * u / 0.75), a, _shade(a))
 
 
 def _wavy(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    u, v = _rotated(place, rng.uniform(0.0, math.pi))
-    period = place.size * rng.uniform(0.17, 0.21)
-    amplitude = place.size * rng.uniform(0.06, 0.075)
-    wavelength = place.size * rng.uniform(0.28, 0.34)
-    bent = u + amplitude * np.sin(2.0 * math.pi * v / wavelength + rng.uniform(0.0, 2.0 * math.pi))
-    return _mix(_soft_square(2.0 * math.pi * bent / period + rng.uniform(0.0, 2.0 * math.pi)), a, b)
+    # The stripes bent sideways by a sine along them (2 waves over the shape's height).
+    u, v = _centred(place)
+    bent = u + 0.22 * np.sin(2.0 * math.pi * v / 1.0)
+    return _mix(_soft_square(2.0 * math.pi * bent / 0.8), a, _shade(a))
 
 
 def _checkered(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    u, v = _rotated(place, place.angle)
-    cell = place.size * rng.uniform(0.12, 0.14)
-    pu = math.pi * u / cell + rng.uniform(0.0, 2.0 * math.pi)
-    pv = math.pi * v / cell + rng.uniform(0.0, 2.0 * math.pi)
-    su = np.clip(2.5 * np.sin(pu), -1.0, 1.0)
-    sv = np.clip(2.5 * np.sin(pv), -1.0, 1.0)
-    return _mix(0.5 + 0.5 * su * sv, a, b)
+    # Axis-aligned cells of half the radius, a corner at the centre.
+    u, v = _centred(place)
+    su = np.clip(2.5 * np.sin(math.pi * u / 0.5), -1.0, 1.0)
+    sv = np.clip(2.5 * np.sin(math.pi * v / 0.5), -1.0, 1.0)
+    return _mix(0.5 + 0.5 * su * sv, a, _shade(a))
 
 
 def _dotted(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Dots of colour b on a ground of colour a, on a square lattice.
-    u, v = _rotated(place, rng.uniform(0.0, math.pi / 2))
-    period = place.size * rng.uniform(0.16, 0.18)
-    radius = period * rng.uniform(0.27, 0.31)
-    fu = (u / period + rng.uniform(0.0, 1.0)) % 1.0 - 0.5
-    fv = (v / period + rng.uniform(0.0, 1.0)) % 1.0 - 0.5
-    dist = period * np.sqrt(fu * fu + fv * fv)
-    dot = np.clip(radius - dist + 0.5, 0.0, 1.0)
-    return _mix(1.0 - dot, a, b)
+    # Dark dots on a ground of colour a, on a square lattice with a dot at the centre.
+    u, v = _centred(place)
+    period = 0.75
+    fu = (u / period + 0.5) % 1.0 - 0.5
+    fv = (v / period + 0.5) % 1.0 - 0.5
+    dist_px = period * place.radius * np.sqrt(fu * fu + fv * fv)
+    dot = np.clip(0.3 * period * place.radius - dist_px + 0.5, 0.0, 1.0)
+    return _mix(1.0 - dot, a, _shade(a))
 
 
 def _gradient(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
