@@ -80,8 +80,8 @@ def _solid(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndar
 
 def _centred(place: Placement) -> tuple[np.ndarray, np.ndarray]:
     """Canvas coordinates relative to the shape centre, in units of its radius: (u right, v down)."""
-    x, y = pixel_grid(place.size)
-    return (x - place.cx) / place.radius, (y - place.cy) / place.radius
+    u, v = _rotated(place, 0.0)
+    return u / place.radius, v / place.radius
 
 
 def _shade(colour: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def _striped(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.nd
 def _wavy(rng: np.random.Generator, place: Placement, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # The stripes bent sideways by a sine along them (2 waves over the shape's height).
     u, v = _centred(place)
-    bent = u + 0.22 * np.sin(2.0 * math.pi * v / 1.0)
+    bent = u + 0.22 * np.sin(2.0 * math.pi * v)
     return _mix(_soft_square(2.0 * math.pi * bent / 0.8), a, _shade(a))
 
 
