@@ -125,8 +125,33 @@ def instantiate_from_config(config: Any, _path: str = "config", **runtime_kwargs
     except TypeError as err:
         # A wrong argument name is the most common config mistake: say where it came from.
         if "argument" in str(err) and cls.__name__ in str(err) or "__init__()" in str(err):
-            raise ConfigError(f"{_path}: cannot build {config['target']}: {err}") from err
+            hint = _closest_argument(cls, str(err))
+            raise ConfigError(f"{_path}: cannot build {config['target']}: {err}{hint}") from err
         raise
+
+
+def _closest_argument(cls: Any, message: str) -> str:
+    """``"; did you mean 'x'?"`` for an unexpected keyword argument, from the signatures.
+
+    Engines pass ``**kwargs`` up to their base class, so the names of every ``__init__``
+    in the MRO are candidates, not only the class's own.
+    """
+    import inspect
+    import re
+
+    found = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if not found:
+        return ""
+    names: set[str] = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        try:
+            parameters = inspect.signature(klass.__init__ if isinstance(klass, type) else klass).parameters
+        except (TypeError, ValueError):
+            continue
+        names.update(n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    names.discard("self")
+    close = difflib.get_close_matches(found.group(1), sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def load_config(path: str | Path) -> DictConfig:

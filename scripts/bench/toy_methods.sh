@@ -14,19 +14,21 @@
 # it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates,
 # default 3000: at 500 the 4-step student still drew the erased style back, see each DMD2
 # run's eval/progress.md, copied beside its metrics) and MASK_STEPS (default 300) set how
-# long the CPU-bound runs train. ESD runs once per learning rate in ESD_LRS (default
-# "5e-5 2e-4 1e-3": the official esd_sd.py value first, then larger ones, since that value
-# was set for SD 1.5's 860M-parameter UNet); the table keeps every row, and the DMD2
-# teacher is the ESD-x run at ESD_TEACHER_LR (default: the one with the highest UA, the
-# smaller learning rate on ties; a student can only stay as erased as its teacher).
+# long the CPU-bound runs train. ESD runs once per setting in ESD_RUNS, each a learning rate
+# with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
+# values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
+# for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py); the
+# table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
+# default: the one with the highest UA, the first listed on ties; a student can only stay
+# as erased as its teacher).
 # A step whose metrics.json exists is skipped, so an interrupted run continues.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
 IMAGES=${IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
-ESD_LRS=${ESD_LRS:-5e-5 2e-4 1e-3}
-ESD_TEACHER_LR=${ESD_TEACHER_LR:-}
+ESD_RUNS=${ESD_RUNS:-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
+ESD_TEACHER=${ESD_TEACHER:-}
 MODEL=configs/models/toy_canvas.yaml
 PY=${PYTHON:-python}
 RUNS="$OUT/runs"
@@ -39,7 +41,13 @@ train() {  # train NAME CONFIG... -- runs main.py and prints the run directory
   ls -d "$RUNS"/*_"$name" | tail -1
 }
 done_() { [ -f "$OUT/eval/$1/metrics.json" ]; }
-lr_suffix() { [ "$1" = 5e-5 ] || echo "_lr$1"; }  # run names: esd_x (official lr), esd_x_lr2e-4, ...
+# Run names carry the setting where it differs from esd_sd.py's: esd_x, esd_x_lr1e-3, esd_x_lr1e-3_it1000, ...
+suffix_of() {
+  local lr=${1%@*} iterations=200
+  [ "$1" != "$lr" ] && iterations=${1#*@}
+  [ "$lr" = 5e-5 ] || printf _lr%s "$lr"
+  [ "$iterations" = 200 ] || printf _it%s "$iterations"
+}
 evaluate() {  # evaluate NAME [--concept C] [model args...]
   local name=$1; shift
   done_ "$name" && return 0
@@ -62,14 +70,16 @@ if [ -z "${STYLE:-}" ] || [ -z "${OBJECT:-}" ]; then
 fi
 echo "concepts: style $STYLE, object $OBJECT" | tee "$OUT/concepts.txt"
 
-for lr in $ESD_LRS; do
-  suffix=$(lr_suffix "$lr")
+for setting in $ESD_RUNS; do
+  suffix=$(suffix_of "$setting")
+  lr=${setting%@*}
+  iterations=$([ "$setting" = "$lr" ] && echo 200 || echo "${setting#*@}")
   for variant in esd_x esd_u; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
     done_ "$name" && continue
     timed "$name" train "${name}_$concept" configs/methods/$variant.yaml concept="$concept" lr="$lr" \
-      model.params.eval_config=null >"$OUT/$name.run"
+      iterations="$iterations" model.params.eval_config=null >"$OUT/$name.run"
     evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
   done
 done
@@ -82,16 +92,16 @@ for kind in style object; do
   evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
 done
 
-if [ -z "$ESD_TEACHER_LR" ]; then  # the most erased ESD-x run: argv holds "lr metrics.json" pairs
-  ESD_TEACHER_LR=$("$PY" - $(for lr in $ESD_LRS; do echo "$lr $OUT/eval/esd_x$(lr_suffix "$lr")/metrics.json"; done) <<'PY'
+if [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs
+  ESD_TEACHER=$("$PY" - $(for setting in $ESD_RUNS; do echo "$setting $OUT/eval/esd_x$(suffix_of "$setting")/metrics.json"; done) <<'PY'
 import json, sys
-runs = sorted(zip(sys.argv[1::2], sys.argv[2::2]), key=lambda run: float(run[0]))
-print(max(runs, key=lambda run: json.load(open(run[1]))["UA"])[0])  # max keeps the first (smallest lr) of equals
+runs = list(zip(sys.argv[1::2], sys.argv[2::2]))
+print(max(runs, key=lambda run: json.load(open(run[1]))["UA"])[0])  # max keeps the first of equals
 PY
 )
 fi
-echo "DMD2 teacher: ESD-x lr $ESD_TEACHER_LR" | tee -a "$OUT/concepts.txt"
-suffix=$(lr_suffix "$ESD_TEACHER_LR")
+echo "DMD2 teacher: ESD-x $ESD_TEACHER" | tee -a "$OUT/concepts.txt"
+suffix=$(suffix_of "$ESD_TEACHER")
 teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
 for steps in 4 1; do
   name=dmd2_${steps}step$suffix

@@ -22,8 +22,8 @@ from unlearn.eval.metrics import metrics_against
 
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
 # DMD2's targets are relative to its teacher and are checked separately below. ESD rows
-# also come as <name>_lr<lr> (toy_methods.sh's learning-rate sweep).
-ESD_DEFAULT_LR = "5e-5"
+# also come as <name>_lr<lr>[_it<iterations>] (toy_methods.sh's ESD_RUNS settings).
+ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS = "5e-5", 200
 ROWS = [
     ("base", "base model (no erasure)", None, None),
     ("esd_x", "ESD-x (xattn)", "style", (90, 80, 90)),
@@ -32,18 +32,36 @@ ROWS = [
     ("masks_object", "minimalist masks", "object", (90, 80, 90)),
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
-# A DMD2 row <name>[_lr<lr>] distilled the ESD-x row esd_x[_lr<lr>] (toy_methods.sh's ESD_TEACHER_LR).
+# A DMD2 row <name><suffix> distilled the ESD-x row esd_x<suffix> (toy_methods.sh's ESD_TEACHER).
 ]
 
 
+def esd_setting(suffix: str) -> tuple[str, int]:
+    """``"_lr1e-3_it1000"`` -> ``("1e-3", 1000)``; a missing part is esd_sd.py's default."""
+    lr, iterations = ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS
+    for part in filter(None, suffix.split("_")):
+        if part.startswith("lr"):
+            lr = part[2:]
+        elif part.startswith("it") and part[2:].isdigit():
+            iterations = int(part[2:])
+        else:
+            raise ValueError(f"run suffix {suffix!r}: unexpected part {part!r} (expected lr<lr> or it<iterations>)")
+    return lr, iterations
+
+
+def _label(method: str, suffix: str) -> str:
+    lr, iterations = esd_setting(suffix)
+    return f"{method}, lr {lr}" + ("" if iterations == ESD_DEFAULT_ITERATIONS else f", {iterations} it")
+
+
 def _expand(out: Path) -> list[tuple[str, str, str | None, tuple | None]]:
-    """ROWS with each ESD / DMD2 row followed by its learning-rate variants found under ``out/eval``."""
+    """ROWS with each ESD / DMD2 row followed by its setting variants found under ``out/eval``."""
     rows = []
     for name, method, kind, target in ROWS:
         if name.startswith(("esd_", "dmd2_")):
-            rows.append((name, f"{method}, lr {ESD_DEFAULT_LR}", kind, target))
-            for path in sorted((out / "eval").glob(f"{name}_lr*"), key=lambda p: float(p.name.split("_lr")[1])):
-                rows.append((path.name, f"{method}, lr {path.name.split('_lr')[1]}", kind, target))
+            variants = [""] + [p.name[len(name):] for p in (out / "eval").glob(f"{name}_*")]
+            order = sorted(variants, key=lambda sfx: (esd_setting(sfx)[1], float(esd_setting(sfx)[0])))
+            rows += [(name + sfx, _label(method, sfx), kind, target) for sfx in order]
         else:
             rows.append((name, method, kind, target))
     return rows
@@ -98,8 +116,8 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
 
 
 def _teacher_of(name: str) -> str:
-    """dmd2_4step_lr2e-4 -> esd_x_lr2e-4: the ESD-x row a DMD2 row distilled."""
-    return "esd_x" + (name[name.index("_lr"):] if "_lr" in name else "")
+    """dmd2_4step_lr1e-3_it1000 -> esd_x_lr1e-3_it1000: the ESD-x row a DMD2 row distilled."""
+    return "esd_x" + name[len("dmd2_") + name[len("dmd2_"):].index("step") + len("step"):]
 
 
 def markdown(result: dict[str, Any], images: int) -> str:
@@ -121,7 +139,7 @@ def markdown(result: dict[str, Any], images: int) -> str:
     by_name = {r["name"]: r for r in result["rows"]}
     students = [r for r in result["rows"] if r["name"].startswith("dmd2_") and _teacher_of(r["name"]) in by_name]
     if students:
-        lines += ["", "DMD2 students against their teacher (the ESD-x row of the same learning rate, 25-step "
+        lines += ["", "DMD2 students against their teacher (the ESD-x row of the same setting, 25-step "
                   "sampler); issue 7 asks for the 4-step student: FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
                   "| student | teacher | FD / teacher FD | UA − teacher UA |", "|---|---|---|---|"]
         for s in students:

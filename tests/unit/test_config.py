@@ -68,6 +68,21 @@ def test_wrong_constructor_argument_names_the_block():
         instantiate_from_config({"target": f"{__name__}.Leaf", "params": {"valeu": 1}}, _path="model")
 
 
+class Engine(Composite):
+    def __init__(self, learning_rate: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+
+
+def test_wrong_constructor_argument_suggests_the_closest_name_up_the_class_tree():
+    with pytest.raises(ConfigError, match=r"unexpected keyword argument 'valeu'; did you mean 'value'\?"):
+        instantiate_from_config({"target": f"{__name__}.Leaf", "params": {"valeu": 1}})
+    # `scael` only reaches Composite through Engine's **kwargs: its name comes from the base.
+    with pytest.raises(ConfigError, match=r"'scael'; did you mean 'scale'\?"):
+        instantiate_from_config({"target": f"{__name__}.Engine", "params": {"child": None, "scael": 2.0}})
+    with pytest.raises(ConfigError, match=r"unexpected keyword argument 'zzz'$"):
+        instantiate_from_config({"target": f"{__name__}.Leaf", "params": {"zzz": 1}})
+
+
 def test_merge_is_left_to_right_then_overrides(tmp_path):
     a = write(tmp_path, "a.yaml", """
         model:

@@ -31,9 +31,12 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
     _metrics(tmp_path, "esd_x_lr1e-3", UA=99.0, IRA=60.0, CRA=97.0, FD=14.0)
     _metrics(tmp_path, "esd_x_lr2e-4", UA=97.0, IRA=70.0, CRA=98.0, FD=13.0)
+    _metrics(tmp_path, "esd_x_lr1e-3_it1000", UA=100.0, IRA=82.5, CRA=98.75, FD=16.0)
+    _metrics(tmp_path, "esd_x_it1000", UA=50.0, IRA=90.0, CRA=99.0, FD=11.0)
     _metrics(tmp_path, "masks_style", UA=70.0, IRA=85.0, CRA=90.0, FD=11.0)
     _metrics(tmp_path, "dmd2_4step", UA=93.0, IRA=70.0, CRA=60.0, FD=15.0)
     _metrics(tmp_path, "dmd2_4step_lr2e-4", UA=96.0, IRA=70.0, CRA=60.0, FD=26.0)
+    _metrics(tmp_path, "dmd2_4step_lr1e-3_it1000", UA=97.0, IRA=70.0, CRA=60.0, FD=20.0)
     run = tmp_path / "runs" / "m"
     run.mkdir(parents=True)
     save_file({"x": torch.ones(1)}, str(run / "masks.safetensors"), metadata={"off_share": "0.0425"})
@@ -43,9 +46,9 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     _table().main([str(tmp_path), "--style", "striped", "--object", "circle", "--images", "4"])
     result = json.loads((tmp_path / "toy_methods.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    # Missing runs are left out; the learning-rate sweep follows its method, smallest lr first.
-    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "masks_style", "dmd2_4step",
-                          "dmd2_4step_lr2e-4"]
+    # Missing runs are left out; the settings follow their method, fewest iterations then smallest lr first.
+    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "esd_x_it1000", "esd_x_lr1e-3_it1000",
+                          "masks_style", "dmd2_4step", "dmd2_4step_lr2e-4", "dmd2_4step_lr1e-3_it1000"]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
     # the base against each erased concept, from its per-concept accuracies
@@ -53,11 +56,26 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     assert result["before"]["object"] == pytest.approx({"UA": 20.0, "IRA": 84.0, "CRA": 92.333333})
     md = (tmp_path / "toy_methods.md").read_text()
     assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
+    assert "| ESD-x (xattn), lr 1e-3, 1000 it | striped | 100.0 | 82.5 |" in md
+    assert "| ESD-x (xattn), lr 5e-5, 1000 it | striped | 50.0 | 90.0 |" in md
     assert "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
     assert "| minimalist masks (4.2% off) | striped |" in md
-    # Each student is compared with the ESD-x run of its own learning rate.
+    # Each student is compared with the ESD-x run of its own setting.
     assert "| DMD2 4-step student of ESD-x, lr 5e-5 | ESD-x (xattn), lr 5e-5 | 1.25 | -2.5 |" in md  # 15/12, 93-95.5
     assert "| DMD2 4-step student of ESD-x, lr 2e-4 | ESD-x (xattn), lr 2e-4 | 2.00 | -1.0 |" in md  # 26/13, 96-97
+    assert ("| DMD2 4-step student of ESD-x, lr 1e-3, 1000 it | ESD-x (xattn), lr 1e-3, 1000 it | 1.25 | -3.0 |"
+            in md)  # 20/16, 97-100
+
+
+def test_run_suffixes_name_the_esd_setting():
+    table = _table()
+    assert table.esd_setting("") == ("5e-5", 200)
+    assert table.esd_setting("_lr1e-3_it1000") == ("1e-3", 1000)
+    assert table.esd_setting("_it500") == ("5e-5", 500)
+    assert table._teacher_of("dmd2_1step_lr1e-3_it1000") == "esd_x_lr1e-3_it1000"
+    assert table._teacher_of("dmd2_4step") == "esd_x"
+    with pytest.raises(ValueError, match="unexpected part 'bogus'"):
+        table.esd_setting("_bogus")
 
 
 def test_table_without_runs_is_an_error(tmp_path):
