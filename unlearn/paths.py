@@ -12,12 +12,20 @@ from pathlib import Path
 __all__ = ["looks_like_hub_id", "resolve_local_dir", "resolve_local_file"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A name ending in a weights-file suffix is a local file that is missing, not a repository.
+_FILE_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".yaml", ".json"})
 
 
 def looks_like_hub_id(path: str | Path) -> bool:
-    """True for strings shaped like ``"org/name"`` that are not an existing local path."""
+    """True for strings shaped like ``"org/name"`` that are not a local path.
+
+    ``checkpoints/missing.safetensors`` is not: a weights-file suffix, or a first component
+    that exists here (``checkpoints/``), says the user meant a local file.
+    """
     text = str(path)
-    return bool(_HUB_ID.match(text)) and not Path(text).exists()
+    if not _HUB_ID.match(text) or Path(text).exists():
+        return False
+    return Path(text).suffix.lower() not in _FILE_SUFFIXES and not Path(text.split("/")[0]).exists()
 
 
 def _missing(path: str | Path, arg: str, what: str, expected: str = "") -> FileNotFoundError:

@@ -65,11 +65,22 @@ def test_single_file_needs_a_local_config(unet_folder, tmp_path):
         DiffusersUNet(single_file=str(tmp_path / "missing.safetensors"), single_file_config=str(folder))
 
 
-def test_missing_paths_and_hub_ids_are_named(tmp_path):
+def test_missing_paths_and_hub_ids_are_named(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="pretrained_path: no such folder"):
         DiffusersUNet(pretrained_path=str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="looks like a Hugging Face Hub id.*never downloads"):
         DiffusersUNet(pretrained_path="runwayml/stable-diffusion-v1-5")
+    # A missing local file is named as missing, not mistaken for a repository id.
+    from unlearn.paths import looks_like_hub_id
+
+    assert looks_like_hub_id("runwayml/stable-diffusion-v1-5")
+    assert not looks_like_hub_id("checkpoints/missing.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_hub_id("weights/sd15")
+    (tmp_path / "weights").mkdir()  # now a local folder the user meant
+    assert not looks_like_hub_id("weights/sd15")
+    with pytest.raises(FileNotFoundError, match="single_file: no such file: 'models/missing.ckpt'"):
+        DiffusersUNet(single_file="models/missing.ckpt", single_file_config=str(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no unet/config.json"):
         DiffusersUNet(pretrained_path=str(tmp_path / "empty"))
