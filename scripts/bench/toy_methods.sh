@@ -42,9 +42,11 @@ train() {  # train NAME CONFIG... -- runs main.py and prints the run directory
 }
 done_() { [ -f "$OUT/eval/$1/metrics.json" ]; }
 # Run names carry the setting where it differs from esd_sd.py's: esd_x, esd_x_lr1e-3, esd_x_lr1e-3_it1000, ...
+lr_of() { echo "${1%@*}"; }  # a setting "lr[@iterations]"; iterations default to esd_sd.py's 200
+iterations_of() { if [ "$1" = "${1%@*}" ]; then echo 200; else echo "${1#*@}"; fi; }
 suffix_of() {
-  local lr=${1%@*} iterations=200
-  [ "$1" != "$lr" ] && iterations=${1#*@}
+  local lr iterations
+  lr=$(lr_of "$1"); iterations=$(iterations_of "$1")
   [ "$lr" = 5e-5 ] || printf _lr%s "$lr"
   [ "$iterations" = 200 ] || printf _it%s "$iterations"
 }
@@ -72,8 +74,8 @@ echo "concepts: style $STYLE, object $OBJECT" | tee "$OUT/concepts.txt"
 
 for setting in $ESD_RUNS; do
   suffix=$(suffix_of "$setting")
-  lr=${setting%@*}
-  iterations=$([ "$setting" = "$lr" ] && echo 200 || echo "${setting#*@}")
+  lr=$(lr_of "$setting")
+  iterations=$(iterations_of "$setting")
   for variant in esd_x esd_u; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
 
 def _teacher_of(name: str) -> str:
     """dmd2_4step_lr1e-3_it1000 -> esd_x_lr1e-3_it1000: the ESD-x row a DMD2 row distilled."""
-    return "esd_x" + name[len("dmd2_") + name[len("dmd2_"):].index("step") + len("step"):]
+    return re.sub(r"^dmd2_\d+step", "esd_x", name)
 
 
 def markdown(result: dict[str, Any], images: int) -> str:
