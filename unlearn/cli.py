@@ -164,20 +164,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     would otherwise read ``key=value`` as one more config file.
     """
     opts = build_parser().parse_args(argv)
-    files = [b for b in opts.base if "=" not in b or Path(b).exists()]
-    moved = [b for b in opts.base if b not in files]
-    opts.base, opts.overrides = files, moved + list(opts.overrides)
+    moved = [b for b in opts.base if _is_override(b)]
+    opts.base = [b for b in opts.base if not _is_override(b)]
+    opts.overrides = moved + list(opts.overrides)
     return opts
+
+
+def _is_override(item: str) -> bool:
+    """``key=value`` that names no existing file (a config path may contain "=")."""
+    if "=" not in item:
+        return False
+    try:
+        return not Path(item).is_file()
+    except OSError:  # e.g. a value longer than the file system's name limit
+        return True
 
 
 def prepare(argv: Sequence[str] | None = None):
     """Parse, merge and build everything; return (trainer, model, data, paths, config)."""
     opts = parse_args(argv)
-    # `--base a.yaml b.yaml key=value` (the documented form): nargs="*" swallows the
-    # overrides into --base; a key=value item that is no file is an override.
-    overrides = [b for b in opts.base if "=" in b and not Path(b).is_file()]
-    opts.base = [b for b in opts.base if b not in overrides]
-    opts.overrides = overrides + list(opts.overrides)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     paths, base = run_paths(opts, now)
     config = load_configs(base, opts.overrides)

@@ -14,7 +14,10 @@
 # it would measure blur), the first in canvas order on ties. DMD2_STEPS (critic updates,
 # default 3000: at 500 the 4-step student still drew the erased style back, see each DMD2
 # run's eval/progress.md, copied beside its metrics) and MASK_STEPS (default 300) set how
-# long the CPU-bound runs train. ESD runs once per setting in ESD_RUNS, each a learning rate
+# long the CPU-bound runs train. Masks run once per MASK_VARIANTS entry (default "paper
+# budget"): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
+# after training), "budget" trains binary straight-through masks capped at the same 5% in every
+# forward (train_off_ratio), so training optimises the masks that are saved. ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
 # for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py); the
@@ -27,6 +30,7 @@ OUT=${1:-scripts/bench/results/toy}
 IMAGES=${IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
+MASK_VARIANTS=${MASK_VARIANTS:-paper budget}
 ESD_RUNS=${ESD_RUNS:-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 MODEL=configs/models/toy_canvas.yaml
@@ -86,12 +90,25 @@ for setting in $ESD_RUNS; do
   done
 done
 
-for kind in style object; do
-  concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
-  done_ "masks_$kind" && continue
-  timed "masks_$kind" train "masks_$concept" configs/methods/minimalist.yaml concept="$concept" \
-    lightning.trainer.max_steps="$MASK_STEPS" model.params.eval_config=null >"$OUT/masks_$kind.run"
-  evaluate "masks_$kind" --config "$MODEL" --masks "$(cat "$OUT/masks_$kind.run")/masks.safetensors" --concept "$concept"
+mask_overrides() {  # the overrides of a MASK_VARIANTS entry
+  case "$1" in
+    paper) ;;  # configs/methods/minimalist.yaml as it is: sigmoid masks, binarized after training
+    budget) echo model.params.strategy=binary model.params.train_off_ratio=0.05 ;;
+    *) echo "MASK_VARIANTS: unknown variant '$1' (paper | budget)" >&2; exit 2 ;;
+  esac
+}
+for variant in $MASK_VARIANTS; do
+  prefix=$([ "$variant" = paper ] && echo masks || echo "masks_$variant")
+  overrides=$(mask_overrides "$variant")
+  for kind in style object; do
+    concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
+    name=${prefix}_$kind
+    done_ "$name" && continue
+    # shellcheck disable=SC2086  # overrides: several words
+    timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" $overrides \
+      lightning.trainer.max_steps="$MASK_STEPS" model.params.eval_config=null >"$OUT/$name.run"
+    evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
+  done
 done
 
 if [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs

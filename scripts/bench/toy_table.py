@@ -31,6 +31,8 @@ ROWS = [
     ("esd_u", "ESD-u (noxattn)", "object", (90, 70, 70)),
     ("masks_style", "minimalist masks", "style", (90, 80, 90)),
     ("masks_object", "minimalist masks", "object", (90, 80, 90)),
+    ("masks_budget_style", "minimalist masks, binary, 5% cap in training", "style", (90, 80, 90)),
+    ("masks_budget_object", "minimalist masks, binary, 5% cap in training", "object", (90, 80, 90)),
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
 # A DMD2 row <name><suffix> distilled the ESD-x row esd_x<suffix> (toy_methods.sh's ESD_TEACHER).

@@ -207,6 +207,14 @@ def test_overrides_right_after_base_files(logdir: Path):
     assert "max_steps: 3" in next((run / "configs").glob("*-lightning.yaml")).read_text()
 
 
+def test_long_override_value_after_base_files_is_an_override():
+    # A value longer than a file name may be (e.g. a list of preserve prompts) is no file to stat.
+    long_value = ";".join(["something in striped style"] * 20)
+    opts = cli.parse_args(["--base", SMOKE, f"model.params.preserve={long_value}", "lr=1e-3"])
+    assert opts.base == [SMOKE]
+    assert opts.overrides == [f"model.params.preserve={long_value}", "lr=1e-3"]
+
+
 def test_main_py_reports_bad_values_without_traceback(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path),

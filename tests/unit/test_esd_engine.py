@@ -140,6 +140,7 @@ def test_export_then_apply_is_bit_identical(tmp_path):
     tensors, meta = load_erased_weights(path)
     assert sorted(tensors) == sorted(trained.selected)
     assert meta["train_method"] == "xattn" and meta["concept"] == "striped" and meta["negative_guidance"] == "4.0"
+    assert meta["loss_weighting"] == "eps"  # the paper's loss unless loss_weighting_config is set
     fresh = make_engine()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 500.0])
     cond = trained.conditioning_for(["striped", "a circle"])
@@ -181,10 +182,20 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"sampler": "plms"}, "sampler: unknown 'plms'"),
     ({"eval_config": {"images": 2}}, "eval_config: unknown key"),
     ({"ddim_steps": 0}, "ddim_steps"),
+    ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
+     "model.params.loss_weighting_config"),
 ])
 def test_bad_settings_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         make_engine(**kw)
+
+
+def test_loss_weighting_from_config():
+    from unlearn.diffusion.loss_weighting import VWeighting
+
+    weighted = make_engine(loss_weighting_config={"target": "unlearn.diffusion.loss_weighting.VWeighting"})
+    assert isinstance(weighted.objective.weighting, VWeighting)
+    assert make_engine().objective.weighting is None  # the paper's loss by default
 
 
 def test_toy_and_sd_concepts():

@@ -47,6 +47,22 @@ def test_objective_equals_hand_computation(batch):
     assert set(out.logs) == {"loss_erase"}
 
 
+def test_weighting_scales_each_sample_by_lambda_sigma_squared(batch):
+    from unlearn.diffusion.loss_weighting import EpsWeighting, VWeighting
+
+    teacher, student = _stub_eps(1.0), _stub_eps(1.5)
+    x, s = batch.x, batch.sigma
+    e0, ec = teacher(x, s, batch.null), teacher(x, s, batch.concept)
+    per_sample = ((student(x, s, batch.concept) - (e0 - (ec - e0))) ** 2).flatten(1).mean(1)  # (2,)
+    v = ESDObjective(weighting=VWeighting())(student, teacher, batch).loss
+    # v weighting: lambda sigma^2 = sigma^2 + 1 -> weights 1.25 and 5 on sigmas 0.5 and 2
+    assert torch.allclose(v, (torch.tensor([1.25, 5.0]) * per_sample).mean())
+    # EpsWeighting (lambda = sigma^-2) is the paper's unweighted eps MSE
+    plain = ESDObjective()(student, teacher, batch).loss
+    assert torch.allclose(ESDObjective(weighting=EpsWeighting())(student, teacher, batch).loss, plain)
+    assert not torch.allclose(v, plain)
+
+
 def test_concept_anchor_is_null_anchor_with_eta_minus_one(batch):
     teacher, student = _stub_eps(1.0), _stub_eps(0.7)
     a = ESDObjective(negative_guidance=2.0, anchor="concept")(student, teacher, batch).loss

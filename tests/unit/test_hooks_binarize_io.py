@@ -24,6 +24,28 @@ def trained():
     return net, manager
 
 
+def test_off_share_cap_trains_exactly_the_masks_global_binarization_keeps():
+    net = tiny_network()
+    manager = MaskManager.from_configs(CONFIGS, strategy="binary").register(net)
+    randomize(manager, seed=3)  # about half of the λ are below 0
+    tau = manager.cap_off_share(0.05)
+    assert tau < 0
+    forward = torch.cat([m.detach() for m in manager.mask_values(sample=True).values()])
+    shipped = torch.cat(list(binarize(manager, "global", off_ratio=0.05).values.values()))
+    assert torch.equal(forward, shipped)  # the training forward is the saved binary mask
+    # while fewer than the budget are below 0, τ stays 0 and only those units are off
+    with torch.no_grad():
+        for lam in manager.masks().values():
+            lam.abs_().add_(0.1)
+        first = next(iter(manager.masks().values()))
+        first[:2] = -1.0
+    assert manager.cap_off_share(0.05) == 0.0
+    forward = torch.cat([m.detach() for m in manager.mask_values(sample=True).values()])
+    assert int((forward == 0).sum()) == 2
+    with pytest.raises(ValueError, match="strategy 'binary'"):
+        MaskManager.from_configs(CONFIGS, strategy="sigmoid").register(tiny_network()).cap_off_share(0.05)
+
+
 def test_local_binarization_switches_off_exactly_the_ratio_in_every_layer(trained):
     _, manager = trained
     result = binarize(manager, "local", off_ratio=0.25)

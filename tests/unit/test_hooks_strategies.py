@@ -39,6 +39,11 @@ def test_binary_is_exact_threshold_with_sigmoid_gradient():
     m.sum().backward()
     s = torch.sigmoid(lam.detach())
     assert torch.allclose(lam.grad, s * (1 - s))
+    # a budget lowers the threshold: only λ <= τ are off
+    capped = StraightThroughBinaryMask(threshold=-1.0)
+    assert torch.equal(capped.deterministic(lam.detach()), (lam.detach() > -1.0).float())
+    with pytest.raises(ValueError, match="threshold must be <= 0"):
+        build_strategy({"name": "binary", "threshold": 0.5})
 
 
 def test_hard_concrete_range_exact_zeros_ones_and_determinism():

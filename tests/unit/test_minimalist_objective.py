@@ -81,8 +81,10 @@ def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_
     assert off.masks.training and not off.network.training and not off.conditioner.training
     assert type(off.network.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]
                 ).__name__ == "AttnProcessor2_0"
-    [opt] = off.configure_optimizers()
-    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("linear", 0.5)]
+    [opt], [sched] = off.configure_optimizers()
+    # the method's own mask schedule (minimalist.yaml), not the model config's training one
+    assert type(sched["scheduler"]).__name__ == "WarmupCosine" and sched["scheduler"].get_last_lr() == [0.5 / 500]
+    assert [(g["name"], g["initial_lr"]) for g in opt.param_groups] == [("linear", 0.5)]
     assert opt.defaults["weight_decay"] == 0.0
     weights = {k: v.clone() for k, v in off.network.state_dict().items()}
     _fit(off)
@@ -108,3 +110,25 @@ def test_engine_refuses_bad_settings(tmp_path):
         _engine(tmp_path, "model.params.strategy=continues2binary", "model.params.binarize=null")
     with pytest.raises(ValueError, match="every mask group in hooker_configs has learning rate 0"):
         _engine(tmp_path, "model.params.linear_lr=0")
+    with pytest.raises(ValueError, match="train_off_ratio caps the binary strategy"):
+        _engine(tmp_path, "model.params.train_off_ratio=0.05")
+    with pytest.raises(ValueError, match=r"train_off_ratio: expected a share in \[0, 1\)"):
+        _engine(tmp_path, "model.params.strategy=binary", "model.params.train_off_ratio=1.5")
+
+
+def test_engine_caps_the_binary_masks_of_every_training_step(tmp_path):
+    model = _engine(tmp_path, "model.params.strategy=binary", "model.params.train_off_ratio=0.25")
+    with torch.no_grad():  # 40% of the units below 0: the cap lets only the lowest 25% be off
+        for lam in model.masks.masks().values():
+            lam.copy_(torch.linspace(-2.0, 3.0, lam.numel()))
+    seen = []
+    real_step = model.trajectory_step
+
+    def spy(*args, **kwargs):
+        flat = torch.cat([m.detach().flatten() for m in model.masks.mask_values(sample=True).values()])
+        seen.append(float((flat == 0).float().mean()))
+        return real_step(*args, **kwargs)
+
+    model.trajectory_step = spy
+    _fit(model)
+    assert seen and all(abs(s - 0.25) < 0.02 for s in seen), seen

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from unlearn.config import instantiate_from_config
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
 from unlearn.engine import generation
@@ -84,6 +85,8 @@ class ESDEngine(DiffusionEngine):
         erase_from: prompt c_from to erase the concept from (official ``--erase_from``).
         anchor: ``null`` (paper) or ``concept`` (``esd_sd.py``), see `ESDObjective`.
         preserve: prompt(s) to keep; preserve_guidance / preserve_weight: their target and weight.
+        loss_weighting_config: target block of a `LossWeighting` for the ESD loss (see
+            `unlearn.objectives.esd`); None: the paper's plain eps MSE.
         batch_size: trajectories per iteration (1 like the reference).
         pool_size: trajectories sampled per batched sampler run.
         train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
@@ -113,6 +116,7 @@ class ESDEngine(DiffusionEngine):
         preserve: str | Sequence[str] | None = None,
         preserve_guidance: float = 1.0,
         preserve_weight: float = 1.0,
+        loss_weighting_config: dict | None = None,
         batch_size: int = 1,
         pool_size: int = 8,
         train_image_size: int | None = None,
@@ -142,7 +146,9 @@ class ESDEngine(DiffusionEngine):
         self.start_guidance, self.ddim_steps = float(start_guidance), ddim_steps
         self.batch_size, self.pool_size = batch_size, int(pool_size)
         self.train_image_size = int(train_image_size or self.image_size)
-        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight)
+        weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
+                     if loss_weighting_config else None)
+        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight, weighting)
         self.export_diffusers = bool(export_diffusers)
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
             raise ValueError("export_diffusers: the network has no diffusers UNet to save_pretrained")
@@ -279,6 +285,7 @@ class ESDEngine(DiffusionEngine):
             "concept": (self.separator or ",").join(self.concepts), "separator": self.separator,
             "prompts": " | ".join(self.prompts), "erase_from": self.erase_from,
             "negative_guidance": self.objective.negative_guidance, "anchor": self.objective.anchor,
+            "loss_weighting": type(self.objective.weighting).__name__ if self.objective.weighting else "eps",
             "start_guidance": self.start_guidance, "ddim_steps": self.ddim_steps,
             "iterations": self.global_step if self._trainer is not None else 0,
             "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,

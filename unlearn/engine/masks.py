@@ -64,6 +64,10 @@ class MaskErasureEngine(DiffusionEngine):
             (toy-canvas defaults). batch_size: triples per step; prompts_per_epoch.
         binarize: ``{mode: global | local | threshold, off_ratio: share switched off}``
             applied after training, or None to save the deterministic masks as they are.
+        train_off_ratio: with strategy ``binary``, at most this share of units is off in
+            every training forward (the lowest λ, `MaskManager.cap_off_share`); set it to
+            ``binarize.off_ratio`` with global binarization and training optimises the very
+            masks that are saved. None: no cap (units with λ <= 0 are off).
         eval_config: toy benchmark after training: ``{judge, images_per_prompt,
             batch_size, num_steps, guidance_scale, sampler, with_base}``; None skips it.
         seed: seeds the noise and mask samples of every step (with the global step).
@@ -91,6 +95,7 @@ class MaskErasureEngine(DiffusionEngine):
         batch_size: int = 1,
         prompts_per_epoch: int = 1000,
         binarize: dict | None = None,
+        train_off_ratio: float | None = None,
         eval_config: dict | None = None,
         seed: int = 0,
         **engine_kwargs: Any,
@@ -118,6 +123,13 @@ class MaskErasureEngine(DiffusionEngine):
         if self.binarize_config is None and any(h.strategy.requires_binarization for h in self.masks.hookers):
             raise ValueError("model.params.binarize: strategy continues2binary needs a binarize block "
                              "({mode: global, off_ratio: 0.05})")
+        self.train_off_ratio = None if train_off_ratio is None else float(train_off_ratio)
+        if self.train_off_ratio is not None:
+            if any(h.strategy.name != "binary" for h in self.masks.hookers):
+                raise ValueError(f"model.params.train_off_ratio caps the binary strategy's masks; strategy is "
+                                 f"{self.masks.strategies()}, use strategy: binary or train_off_ratio: null")
+            if not 0.0 <= self.train_off_ratio < 1.0:
+                raise ValueError(f"model.params.train_off_ratio: expected a share in [0, 1), got {train_off_ratio}")
         self.masks.register(self.network)
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
@@ -210,6 +222,8 @@ class MaskErasureEngine(DiffusionEngine):
         opt.zero_grad(set_to_none=True)
         concept, deconcept, keep = list(batch["concept"]), list(batch["deconcept"]), list(batch["keep"])
         n = len(concept)
+        if self.train_off_ratio is not None:
+            self.masks.cap_off_share(self.train_off_ratio)
         seeds = self._step_seeds()
         with torch.no_grad():
             cond_masked = self.conditioning_for(concept + keep)

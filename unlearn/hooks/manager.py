@@ -120,6 +120,28 @@ class MaskManager(nn.Module):
         for h in self.hookers:
             h.resample(generator)
 
+    @torch.no_grad()
+    def cap_off_share(self, off_ratio: float) -> float:
+        """Let at most ``off_ratio`` of all units be off in the ``binary`` strategy's forward.
+
+        Sets every hooker's threshold τ to min(0, the (k+1)-th lowest λ) with k =
+        round(off_ratio · units), so exactly the units global binarization at ``off_ratio``
+        would switch off (or fewer, while fewer than k have λ <= 0) are off: training sees
+        the masks it will ship. Call it whenever λ changed (once per optimizer step).
+        Returns τ.
+        """
+        if not 0.0 <= off_ratio < 1.0:
+            raise ValueError(f"off_ratio: expected a share in [0, 1), got {off_ratio}")
+        if any(h.strategy.name != "binary" for h in self.hookers):
+            raise ValueError(f"an off-share cap needs strategy 'binary' on every hooker, got {self.strategies()}")
+        flat = torch.cat([lam.detach().float().flatten() for lam in self.masks().values()])
+        k = min(round(off_ratio * flat.numel()), flat.numel() - 1)
+        kth = torch.kthvalue(flat.cpu(), k + 1).values  # the lowest λ that must stay on
+        tau = min(0.0, float(torch.nextafter(kth, torch.tensor(float("-inf")))))
+        for h in self.hookers:
+            h.strategy.threshold = tau
+        return tau
+
     def masks(self) -> dict[str, nn.Parameter]:
         """{"group:module": λ} over every hooker."""
         return {f"{h.group}:{name}": lam for h in self.hookers for name, lam in h.masks().items()}

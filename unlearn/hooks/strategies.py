@@ -13,7 +13,8 @@ is recomputed reproduces the same mask (see `unlearn.engine.trajectory_checkpoin
   with log α = λ, temperature β = 2/3 and stretch (γ, ζ) = (-0.1, 1.1). Exact zeros and
   ones occur with non-zero probability. At test time ẑ = min(1, max(0, σ(log α)(ζ - γ) + γ)).
 * ``binary``: straight-through threshold (Bengio et al. 2013): the forward value is
-  1[λ > 0], the gradient is that of σ(λ).
+  1[λ > τ], the gradient is that of σ(λ). τ = 0 unless a budget lowers it
+  (`MaskManager.cap_off_share`: at most a given share of the units off, the lowest λ).
 * ``continues2binary``: σ(λ) while training, like ``sigmoid``, but meant to be binarized
   after training (`unlearn.hooks.binarize`); the engine refuses to save it unbinarized.
 * ``fixed``: m = λ as stored (inference with saved mask values; nothing to train).
@@ -104,15 +105,22 @@ class ContinuousToBinaryMask(SigmoidMask):
 
 
 class StraightThroughBinaryMask(MaskStrategy):
+    """``threshold`` τ <= 0: units with λ <= τ are off (0 by default)."""
+
     name = "binary"
+
+    def __init__(self, threshold: float = 0.0):
+        if threshold > 0:
+            raise ValueError(f"binary: threshold must be <= 0 (a unit with λ <= 0 is always off), got {threshold}")
+        self.threshold = float(threshold)
 
     def sample(self, lam, u):
         soft = torch.sigmoid(lam)
-        # forward: exactly 1[λ > 0]; backward: dσ(λ)/dλ (soft - soft.detach() is exactly 0).
-        return (lam > 0).to(lam.dtype) + (soft - soft.detach())
+        # forward: exactly 1[λ > τ]; backward: dσ(λ)/dλ (soft - soft.detach() is exactly 0).
+        return (lam > self.threshold).to(lam.dtype) + (soft - soft.detach())
 
     def deterministic(self, lam):
-        return (lam > 0).to(lam.dtype)
+        return (lam > self.threshold).to(lam.dtype)
 
 
 class HardConcreteMask(MaskStrategy):

@@ -30,6 +30,15 @@ prior-preservation term of concept-ablation style methods (Kumari et al., "Ablat
 Concepts in Text-to-Image Diffusion Models", ICCV 2023); eta_p > 1 strengthens p. The
 preserve term reuses the erased concept's x_t, so it guards p exactly where erasing c
 would spill over; it costs one more teacher and one more student forward per sample.
+
+**Noise-level weighting** (optional, not in the paper): the paper's plain eps MSE weighs
+every sample alike in eps space, i.e. lambda(sigma) = sigma^-2 in x0 space, so the loss is
+dominated by the nearly clean steps, where prompts differ in texture and colour, while an
+object's shape is fixed at high noise, where eps predictions of different prompts barely
+differ. ``weighting`` (a `unlearn.diffusion.loss_weighting.LossWeighting`, e.g.
+`VWeighting`: the v-prediction MSE, eps weight sigma^2 + 1) reweighs each sample by
+lambda(sigma) sigma^2 in eps space, the same x0-space weighting a diffusion training loss
+uses. None (default) is the paper's loss.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearn.diffusion.loss_weighting import LossWeighting
 from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds, repeat_batch
 
 __all__ = ["ANCHORS", "esd_target", "preserve_target", "ESDObjective"]
@@ -66,10 +76,12 @@ class ESDObjective(ErasureObjective):
             whose anchor is always eps*(x_t, c_from).
         preserve_guidance: eta_p of the preserve target.
         preserve_weight: weight of the preserve term in the loss.
+        weighting: x0-space weighting lambda(sigma) of every sample (see the module docstring);
+            None: the paper's plain eps MSE.
     """
 
     def __init__(self, negative_guidance: float = 1.0, anchor: str = "null", preserve_guidance: float = 1.0,
-                 preserve_weight: float = 1.0):
+                 preserve_weight: float = 1.0, weighting: LossWeighting | None = None):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
         if preserve_weight < 0:
@@ -78,6 +90,15 @@ class ESDObjective(ErasureObjective):
         self.anchor = anchor
         self.preserve_guidance = float(preserve_guidance)
         self.preserve_weight = float(preserve_weight)
+        self.weighting = weighting
+
+    def _mse(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Mean squared eps error; with a weighting, each sample's weighted by lambda(sigma) sigma^2."""
+        if self.weighting is None:
+            return F.mse_loss(pred, target)
+        w = (self.weighting(sigma.float()) * sigma.float() ** 2).view(-1)  # (B,)
+        per_sample = (pred - target).pow(2).flatten(1).mean(dim=1)
+        return (w * per_sample).mean()
 
     def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput:
         x, sigma = batch.x, batch.sigma  # (B, C, H, W), (B,)
@@ -101,11 +122,11 @@ class ESDObjective(ErasureObjective):
             student_roles.append(batch.preserve)
         ks = len(student_roles)
         pred = student(repeat_batch(x, ks), repeat_batch(sigma, ks), cat_conds(student_roles)).float().chunk(ks)
-        loss_erase = F.mse_loss(pred[0], target)
+        loss_erase = self._mse(pred[0], target, sigma)
         loss = loss_erase
         logs = {"loss_erase": loss_erase.detach()}
         if batch.preserve is not None:
-            loss_preserve = F.mse_loss(pred[1], preserve_target(e_null, eps[-1], self.preserve_guidance))
+            loss_preserve = self._mse(pred[1], preserve_target(e_null, eps[-1], self.preserve_guidance), sigma)
             loss = loss + self.preserve_weight * loss_preserve
             logs["loss_preserve"] = loss_preserve.detach()
         return ObjectiveOutput(loss=loss, logs=logs)
