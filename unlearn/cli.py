@@ -164,8 +164,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     would otherwise read ``key=value`` as one more config file.
     """
     opts = build_parser().parse_args(argv)
-    moved = [b for b in opts.base if _is_override(b)]
-    opts.base = [b for b in opts.base if not _is_override(b)]
+    is_override = [_is_override(b) for b in opts.base]  # one file-system check per item
+    moved = [b for b, o in zip(opts.base, is_override) if o]
+    opts.base = [b for b, o in zip(opts.base, is_override) if not o]
     opts.overrides = moved + list(opts.overrides)
     return opts
 
