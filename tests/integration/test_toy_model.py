@@ -64,3 +64,19 @@ def test_probe_styles_reports_recovery_per_style_and_sigma(tmp_path):
     # From the last steps (sigma ~0.27) a solid fill survives on the shipped model.
     assert result["recovery_percent_by_sigma"]["solid"] == {"0.27": 100.0}
     assert sum(result["unconditional_styles"].values()) == 2
+
+
+def test_target_leak_counts_erase_targets_that_still_show_the_concept(tmp_path):
+    from tests.scripts import load_script
+
+    leak = load_script("bench/target_leak.py")
+    common = ["--config", str(CONFIG), "--judge", str(ROOT / "checkpoints" / "toy" / "judge.safetensors"),
+              "--set", f"model.params.ckpt_path={WEIGHTS}", "--seeds", "1", "--steps", "6"]
+    with pytest.raises(ValueError, match="'striped' is not a toy object"):
+        leak.main([*common, "--concepts", "striped", "--out", str(tmp_path / "x.json")])
+    result = leak.main([*common, "--concepts", "circle", "--scales", "0", "2", "--out", str(tmp_path / "l.json")])
+    [row] = result["rows"]
+    assert row["n"] == 48 and set(row) == {"concept", "n", "leak@0", "kept@0", "leak@2", "kept@2"}
+    # "a striped object" is sometimes a circle; negating "circle" leaves fewer
+    assert row["leak@0"] > row["leak@2"] and 0 <= row["leak@2"] < 10
+    assert "| circle | 48 |" in (tmp_path / "l.md").read_text()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unlearn.diffusion.guiders import IdentityGuider, VanillaCFG, concat_cond
+from unlearn.diffusion.guiders import IdentityGuider, NegatedConceptCFG, VanillaCFG, concat_cond
 
 
 @pytest.fixture
@@ -69,3 +69,21 @@ def test_cfg_without_uc_names_it(inputs):
     x, sigma, cond, _ = inputs
     with pytest.raises(ValueError, match="uc"):
         VanillaCFG(2.0).prepare_inputs(x, sigma, cond, None)
+
+
+def test_negated_concept_cfg_removes_the_concept_direction(inputs):
+    x, sigma, cond, uc = inputs
+    neg = {k: torch.full_like(v, 0.7) for k, v in uc.items()}
+    stacked = {k: torch.cat([uc[k], neg[k]]) for k in uc}
+    guider = NegatedConceptCFG(scale=3.0, negation_scale=1.5)
+    x_in, s_in, c_in = guider.prepare_inputs(x, sigma, cond, stacked)
+    assert x_in.shape == (6, 4, 8, 8) and s_in.shape == (6,)
+    out = guider(toy_denoiser(x_in, s_in, c_in), sigma)
+    d_c, d_u, d_n = (toy_denoiser(x, sigma, c) for c in (cond, uc, neg))
+    torch.testing.assert_close(out, d_u + 3.0 * (d_c - d_u) - 1.5 * (d_n - d_u))
+    plain = VanillaCFG(3.0)  # negation scale 0: plain CFG
+    zero = NegatedConceptCFG(3.0, 0.0)
+    torch.testing.assert_close(zero(toy_denoiser(*zero.prepare_inputs(x, sigma, cond, stacked)), sigma),
+                               plain(toy_denoiser(*plain.prepare_inputs(x, sigma, cond, uc)), sigma))
+    with pytest.raises(ValueError, match=r"negated-concept branches stacked \(2 x 2 rows\)"):
+        guider.prepare_inputs(x, sigma, cond, uc)

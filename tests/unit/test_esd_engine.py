@@ -117,6 +117,15 @@ def test_pool_serves_each_trajectory_once_at_its_own_step():
     assert torch.equal(b2.x, first[0].x) and torch.equal(b2.step, first[0].step)  # seeded
 
 
+def test_step_range_limits_the_steps_of_x_t():
+    engine = make_engine(ddim_steps=10, step_range=[2, 4], pool_size=8)
+    pool = engine.pool
+    pool.take(1, engine.teacher_denoise, engine._sampler_conds, engine.train_latent_shape)
+    assert set(pool.steps.tolist()) <= {2, 3} and len(set(pool.steps.tolist())) == 2  # 8 draws: both occur
+    assert engine.erased_metadata()["step_range"] == [2, 4]
+    assert make_engine(ddim_steps=10).erased_metadata()["step_range"] == [0, 10]
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
 def test_shrinking_batch_equals_one_trajectory_at_a_time(engine, sampler):
     from unlearn.engine.trajectories import sample_to_steps
@@ -182,6 +191,8 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"sampler": "plms"}, "sampler: unknown 'plms'"),
     ({"eval_config": {"images": 2}}, "eval_config: unknown key"),
     ({"ddim_steps": 0}, "ddim_steps"),
+    ({"step_range": [3, 3]}, r"model.params.step_range: expected \[lo, hi\] with 0 <= lo < hi <= ddim_steps"),
+    ({"step_range": [0, 7], "ddim_steps": 6}, r"<= ddim_steps \(6\), got \[0, 7\]"),
     ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
      "model.params.loss_weighting_config"),
 ])

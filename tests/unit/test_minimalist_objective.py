@@ -132,3 +132,30 @@ def test_engine_caps_the_binary_masks_of_every_training_step(tmp_path):
     model.trajectory_step = spy
     _fit(model)
     assert seen and all(abs(s - 0.25) < 0.02 for s in seen), seen
+
+
+def test_erase_target_can_negate_the_concept(tmp_path):
+    model = _engine(tmp_path, "model.params.target_negation_scale=1.5")
+    seen = []
+    real_step = model.trajectory_step
+
+    def spy(cond, uc, sigmas, seeds, sampler=None):
+        seen.append((cond, uc, sampler))
+        return real_step(cond, uc, sigmas, seeds, sampler)
+
+    model.trajectory_step = spy
+    _fit(model)
+    item = model.prompts[0]  # the one step's batch: n = 1 (concept, keep) pair
+    (cond_target, uc_target, sampler), (_, uc_masked, masked_sampler) = seen[:2]
+    assert type(sampler.guider).__name__ == "NegatedConceptCFG" and sampler.guider.negation_scale == 1.5
+    assert masked_sampler is None  # the masked model: plain CFG, as at inference
+    with torch.no_grad():
+        negated = model.conditioning_for(["striped"])
+        empty = model.unconditional_for([""])
+        deconcept = model.conditioning_for([item["deconcept"]])
+    for key in negated:  # rows: [empty, empty; concept, empty]: the keep prompt's target is not negated
+        assert torch.equal(cond_target[key][:1], deconcept[key])
+        assert torch.equal(uc_target[key], torch.cat([empty[key], empty[key], negated[key], empty[key]]))
+        assert torch.equal(uc_masked[key], torch.cat([empty[key]] * 2))
+    with pytest.raises(ValueError, match="target_negation_scale: expected >= 0"):
+        _engine(tmp_path, "model.params.target_negation_scale=-1")

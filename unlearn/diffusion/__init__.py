@@ -4,7 +4,7 @@ guiders and samplers, in the sigma-space convention x = x0 + sigma * eps (k-diff
 
 from .denoiser import Denoiser, DiscreteDenoiser
 from .discretization import Discretization, EDMDiscretization, LegacyDDPMDiscretization
-from .guiders import Guider, IdentityGuider, VanillaCFG
+from .guiders import Guider, IdentityGuider, NegatedConceptCFG, VanillaCFG
 from .loss import StandardDiffusionLoss
 from .loss_weighting import EDMWeighting, EpsWeighting, LossWeighting, UnitWeighting, VWeighting
 from .samplers import (
@@ -26,6 +26,7 @@ __all__ = [
     "LegacyDDPMDiscretization",
     "Guider",
     "IdentityGuider",
+    "NegatedConceptCFG",
     "VanillaCFG",
     "StandardDiffusionLoss",
     "LossWeighting",

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["Guider", "IdentityGuider", "VanillaCFG", "concat_cond"]
+__all__ = ["Guider", "IdentityGuider", "VanillaCFG", "NegatedConceptCFG", "concat_cond"]
 
 Cond = Mapping[str, Any]
 
@@ -91,3 +91,31 @@ class VanillaCFG(Guider):
             return x0_pred
         x0_uncond, x0_cond = x0_pred.chunk(2, dim=0)  # each (B, ...)
         return x0_uncond + self.scale * (x0_cond - x0_uncond)
+
+
+class NegatedConceptCFG(Guider):
+    """Classifier-free guidance that also steers away from a concept, the "NOT" of
+    composable diffusion (Liu et al., ECCV 2022, Eq. 13), in x0 space:
+
+        D = D(x | uc) + s (D(x | c) - D(x | uc)) - s_n (D(x | n) - D(x | uc))
+
+    Unlike a negative prompt (``uc`` replaced by n, i.e. s_n = s - 1 with no empty branch),
+    the prompt keeps its plain guidance and only the concept's own direction is removed at
+    its own scale. ``uc`` carries both branches stacked as [empty rows; negated-concept
+    rows], 2B rows for a batch of B; the batch is evaluated as [uc, n, c] in one call.
+    """
+
+    def __init__(self, scale: float, negation_scale: float):
+        self.scale, self.negation_scale = float(scale), float(negation_scale)
+
+    def prepare_inputs(self, x, sigma, cond, uc):
+        b = x.shape[0]
+        if uc is None or any(torch.is_tensor(v) and v.shape[0] != 2 * b for v in uc.values()):
+            raise ValueError(f"uc: NegatedConceptCFG needs the empty and the negated-concept branches stacked "
+                             f"(2 x {b} rows)")
+        return torch.cat([x] * 3, dim=0), torch.cat([sigma] * 3, dim=0), concat_cond(uc, cond)
+
+    def __call__(self, x0_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x0_uncond, x0_neg, x0_cond = x0_pred.chunk(3, dim=0)  # each (B, ...)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond) - self.negation_scale * (x0_neg - x0_uncond)
+

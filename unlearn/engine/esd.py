@@ -69,6 +69,15 @@ def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
+def _check_step_range(step_range: Sequence[int], ddim_steps: int) -> tuple[int, int]:
+    if (isinstance(step_range, (str, bytes)) or len(step_range) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in step_range)
+            or not 0 <= step_range[0] < step_range[1] <= ddim_steps):
+        raise ValueError(f"model.params.step_range: expected [lo, hi] with 0 <= lo < hi <= ddim_steps "
+                         f"({ddim_steps}), got {step_range!r}")
+    return int(step_range[0]), int(step_range[1])
+
+
 class ESDEngine(DiffusionEngine):
     """ESD on any text-conditional `DiffusionEngine` model.
 
@@ -79,6 +88,8 @@ class ESDEngine(DiffusionEngine):
         start_guidance: CFG scale of the frozen sampler that makes x_t.
         negative_guidance: eta of the ESD target.
         ddim_steps: sampler steps N; x_t is taken after t ~ U{0..N-1} of them.
+        step_range: [lo, hi]: t ~ U{lo..hi-1} instead (not in the paper; e.g. [0, 20] of 50
+            trains only on the noisy steps, where an object's shape is decided); None: all.
         sampler: sampler name (``ddim``, ``euler``, ...) or a sampler target block.
         separator: splits ``concept`` (and ``preserve``) into several; null: one concept.
         template / prompt_templates / prompt_csv: concept → prompts (`unlearn.data.prompts`).
@@ -117,6 +128,7 @@ class ESDEngine(DiffusionEngine):
         preserve_guidance: float = 1.0,
         preserve_weight: float = 1.0,
         loss_weighting_config: dict | None = None,
+        step_range: Sequence[int] | None = None,
         batch_size: int = 1,
         pool_size: int = 8,
         train_image_size: int | None = None,
@@ -144,6 +156,7 @@ class ESDEngine(DiffusionEngine):
         if not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
             raise ValueError(f"batch_size: expected an integer in [1, pool_size={pool_size}], got {batch_size!r}")
         self.start_guidance, self.ddim_steps = float(start_guidance), ddim_steps
+        self.step_range = None if step_range is None else _check_step_range(step_range, ddim_steps)
         self.batch_size, self.pool_size = batch_size, int(pool_size)
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
@@ -233,7 +246,7 @@ class ESDEngine(DiffusionEngine):
             # One stream per rank: under DDP every rank must draw its own trajectories.
             seed = (int(seed) + 1_000_003 * self.global_rank) % 2**63
             self._pool = TrajectoryPool(self._make_trajectory_sampler(), self.ddim_steps, self.pool_size,
-                                        len(self.prompts), seed=seed)
+                                        len(self.prompts), seed=seed, step_range=self.step_range)
         return self._pool
 
     def erasure_batch(self) -> tuple[ErasureBatch, torch.Tensor]:
@@ -287,6 +300,7 @@ class ESDEngine(DiffusionEngine):
             "negative_guidance": self.objective.negative_guidance, "anchor": self.objective.anchor,
             "loss_weighting": type(self.objective.weighting).__name__ if self.objective.weighting else "eps",
             "start_guidance": self.start_guidance, "ddim_steps": self.ddim_steps,
+            "step_range": list(self.step_range or (0, self.ddim_steps)),
             "iterations": self.global_step if self._trainer is not None else 0,
             "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,
         }

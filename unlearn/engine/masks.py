@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from unlearn.data.prompt_batches import ConceptPromptTriples
+from unlearn.diffusion.guiders import NegatedConceptCFG
 from unlearn.diffusion.samplers import DPMPP2MSampler
 from unlearn.engine import generation
 from unlearn.engine.diffusion import DiffusionEngine
@@ -64,6 +65,14 @@ class MaskErasureEngine(DiffusionEngine):
             (toy-canvas defaults). batch_size: triples per step; prompts_per_epoch.
         binarize: ``{mode: global | local | threshold, off_ratio: share switched off}``
             applied after training, or None to save the deterministic masks as they are.
+        target_negation_scale: s_n > 0 draws the original model's erase target for p_deconcept
+            with the concept itself negated (`NegatedConceptCFG`: plain CFG of p_deconcept
+            minus s_n times the concept's own direction, the prompt being the concept name).
+            The paper's target (0) is whatever the original draws without the concept word,
+            and that can be the concept: on the toy model "a striped object" is a circle in
+            16.7% of seeds (s_n = 1: 3.1%, styles kept), and the masks learn to keep those
+            circles. A full negative prompt (the concept prompt as ``uc``) would negate its
+            style too. Keep prompts' targets are unchanged.
         train_off_ratio: with strategy ``binary``, at most this share of units is off in
             every training forward (the lowest λ, `MaskManager.cap_off_share`); set it to
             ``binarize.off_ratio`` with global binarization and training optimises the very
@@ -96,6 +105,7 @@ class MaskErasureEngine(DiffusionEngine):
         prompts_per_epoch: int = 1000,
         binarize: dict | None = None,
         train_off_ratio: float | None = None,
+        target_negation_scale: float = 0.0,
         eval_config: dict | None = None,
         seed: int = 0,
         **engine_kwargs: Any,
@@ -130,6 +140,12 @@ class MaskErasureEngine(DiffusionEngine):
                                  f"{self.masks.strategies()}, use strategy: binary or train_off_ratio: null")
             if not 0.0 <= self.train_off_ratio < 1.0:
                 raise ValueError(f"model.params.train_off_ratio: expected a share in [0, 1), got {train_off_ratio}")
+        self.target_negation_scale = float(target_negation_scale)
+        if self.target_negation_scale < 0:
+            raise ValueError(f"model.params.target_negation_scale: expected >= 0, got {target_negation_scale}")
+        if self.target_negation_scale > 0 and self.conditioner is None:
+            raise ValueError("model.params.target_negation_scale needs a text-conditioned model (it negates the "
+                             "concept prompt in the erase target); this model has no conditioner")
         self.masks.register(self.network)
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
@@ -141,6 +157,11 @@ class MaskErasureEngine(DiffusionEngine):
         if isinstance(self._trajectory_sampler, DPMPP2MSampler):
             raise ValueError("model.params.sampler: multistep samplers (dpmpp_2m) carry state between steps and "
                              "cannot be checkpointed step by step; use euler, euler_a, heun or ddim")
+        # The original model's erase/preserve targets: the same sampler, or with the concept negated.
+        self._target_sampler = self._trajectory_sampler
+        if self.target_negation_scale > 0:
+            self._target_sampler = self.make_sampler(sampler, self.num_steps, self.guidance_scale)
+            self._target_sampler.guider = NegatedConceptCFG(self.guidance_scale, self.target_negation_scale)
 
     def _build_masks(self, configs, strategy, init_value, masked_noise_std) -> MaskManager:
         if not configs:
@@ -200,13 +221,13 @@ class MaskErasureEngine(DiffusionEngine):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
         return torch.randint(0, 2**62, (self.num_steps + 1,), generator=g).tolist()
 
-    def trajectory_step(self, cond, uc, sigmas: torch.Tensor, seeds: Sequence[int]):
+    def trajectory_step(self, cond, uc, sigmas: torch.Tensor, seeds: Sequence[int], sampler=None):
         """step(i, x_i) -> x_{i+1}: a deterministic function of (i, x_i, λ).
 
         Step i's randomness (mask noise, sampler noise, masked-part noise) comes from
         ``seeds[i]`` alone, so the checkpointed recomputation repeats the forward exactly.
         """
-        sampler = self._trajectory_sampler
+        sampler = sampler or self._trajectory_sampler
 
         def step(i: int, x: torch.Tensor) -> torch.Tensor:
             devices = [x.device] if x.device.type != "cpu" else []
@@ -229,12 +250,19 @@ class MaskErasureEngine(DiffusionEngine):
             cond_masked = self.conditioning_for(concept + keep)
             cond_target = self.conditioning_for(deconcept + keep)
             uc = self.unconditional_for([""] * (2 * n)) if self.conditioner is not None else None
+            uc_target = uc
+            if self.target_negation_scale > 0:
+                # [empty; negated] rows, as NegatedConceptCFG reads them; the keep rows' negated
+                # branch is the empty one, so their targets stay plain CFG.
+                negated = self.conditioning_for([self.concept] * n)
+                uc_target = {k: torch.cat([v, negated[k], v[n:]]) for k, v in uc.items()}
         sigmas = self._trajectory_sampler.get_sigmas(self.num_steps, device=self.device)
         noise = generation.seeded_noise([seeds[-1] + k for k in range(2 * n)], self.latent_shape, self.device)
         x0 = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # (2n, C, H, W), shared by both trajectories
 
         with self.masks.disabled():
-            x_target = run_trajectory(self.trajectory_step(cond_target, uc, sigmas, seeds), x0, self.num_steps)[-1]
+            target_step = self.trajectory_step(cond_target, uc_target, sigmas, seeds, self._target_sampler)
+            x_target = run_trajectory(target_step, x0, self.num_steps)[-1]
 
         def loss_fn(x_final):
             out = self.objective.trajectory_loss(x_final, x_target, n)
@@ -296,7 +324,9 @@ class MaskErasureEngine(DiffusionEngine):
 
     def finalize_masks(self, path: str | Path) -> Path:
         """Binarize (if configured), save to ``path`` and log the share of units switched off."""
-        meta: dict[str, Any] = {"concept": self.concept, "num_steps": self.num_steps, "global_step": self.global_step}
+        meta: dict[str, Any] = {"concept": self.concept, "num_steps": self.num_steps, "global_step": self.global_step,
+                                "train_off_ratio": self.train_off_ratio,
+                                "target_negation_scale": self.target_negation_scale}
         if self.binarize_config is not None:
             result = binarize(self.masks, self.binarize_config["mode"], self.binarize_config.get("off_ratio"))
             values, share = result.values, result.off_share

@@ -107,15 +107,22 @@ class TrajectoryPool:
         pool_size: trajectories generated per refill, in one batch.
         num_prompts: trajectories draw their prompt uniformly from ``range(num_prompts)``.
         seed: seeds the CPU generator of noise, prompts and steps (device independent).
+        step_range: (lo, hi): t ~ U{lo, ..., hi-1} instead (None: every step).
     """
 
-    def __init__(self, sampler: Sampler, num_steps: int, pool_size: int, num_prompts: int, seed: int = 0):
+    def __init__(self, sampler: Sampler, num_steps: int, pool_size: int, num_prompts: int, seed: int = 0,
+                 step_range: tuple[int, int] | None = None):
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"ddim_steps: expected a positive integer, got {num_steps!r}")
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size: expected a positive integer, got {pool_size!r}")
         if num_prompts < 1:
             raise ValueError("num_prompts: expected at least one prompt")
+        lo, hi = (0, num_steps) if step_range is None else (int(step_range[0]), int(step_range[1]))
+        if not 0 <= lo < hi <= num_steps:
+            raise ValueError(f"step_range: expected [lo, hi] with 0 <= lo < hi <= ddim_steps ({num_steps}), "
+                             f"got {list(step_range)}")
+        self.step_range = (lo, hi)
         self.sampler = sampler
         self.num_steps = num_steps
         self.pool_size = pool_size
@@ -140,7 +147,7 @@ class TrajectoryPool:
         """Sample ``pool_size`` new trajectories from fresh noise, each to its own random step."""
         g = self.generator
         prompts = torch.randint(self.num_prompts, (self.pool_size,), generator=g)  # (P,)
-        steps = torch.randint(self.num_steps, (self.pool_size,), generator=g)  # (P,)
+        steps = torch.randint(*self.step_range, (self.pool_size,), generator=g)  # (P,)
         noise = torch.randn((self.pool_size, *latent_shape), generator=g).to(device)  # (P, C, H, W)
         cond, uc = conds_for(prompts)
         sigmas = self.sampler.get_sigmas(self.num_steps, device=noise.device)  # (N + 1,)
