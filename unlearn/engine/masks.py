@@ -69,9 +69,9 @@ class MaskErasureEngine(DiffusionEngine):
             with the concept itself negated (`NegatedConceptCFG`: plain CFG of p_deconcept
             minus s_n times the concept's own direction, the prompt being the concept name).
             The paper's target (0) is whatever the original draws without the concept word,
-            and that can be the concept: on the toy model "a striped object" is a circle in
-            16.7% of seeds (s_n = 1: 3.1%, styles kept), and the masks learn to keep those
-            circles. A full negative prompt (the concept prompt as ``uc``) would negate its
+            and that can be the concept: on the toy model the deconcept prompts of circle
+            draw a circle for 17.7% of seeds (s_n = 1: 2.1%;
+            ``scripts/bench/target_leak.py``), and the masks learn to keep those circles. A full negative prompt (the concept prompt as ``uc``) would negate its
             style too. Keep prompts' targets are unchanged.
         train_off_ratio: with strategy ``binary``, at most this share of units is off in
             every training forward (the lowest λ, `MaskManager.cap_off_share`); set it to
