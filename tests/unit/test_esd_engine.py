@@ -193,6 +193,7 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"ddim_steps": 0}, "ddim_steps"),
     ({"step_range": [3, 3]}, r"model.params.step_range: expected \[lo, hi\] with 0 <= lo < hi <= ddim_steps"),
     ({"step_range": [0, 7], "ddim_steps": 6}, r"<= ddim_steps \(6\), got \[0, 7\]"),
+    ({"step_range": 5}, r"model.params.step_range: expected \[lo, hi\].*got 5"),
     ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
      "model.params.loss_weighting_config"),
 ])

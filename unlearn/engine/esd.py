@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from omegaconf import ListConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -69,13 +70,14 @@ def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
-def _check_step_range(step_range: Sequence[int], ddim_steps: int) -> tuple[int, int]:
-    if (isinstance(step_range, (str, bytes)) or len(step_range) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in step_range)
-            or not 0 <= step_range[0] < step_range[1] <= ddim_steps):
+def _check_step_range(step_range: Any, ddim_steps: int) -> tuple[int, int]:
+    values = list(step_range) if isinstance(step_range, (list, tuple, ListConfig)) else None
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+            or not 0 <= values[0] < values[1] <= ddim_steps):
         raise ValueError(f"model.params.step_range: expected [lo, hi] with 0 <= lo < hi <= ddim_steps "
                          f"({ddim_steps}), got {step_range!r}")
-    return int(step_range[0]), int(step_range[1])
+    return int(values[0]), int(values[1])
 
 
 class ESDEngine(DiffusionEngine):

@@ -70,10 +70,11 @@ class MaskErasureEngine(DiffusionEngine):
             minus s_n times the concept's own direction, the prompt being the concept name).
             The paper's target (0) is whatever the original draws without the concept word,
             and that can be the concept: on the toy model the deconcept prompts of circle
-            draw a circle for 17.7% of seeds (s_n = 1: 2.1%;
-            ``scripts/bench/target_leak.py``), and the masks learn to keep those circles. A full negative prompt (the concept prompt as ``uc``) would negate its
-            style too. Keep prompts' targets are unchanged. On the toy objects it erased less
-            (mean UA 68.0 against 82.8 at 5% off, ``scripts/bench/README.md``).
+            draw a circle for 17.7% of seeds (s_n = 1: 2.1%; ``scripts/bench/target_leak.py``),
+            and the masks learn to keep those circles. A full negative prompt (the concept
+            prompt as ``uc``) would negate its style too. Keep prompts' targets are unchanged.
+            On the toy objects it erased less (mean UA 68.0 against 82.8 at 5% off,
+            ``scripts/bench/README.md``).
         train_off_ratio: with strategy ``binary``, at most this share of units is off in
             every training forward (the lowest λ, `MaskManager.cap_off_share`); set it to
             ``binarize.off_ratio`` with global binarization and training optimises the very
@@ -141,6 +142,9 @@ class MaskErasureEngine(DiffusionEngine):
                                  f"{self.masks.strategies()}, use strategy: binary or train_off_ratio: null")
             if not 0.0 <= self.train_off_ratio < 1.0:
                 raise ValueError(f"model.params.train_off_ratio: expected a share in [0, 1), got {train_off_ratio}")
+        if isinstance(target_negation_scale, bool) or not isinstance(target_negation_scale, (int, float)):
+            raise ValueError("model.params.target_negation_scale: expected a number >= 0, "
+                             f"got {target_negation_scale!r}")
         self.target_negation_scale = float(target_negation_scale)
         if self.target_negation_scale < 0:
             raise ValueError(f"model.params.target_negation_scale: expected >= 0, got {target_negation_scale}")
