@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     spec = CanvasSpec(*map(tuple, model.canvas_concepts))
     judge = load_judge(args.judge)
     concepts = args.concepts or list(spec.objects if args.kind == "object" else spec.styles)
+    samplers = {}
+    for scale in args.scales:
+        samplers[scale] = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
+        if scale > 0:
+            samplers[scale].guider = NegatedConceptCFG(args.guidance_scale, scale)
     rows = []
     for concept in concepts:
         if spec.concept_kind(concept) != args.kind:
@@ -72,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         # the attribute the deconcept prompt still names (its style, or its object)
         kept_label = torch.tensor([next(i for i, o in enumerate(other) if mentions_concept(p, o)) for p in prompts])
         row = {"concept": concept, "n": len(prompts)}
-        for scale in args.scales:
-            sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
-            if scale > 0:
-                sampler.guider = NegatedConceptCFG(args.guidance_scale, scale)
+        for scale, sampler in samplers.items():
             pred_obj, pred_style = [], []
             for start in range(0, len(prompts), args.batch_size):
                 chunk = prompts[start:start + args.batch_size]
@@ -83,12 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
                 with torch.no_grad():
                     cond = model.conditioning_for(chunk)
                     uc = model.unconditional_for([""] * len(chunk))
-                    if scale > 0:  # [empty; negated concept] rows, as NegatedConceptCFG reads them
-                        negated = model.conditioning_for([concept] * len(chunk))
-                        uc = {k: torch.cat([v, negated[k]]) for k, v in uc.items()}
+                    if scale > 0:
+                        uc = NegatedConceptCFG.stack_uc(uc, model.conditioning_for([concept] * len(chunk)))
                     noise = generation.seeded_noise(seeds, model.latent_shape, model.device)
                     x = model.decode_first_stage(model.run_sampler(sampler, noise, cond, uc, seeds)).clamp(-1, 1)
-                with torch.no_grad():
                     lo, ls = judge(x)
                 pred_obj.append(lo.argmax(-1))
                 pred_style.append(ls.argmax(-1))

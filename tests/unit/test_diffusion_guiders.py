@@ -74,7 +74,8 @@ def test_cfg_without_uc_names_it(inputs):
 def test_negated_concept_cfg_removes_the_concept_direction(inputs):
     x, sigma, cond, uc = inputs
     neg = {k: torch.full_like(v, 0.7) for k, v in uc.items()}
-    stacked = {k: torch.cat([uc[k], neg[k]]) for k in uc}
+    stacked = NegatedConceptCFG.stack_uc(uc, neg)
+    assert torch.equal(stacked["crossattn"], torch.cat([uc["crossattn"], neg["crossattn"]]))
     guider = NegatedConceptCFG(scale=3.0, negation_scale=1.5)
     x_in, s_in, c_in = guider.prepare_inputs(x, sigma, cond, stacked)
     assert x_in.shape == (6, 4, 8, 8) and s_in.shape == (6,)

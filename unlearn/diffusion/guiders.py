@@ -108,6 +108,11 @@ class NegatedConceptCFG(Guider):
     def __init__(self, scale: float, negation_scale: float):
         self.scale, self.negation_scale = float(scale), float(negation_scale)
 
+    @staticmethod
+    def stack_uc(uc: Cond, negated: Cond) -> dict[str, Any]:
+        """The ``uc`` this guider reads: empty rows (B) then negated-concept rows (B)."""
+        return {k: torch.cat([v, negated[k]]) for k, v in uc.items()}
+
     def prepare_inputs(self, x, sigma, cond, uc):
         b = x.shape[0]
         if uc is None or any(torch.is_tensor(v) and v.shape[0] != 2 * b for v in uc.values()):

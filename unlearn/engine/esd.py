@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from omegaconf import ListConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,7 +42,7 @@ from unlearn.engine.diffusion import DiffusionEngine
 from unlearn.engine.esd_eval import EVAL_KEYS, run_before_after
 from unlearn.engine.export import save_erased_weights
 from unlearn.engine.teacher import FrozenCopy
-from unlearn.engine.trajectories import TrajectoryPool
+from unlearn.engine.trajectories import TrajectoryPool, check_step_range
 from unlearn.objectives.base import ErasureBatch
 from unlearn.objectives.esd import ESDObjective
 from unlearn.selection import canonical_train_method, select_parameters, selection_root
@@ -68,16 +67,6 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     """Rows ``idx`` (n,) of a condition table whose tensors have one row per prompt."""
     return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
-
-
-def _check_step_range(step_range: Any, ddim_steps: int) -> tuple[int, int]:
-    values = list(step_range) if isinstance(step_range, (list, tuple, ListConfig)) else None
-    if (values is None or len(values) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-            or not 0 <= values[0] < values[1] <= ddim_steps):
-        raise ValueError(f"model.params.step_range: expected [lo, hi] with 0 <= lo < hi <= ddim_steps "
-                         f"({ddim_steps}), got {step_range!r}")
-    return int(values[0]), int(values[1])
 
 
 class ESDEngine(DiffusionEngine):
@@ -158,7 +147,7 @@ class ESDEngine(DiffusionEngine):
         if not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
             raise ValueError(f"batch_size: expected an integer in [1, pool_size={pool_size}], got {batch_size!r}")
         self.start_guidance, self.ddim_steps = float(start_guidance), ddim_steps
-        self.step_range = None if step_range is None else _check_step_range(step_range, ddim_steps)
+        self.step_range = check_step_range(step_range, ddim_steps, "model.params.step_range")
         self.batch_size, self.pool_size = batch_size, int(pool_size)
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
@@ -302,7 +291,7 @@ class ESDEngine(DiffusionEngine):
             "negative_guidance": self.objective.negative_guidance, "anchor": self.objective.anchor,
             "loss_weighting": type(self.objective.weighting).__name__ if self.objective.weighting else "eps",
             "start_guidance": self.start_guidance, "ddim_steps": self.ddim_steps,
-            "step_range": list(self.step_range or (0, self.ddim_steps)),
+            "step_range": list(self.step_range),
             "iterations": self.global_step if self._trainer is not None else 0,
             "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,
         }

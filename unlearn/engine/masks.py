@@ -257,10 +257,10 @@ class MaskErasureEngine(DiffusionEngine):
             uc = self.unconditional_for([""] * (2 * n)) if self.conditioner is not None else None
             uc_target = uc
             if self.target_negation_scale > 0:
-                # [empty; negated] rows, as NegatedConceptCFG reads them; the keep rows' negated
-                # branch is the empty one, so their targets stay plain CFG.
-                negated = self.conditioning_for([self.concept] * n)
-                uc_target = {k: torch.cat([v, negated[k], v[n:]]) for k, v in uc.items()}
+                # The keep rows' negated branch is the empty one, so their targets stay plain CFG.
+                concept_rows = self.conditioning_for([self.concept] * n)
+                negated = {k: torch.cat([concept_rows[k], v[n:]]) for k, v in uc.items()}
+                uc_target = NegatedConceptCFG.stack_uc(uc, negated)
         sigmas = self._trajectory_sampler.get_sigmas(self.num_steps, device=self.device)
         noise = generation.seeded_noise([seeds[-1] + k for k in range(2 * n)], self.latent_shape, self.device)
         x0 = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # (2n, C, H, W), shared by both trajectories

@@ -26,6 +26,7 @@ loss's forwards. Memory: P latents (and their P noises).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, MutableMapping
 
@@ -98,6 +99,19 @@ def sample_to_steps(sampler: Sampler, denoiser: DenoiserFn, noise: torch.Tensor,
     return result
 
 
+def check_step_range(step_range: Any, num_steps: int, name: str = "step_range") -> tuple[int, int]:
+    """(lo, hi) of a ``[lo, hi]`` range of sampler steps, 0 <= lo < hi <= num_steps; None: every step."""
+    if step_range is None:
+        return 0, num_steps
+    values = list(step_range) if isinstance(step_range, Sequence) and not isinstance(step_range, str) else None
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+            or not 0 <= values[0] < values[1] <= num_steps):
+        raise ValueError(f"{name}: expected [lo, hi] with 0 <= lo < hi <= ddim_steps ({num_steps}), "
+                         f"got {step_range!r}")
+    return int(values[0]), int(values[1])
+
+
 class TrajectoryPool:
     """Batched frozen-model trajectories, each stopped at its own random step and used once.
 
@@ -118,11 +132,7 @@ class TrajectoryPool:
             raise ValueError(f"pool_size: expected a positive integer, got {pool_size!r}")
         if num_prompts < 1:
             raise ValueError("num_prompts: expected at least one prompt")
-        lo, hi = (0, num_steps) if step_range is None else (int(step_range[0]), int(step_range[1]))
-        if not 0 <= lo < hi <= num_steps:
-            raise ValueError(f"step_range: expected [lo, hi] with 0 <= lo < hi <= ddim_steps ({num_steps}), "
-                             f"got {list(step_range)}")
-        self.step_range = (lo, hi)
+        self.step_range = check_step_range(step_range, num_steps)
         self.sampler = sampler
         self.num_steps = num_steps
         self.pool_size = pool_size
