@@ -80,3 +80,38 @@ def test_target_leak_counts_erase_targets_that_still_show_the_concept(tmp_path):
     # "a striped object" is sometimes a circle; negating "circle" leaves fewer
     assert row["leak@0"] > row["leak@2"] and 0 <= row["leak@2"] < 10
     assert "| circle | 48 |" in (tmp_path / "l.md").read_text()
+
+
+def test_null_branch_takes_only_the_null_half_from_the_original(tmp_path, toy_model):
+    from tests.scripts import load_script
+    from unlearn.engine.export import save_erased_weights
+
+    script = load_script("bench/null_branch.py")
+
+    class Stub:
+        def __init__(self, value):
+            self.value = value
+
+        def denoise(self, x, sigma, cond):
+            return torch.full_like(x, self.value) + cond["k"][:, None, None, None]
+
+    erased = Stub(10.0)
+    mixed = script.original_null_denoiser(Stub(1.0), erased)
+    erased.denoise = mixed  # as the script does: the closure must not call itself
+    out = mixed(torch.zeros(4, 1, 2, 2), torch.ones(4), {"k": torch.tensor([0.0, 0.0, 5.0, 5.0]), "flag": True})
+    assert out[:2].eq(1.0).all() and out[2:].eq(15.0).all()  # [uc; c]: original null, erased concept
+
+    unet = toy_model.network.unet
+    name = "mid_block.attentions.0.proj_out.weight"
+    weights = save_erased_weights(tmp_path / "erased.safetensors",
+                                  {name: unet.get_parameter(name).detach() * 4.0}, {"method": "test"})
+    common = ["--config", str(CONFIG), "--set", f"model.params.ckpt_path={WEIGHTS}", "--judge",
+              str(ROOT / "checkpoints" / "toy" / "judge.safetensors"), "--weights", str(weights), "--concept",
+              "circle", "--images-per-prompt", "1", "--steps", "4"]
+    with pytest.raises(ValueError, match="--guidance-scale: the null branch is only sampled under CFG"):
+        script.main([*common, "--guidance-scale", "1", "--out", str(tmp_path / "g1.json")])
+    result = script.main([*common, "--out", str(tmp_path / "nb.json")])
+    rows = result["rows"]
+    assert set(rows) == {"as_sampled", "original_null"} and rows["as_sampled"] != rows["original_null"]
+    assert (tmp_path / "nb" / "original_null" / "metrics.json").is_file()
+    assert "| original_null |" in (tmp_path / "nb.md").read_text()

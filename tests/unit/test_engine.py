@@ -28,7 +28,9 @@ def test_generation_does_not_depend_on_batching(engine):
     alone = engine.generate(prompts[1:2], seeds=[6], num_steps=3, guidance_scale=2.0)
     assert together.shape == (3, 3, 16, 16)
     assert float(together.min()) >= -1 and float(together.max()) <= 1
-    assert torch.allclose(together[1], alone[0], atol=1e-5)
+    # float32 kernels block their sums by batch size (AVX-512 CPUs differ by ~2e-5 here); a seed
+    # or batching bug changes pixels by O(1)
+    assert torch.allclose(together[1], alone[0], atol=1e-4)
     assert not torch.allclose(together[0], together[1])
 
 

@@ -117,6 +117,26 @@ def test_pool_serves_each_trajectory_once_at_its_own_step():
     assert torch.equal(b2.x, first[0].x) and torch.equal(b2.step, first[0].step)  # seeded
 
 
+def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories():
+    engine = make_engine(preserve="dotted,solid", separator=",", preserve_source="own", step_range=[2, 5])
+    batch, _ = engine.erasure_batch()
+    own = engine.preserve_pool
+    assert own.refills == 1 and own.num_prompts == 2 and engine.pool.num_prompts == len(engine.prompts)
+    assert torch.equal(batch.preserve_x, own.x[:1]) and torch.equal(batch.preserve_sigma, own.sigmas[own.steps[:1]])
+    assert not torch.equal(batch.preserve_x, batch.x)
+    table = engine._conds()["preserve"]["crossattn"]  # (2, L, D)
+    assert torch.equal(batch.preserve["crossattn"][0], table[int(own.prompts[0])])
+    # the preserve pool samples with the preserve prompts: same noise and step as a one-trajectory run
+    sampler = engine._make_trajectory_sampler()
+    sigmas = sampler.get_sigmas(engine.ddim_steps)
+    cond, uc = engine._preserve_sampler_conds(own.prompts[:1])
+    from unlearn.engine.trajectories import sample_to_steps
+    alone = sample_to_steps(sampler, engine.teacher_denoise, own.noise[:1], own.steps[:1].cpu(), sigmas, cond, uc)
+    assert torch.allclose(alone, own.x[:1], rtol=1e-4, atol=1e-4)
+    assert set(own.steps.tolist()) <= {2, 3, 4}
+    assert make_engine(preserve="dotted").erasure_batch()[0].preserve_x is None  # default: the concept's x_t
+
+
 def test_step_range_limits_the_steps_of_x_t():
     engine = make_engine(ddim_steps=10, step_range=[2, 4], pool_size=8)
     pool = engine.pool
@@ -194,6 +214,9 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"step_range": [3, 3]}, r"model.params.step_range: expected \[lo, hi\] with 0 <= lo < hi <= ddim_steps"),
     ({"step_range": [0, 7], "ddim_steps": 6}, r"<= ddim_steps \(6\), got \[0, 7\]"),
     ({"step_range": 5}, r"model.params.step_range: expected \[lo, hi\].*got 5"),
+    ({"null_weight": -0.5}, r"model.params.null_weight: expected a number >= 0, got -0.5"),
+    ({"null_weight": "1"}, r"model.params.null_weight: expected a number >= 0, got '1'"),
+    ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
     ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
      "model.params.loss_weighting_config"),
 ])

@@ -97,6 +97,37 @@ def test_preserve_term(batch):
     assert torch.allclose(out.loss, out.logs["loss_erase"] + 0.5 * keep)
 
 
+def test_preserve_on_own_latents_by_hand(batch):
+    g = torch.Generator().manual_seed(1)
+    batch.preserve = _cond(-2.0)
+    batch.preserve_x, batch.preserve_sigma = torch.randn(2, 1, 2, 2, generator=g), torch.tensor([1.0, 3.0])
+    teacher, student = _stub_eps(1.0), _stub_eps(1.2)
+    out = ESDObjective(preserve_guidance=2.0, preserve_weight=0.5)(student, teacher, batch)
+    px, ps = batch.preserve_x, batch.preserve_sigma
+    e0, ep = teacher(px, ps, batch.null), teacher(px, ps, batch.preserve)
+    keep = ((student(px, ps, batch.preserve) - (e0 + 2.0 * (ep - e0))) ** 2).mean()
+    assert torch.allclose(out.logs["loss_preserve"], keep)
+    on_concept_x = ((student(batch.x, batch.sigma, batch.preserve)
+                     - preserve_target(teacher(batch.x, batch.sigma, batch.null),
+                                       teacher(batch.x, batch.sigma, batch.preserve), 2.0)) ** 2).mean()
+    assert not torch.allclose(keep, on_concept_x)  # the preserve latents, not the concept's, were used
+    x, s = batch.x, batch.sigma
+    erase = ((student(x, s, batch.concept) - esd_target(teacher(x, s, batch.null), teacher(x, s, batch.concept), 1.0))
+             ** 2).mean()
+    assert torch.allclose(out.logs["loss_erase"], erase) and torch.allclose(out.loss, erase + 0.5 * keep)
+
+
+def test_null_anchor_term_by_hand(batch):
+    teacher, student = _stub_eps(1.0), _stub_eps(1.3)
+    out = ESDObjective(negative_guidance=1.0, null_weight=2.0)(student, teacher, batch)
+    x, s = batch.x, batch.sigma
+    null = ((student(x, s, batch.null) - teacher(x, s, batch.null)) ** 2).mean()
+    assert null > 0 and torch.allclose(out.logs["loss_null"], null)
+    assert torch.allclose(out.loss, out.logs["loss_erase"] + 2.0 * null)
+    plain = ESDObjective(negative_guidance=1.0)(student, teacher, batch)
+    assert "loss_null" not in plain.logs and torch.allclose(plain.loss, out.logs["loss_erase"])
+
+
 def test_teacher_runs_once_batched(batch):
     calls = []
 
@@ -107,10 +138,16 @@ def test_teacher_runs_once_batched(batch):
     batch.erase_from, batch.preserve = _cond(3.0), _cond(4.0)
     ESDObjective()(_stub_eps(1.0), teacher, batch)
     assert calls == [8]  # [null, concept, from, preserve] x B=2 in one call
+    calls.clear()
+    batch.preserve_x, batch.preserve_sigma = torch.zeros(2, 1, 2, 2), torch.ones(2)
+    ESDObjective()(_stub_eps(1.0), teacher, batch)
+    assert calls == [10]  # [null, concept, from] and [null, preserve] on the preserve latents, x B=2
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="anchor"):
         ESDObjective(anchor="uncond")
+    with pytest.raises(ValueError, match="null_weight: expected >= 0, got -1"):
+        ESDObjective(null_weight=-1)
     with pytest.raises(ValueError, match="different keys"):
         cat_conds([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ESDEngine"]
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.Adam", "params": {}}  # the reference uses plain Adam
+PRESERVE_SOURCES: tuple[str, ...] = ("concept", "own")
 
 
 @contextlib.contextmanager
@@ -87,6 +88,11 @@ class ESDEngine(DiffusionEngine):
         erase_from: prompt c_from to erase the concept from (official ``--erase_from``).
         anchor: ``null`` (paper) or ``concept`` (``esd_sd.py``), see `ESDObjective`.
         preserve: prompt(s) to keep; preserve_guidance / preserve_weight: their target and weight.
+        null_weight: weight of a term that keeps the fine-tuned model's null (∅) prediction on x_t
+            at the original's (see `unlearn.objectives.esd`); 0: the paper, no such term.
+        preserve_source: where the preserve term is checked: ``concept`` (the erased concept's
+            x_t, default) or ``own`` (x_t from the preserve prompts' own frozen trajectories, a
+            second `TrajectoryPool`; doubles the sampling cost per iteration).
         loss_weighting_config: target block of a `LossWeighting` for the ESD loss (see
             `unlearn.objectives.esd`); None: the paper's plain eps MSE.
         batch_size: trajectories per iteration (1 like the reference).
@@ -118,6 +124,8 @@ class ESDEngine(DiffusionEngine):
         preserve: str | Sequence[str] | None = None,
         preserve_guidance: float = 1.0,
         preserve_weight: float = 1.0,
+        preserve_source: str = "concept",
+        null_weight: float = 0.0,
         loss_weighting_config: dict | None = None,
         step_range: Sequence[int] | None = None,
         batch_size: int = 1,
@@ -142,6 +150,10 @@ class ESDEngine(DiffusionEngine):
         self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
         self.erase_from = erase_from
         self.preserve = split_concepts(preserve, separator) if preserve else []
+        if preserve_source not in PRESERVE_SOURCES:
+            raise ValueError(f"model.params.preserve_source: expected one of {list(PRESERVE_SOURCES)}, "
+                             f"got {preserve_source!r}")
+        self.preserve_source = preserve_source
         if not isinstance(ddim_steps, int) or ddim_steps < 1:
             raise ValueError(f"ddim_steps: expected a positive integer, got {ddim_steps!r}")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
@@ -152,7 +164,10 @@ class ESDEngine(DiffusionEngine):
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
                      if loss_weighting_config else None)
-        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight, weighting)
+        if isinstance(null_weight, bool) or not isinstance(null_weight, (int, float)) or null_weight < 0:
+            raise ValueError(f"model.params.null_weight: expected a number >= 0, got {null_weight!r}")
+        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight, weighting,
+                                      null_weight)
         self.export_diffusers = bool(export_diffusers)
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
             raise ValueError("export_diffusers: the network has no diffusers UNet to save_pretrained")
@@ -165,6 +180,7 @@ class ESDEngine(DiffusionEngine):
         self._sampler_spec = sampler
         self._make_trajectory_sampler()  # fail at build time on a bad sampler name
         self._pool: TrajectoryPool | None = None
+        self._preserve_pool: TrajectoryPool | None = None
         self._cond_table: dict[str, dict[str, Any]] | None = None
 
         root, prefix = selection_root(self.network)
@@ -216,6 +232,10 @@ class ESDEngine(DiffusionEngine):
         cond = _pick(table["erase_from"], zeros) if self.erase_from is not None else _pick(table["concept"], prompt_idx)
         return cond, _pick(table["null"], zeros)
 
+    def _preserve_sampler_conds(self, prompt_idx: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        table = self._conds()
+        return _pick(table["preserve"], prompt_idx), _pick(table["null"], torch.zeros_like(prompt_idx))
+
     def _make_trajectory_sampler(self):
         base = self.sampler_config or {}
         disc = (base.get("params") or {}).get("discretization_config") or self.discretization_config
@@ -230,15 +250,26 @@ class ESDEngine(DiffusionEngine):
     def train_latent_shape(self) -> tuple[int, int, int]:
         return self.latent_shape_for(self.train_image_size)
 
+    def _pool_seed(self, stream: int) -> int:
+        seed = torch.initial_seed() if self.seed is None else self.seed
+        # One stream per rank (under DDP every rank draws its own trajectories) and per pool.
+        return (int(seed) + 1_000_003 * self.global_rank + 7_919 * stream) % 2**63
+
     @property
     def pool(self) -> TrajectoryPool:
         if self._pool is None:
-            seed = torch.initial_seed() if self.seed is None else self.seed
-            # One stream per rank: under DDP every rank must draw its own trajectories.
-            seed = (int(seed) + 1_000_003 * self.global_rank) % 2**63
             self._pool = TrajectoryPool(self._make_trajectory_sampler(), self.ddim_steps, self.pool_size,
-                                        len(self.prompts), seed=seed, step_range=self.step_range)
+                                        len(self.prompts), seed=self._pool_seed(0), step_range=self.step_range)
         return self._pool
+
+    @property
+    def preserve_pool(self) -> TrajectoryPool:
+        """Trajectories of the preserve prompts (``preserve_source: own``), at the same steps' law."""
+        if self._preserve_pool is None:
+            self._preserve_pool = TrajectoryPool(self._make_trajectory_sampler(), self.ddim_steps, self.pool_size,
+                                                 len(self.preserve), seed=self._pool_seed(1),
+                                                 step_range=self.step_range)
+        return self._preserve_pool
 
     def erasure_batch(self) -> tuple[ErasureBatch, torch.Tensor]:
         """The next `ErasureBatch` (and the sampler steps t of its samples)."""
@@ -247,15 +278,21 @@ class ESDEngine(DiffusionEngine):
                                   self.train_latent_shape, self.device)
         table, n = self._conds(), traj.x.shape[0]
         zeros = torch.zeros(n, dtype=torch.long)
-        preserve = None
-        if self.preserve:
+        preserve = preserve_x = preserve_sigma = None
+        if self.preserve and self.preserve_source == "own":
+            with _eval_mode(self.network):
+                own = self.preserve_pool.take(self.batch_size, self.teacher_denoise, self._preserve_sampler_conds,
+                                              self.train_latent_shape, self.device)
+            preserve = _pick(table["preserve"], own.prompt)
+            preserve_x, preserve_sigma = own.x.float(), own.sigma.float()
+        elif self.preserve:
             pick = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
             preserve = _pick(table["preserve"], pick)
         batch = ErasureBatch(
             x=traj.x.float(), sigma=traj.sigma.float(), concept=_pick(table["concept"], traj.prompt),
             null=_pick(table["null"], zeros),
             erase_from=_pick(table["erase_from"], zeros) if self.erase_from is not None else None,
-            preserve=preserve,
+            preserve=preserve, preserve_x=preserve_x, preserve_sigma=preserve_sigma,
         )
         return batch, traj.step
 
@@ -289,6 +326,9 @@ class ESDEngine(DiffusionEngine):
             "concept": (self.separator or ",").join(self.concepts), "separator": self.separator,
             "prompts": " | ".join(self.prompts), "erase_from": self.erase_from,
             "negative_guidance": self.objective.negative_guidance, "anchor": self.objective.anchor,
+            "preserve": " | ".join(self.preserve), "preserve_source": self.preserve_source,
+            "preserve_guidance": self.objective.preserve_guidance, "preserve_weight": self.objective.preserve_weight,
+            "null_weight": self.objective.null_weight,
             "loss_weighting": type(self.objective.weighting).__name__ if self.objective.weighting else "eps",
             "start_guidance": self.start_guidance, "ddim_steps": self.ddim_steps,
             "step_range": list(self.step_range),

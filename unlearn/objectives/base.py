@@ -33,6 +33,8 @@ class ErasureBatch:
         null: the empty prompt (the unconditional branch).
         erase_from: c_from when the concept is erased *from* another prompt, else None.
         preserve: a prompt to keep unchanged, else None.
+        preserve_x, preserve_sigma: (B, C, H, W) and (B,), the latents the preserve prompt is
+            checked on when they come from its own trajectories; None: on ``x`` and ``sigma``.
     """
 
     x: torch.Tensor
@@ -41,6 +43,8 @@ class ErasureBatch:
     null: Cond
     erase_from: Cond | None = None
     preserve: Cond | None = None
+    preserve_x: torch.Tensor | None = None
+    preserve_sigma: torch.Tensor | None = None
 
 
 @dataclass

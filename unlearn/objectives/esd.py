@@ -27,9 +27,19 @@ null-anchored target with eta - 1, so that script's default eta = 2 is the paper
 x_t, eps*(x_t, ∅) + eta_p [eps*(x_t, p) - eps*(x_t, ∅)], weighted by ``preserve_weight``.
 At eta_p = 1 (default) this is plain anchoring of p to the original model, the
 prior-preservation term of concept-ablation style methods (Kumari et al., "Ablating
-Concepts in Text-to-Image Diffusion Models", ICCV 2023); eta_p > 1 strengthens p. The
-preserve term reuses the erased concept's x_t, so it guards p exactly where erasing c
-would spill over; it costs one more teacher and one more student forward per sample.
+Concepts in Text-to-Image Diffusion Models", ICCV 2023); eta_p > 1 strengthens p. By
+default the preserve term reuses the erased concept's x_t (it guards p where erasing c
+would spill over; one more teacher and one more student forward per sample). With
+``ErasureBatch.preserve_x`` it is checked on latents of p's own frozen trajectories
+instead, as concept ablation's regularisation images are generated from p: that is where
+the model is sampled when p is prompted (two more teacher forwards, one more student).
+
+**Null anchor** (optional, not in the paper): CFG samples the fine-tuned model with
+eps_theta(x_t, ∅) + s [eps_theta(x_t, c) - eps_theta(x_t, ∅)], but the loss never sees
+eps_theta(x_t, ∅). When the trained tensors see no text (ESD-u), they can move the null
+prediction along with the concept's, and the guided difference, which is what draws the
+concept, survives. ``null_weight`` > 0 adds null_weight * || eps_theta(x_t, ∅) - eps*(x_t, ∅) ||^2
+on the same x_t (the teacher's e_null is already computed: one more student forward).
 
 **Noise-level weighting** (optional, not in the paper): the paper's plain eps MSE weighs
 every sample alike in eps space, i.e. lambda(sigma) = sigma^-2 in x0 space, so the loss is
@@ -43,11 +53,13 @@ uses. None (default) is the paper's loss.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from unlearn.diffusion.loss_weighting import LossWeighting
-from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds, repeat_batch
+from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds
 
 __all__ = ["ANCHORS", "esd_target", "preserve_target", "ESDObjective"]
 
@@ -76,20 +88,24 @@ class ESDObjective(ErasureObjective):
             whose anchor is always eps*(x_t, c_from).
         preserve_guidance: eta_p of the preserve target.
         preserve_weight: weight of the preserve term in the loss.
+        null_weight: weight of the null-anchor term (0: the paper, no such term).
         weighting: x0-space weighting lambda(sigma) of every sample (see the module docstring);
             None: the paper's plain eps MSE.
     """
 
     def __init__(self, negative_guidance: float = 1.0, anchor: str = "null", preserve_guidance: float = 1.0,
-                 preserve_weight: float = 1.0, weighting: LossWeighting | None = None):
+                 preserve_weight: float = 1.0, weighting: LossWeighting | None = None, null_weight: float = 0.0):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
         if preserve_weight < 0:
             raise ValueError(f"preserve_weight: expected >= 0, got {preserve_weight}")
+        if not null_weight >= 0:
+            raise ValueError(f"null_weight: expected >= 0, got {null_weight}")
         self.negative_guidance = float(negative_guidance)
         self.anchor = anchor
         self.preserve_guidance = float(preserve_guidance)
         self.preserve_weight = float(preserve_weight)
+        self.null_weight = float(null_weight)
         self.weighting = weighting
 
     def _mse(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -102,14 +118,18 @@ class ESDObjective(ErasureObjective):
 
     def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput:
         x, sigma = batch.x, batch.sigma  # (B, C, H, W), (B,)
-        roles = [batch.null, batch.concept]
-        if batch.erase_from is not None:
-            roles.append(batch.erase_from)
+        erase_roles = [batch.null, batch.concept] + ([batch.erase_from] if batch.erase_from is not None else [])
+        teacher_calls = [(x, sigma, c) for c in erase_roles]
+        own_preserve = batch.preserve is not None and batch.preserve_x is not None
         if batch.preserve is not None:
-            roles.append(batch.preserve)
-        k = len(roles)
+            if own_preserve:  # p's own latents need their own null prediction for the target
+                px, ps = batch.preserve_x, batch.preserve_sigma
+                teacher_calls += [(px, ps, batch.null), (px, ps, batch.preserve)]
+            else:
+                px, ps = x, sigma
+                teacher_calls.append((x, sigma, batch.preserve))
         with torch.no_grad():
-            eps = teacher(repeat_batch(x, k), repeat_batch(sigma, k), cat_conds(roles)).float().chunk(k)
+            eps = [e.float() for e in _batched(teacher, teacher_calls)]
         e_null, e_concept = eps[0], eps[1]
         if batch.erase_from is not None:
             e_anchor = eps[2]
@@ -117,16 +137,30 @@ class ESDObjective(ErasureObjective):
             e_anchor = e_concept if self.anchor == "concept" else e_null
         target = esd_target(e_null, e_concept, self.negative_guidance, e_anchor)
 
-        student_roles = [batch.erase_from if batch.erase_from is not None else batch.concept]
+        student_calls = [(x, sigma, batch.erase_from if batch.erase_from is not None else batch.concept)]
         if batch.preserve is not None:
-            student_roles.append(batch.preserve)
-        ks = len(student_roles)
-        pred = student(repeat_batch(x, ks), repeat_batch(sigma, ks), cat_conds(student_roles)).float().chunk(ks)
+            student_calls.append((px, ps, batch.preserve))
+        if self.null_weight > 0:
+            student_calls.append((x, sigma, batch.null))
+        pred = [p.float() for p in _batched(student, student_calls)]
         loss_erase = self._mse(pred[0], target, sigma)
         loss = loss_erase
         logs = {"loss_erase": loss_erase.detach()}
         if batch.preserve is not None:
-            loss_preserve = self._mse(pred[1], preserve_target(e_null, eps[-1], self.preserve_guidance), sigma)
+            e_null_p = eps[-2] if own_preserve else e_null
+            loss_preserve = self._mse(pred[1], preserve_target(e_null_p, eps[-1], self.preserve_guidance), ps)
             loss = loss + self.preserve_weight * loss_preserve
             logs["loss_preserve"] = loss_preserve.detach()
+        if self.null_weight > 0:
+            loss_null = self._mse(pred[-1], e_null, sigma)
+            loss = loss + self.null_weight * loss_null
+            logs["loss_null"] = loss_null.detach()
         return ObjectiveOutput(loss=loss, logs=logs)
+
+
+def _batched(eps_fn: EpsFn, calls: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> list[torch.Tensor]:
+    """``[eps_fn(x, sigma, cond) for x, sigma, cond in calls]`` as one batched call."""
+    sizes = [x.shape[0] for x, _, _ in calls]
+    out = eps_fn(torch.cat([x for x, _, _ in calls]), torch.cat([s for _, s, _ in calls]),
+                 cat_conds([c for _, _, c in calls]))
+    return list(out.split(sizes))
