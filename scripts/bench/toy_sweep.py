@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts", nargs="+", default=None, help="default: every concept of --kind")
     p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for main.py")
     p.add_argument("--images", type=int, default=4, help="images per (object, style) prompt")
+    p.add_argument("--anchor-next", action="store_true",
+                   help="mask erasure: anchor each concept to the next one of its kind in the canvas order "
+                        "(model.params.deconcept_anchor; the last wraps to the first), a rule fixed for every "
+                        "concept rather than a pick per concept")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--python", default=sys.executable)
     return p
@@ -65,12 +69,13 @@ def evaluate(args, out: Path, model_args: list[str], concept: str | None) -> dic
     return json.loads(out.read_text())
 
 
-def erase(args, concept: str, out_dir: Path) -> tuple[Path, float]:
-    """Train one erasure; returns its run directory and the training seconds."""
+def erase(args, concept: str, out_dir: Path, extra: list[str]) -> tuple[Path, float]:
+    """Train one erasure (``extra``: this concept's own overrides); returns its run directory and
+    the training seconds."""
     name = f"sweep_{concept}"
     t0 = time.monotonic()
     _run([args.python, "main.py", "--base", args.model, args.method, f"concept={concept}",
-          "model.params.eval_config=null", *args.set, "--name", name, "--logdir", str(out_dir / "runs")],
+          "model.params.eval_config=null", *args.set, *extra, "--name", name, "--logdir", str(out_dir / "runs")],
          out_dir / "runs" / f"{name}.log")
     seconds = time.monotonic() - t0
     runs = sorted((out_dir / "runs").glob(f"*_{name}"))
@@ -96,7 +101,9 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:
 def markdown(result: dict[str, Any]) -> str:
     def fmt(v):
         return "n/a" if v is None or not math.isfinite(v) else f"{v:.1f}"
-    lines = [f"Erasing each {result['kind']} in turn: `{result['method']}` {' '.join(result['overrides'])}".rstrip(),
+    anchor = " --anchor-next (each concept anchored to the next of its kind)" if result.get("anchor_next") else ""
+    lines = [f"Erasing each {result['kind']} in turn: `{result['method']}` {' '.join(result['overrides'])}"
+             f"{anchor}".rstrip(),
              f"on `{result['model']}`, {result['images_per_prompt']} images per prompt.", "",
              "| concept | UA | IRA | CRA | FD | train s | base UA / IRA / CRA |", "|---|---|---|---|---|---|---|"]
     for r in result["concepts"]:
@@ -139,7 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics_path = out_dir / "eval" / concept / "metrics.json"
         times_path = out_dir / "eval" / concept / "train_s.txt"
         if not metrics_path.is_file():
-            run_dir, seconds = erase(args, concept, out_dir)
+            extra = []
+            if args.anchor_next:
+                extra = [f"model.params.deconcept_anchor={universe[(universe.index(concept) + 1) % len(universe)]}"]
+            run_dir, seconds = erase(args, concept, out_dir, extra)
             times_path.parent.mkdir(parents=True, exist_ok=True)
             times_path.write_text(f"{seconds:.0f}\n")
             evaluate(args, metrics_path, ["--config", args.model, *artifact_args(run_dir)], concept)
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     drawn = [r for r in rows if 100.0 - r["base"]["UA"] >= DRAWN_MIN_ACCURACY]
     result = {"method": args.method, "kind": args.kind, "model": args.model, "overrides": args.set,
+              "anchor_next": args.anchor_next,
               "images_per_prompt": args.images, "concepts": rows, "mean": mean_row(rows),
               "base_mean": mean_row([r["base"] for r in rows]), "base_FD": base["FD"],
               "drawn": [r["concept"] for r in drawn], "mean_drawn": mean_row(drawn),

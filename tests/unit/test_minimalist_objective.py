@@ -58,6 +58,18 @@ def test_prompt_triples_on_the_toy_canvas_and_custom_prompts():
         ConceptPromptTriples("Van Gogh")
 
 
+def test_prompt_triples_with_an_anchor_concept():
+    plain, anchored = ConceptPromptTriples("circle", length=1), ConceptPromptTriples("circle", length=1, anchor="star")
+    assert anchored.concept_prompts == plain.concept_prompts and anchored.keep_prompts == plain.keep_prompts
+    assert [p.replace("star", "circle") for p in anchored.deconcept_prompts] == plain.concept_prompts
+    assert "a striped star" in anchored.deconcept_prompts
+    assert any("star" in k for k in anchored.keep_prompts)  # the anchor's own prompts are still kept
+    with pytest.raises(ValueError, match="deconcept_anchor and deconcept_prompts both given"):
+        ConceptPromptTriples("Van Gogh", ["a painting by {concept}"], ["a painting"], ["a dog"], anchor="Monet")
+    custom = ConceptPromptTriples("Van Gogh", ["a painting by {concept}"], None, ["a dog"], length=1, anchor="Monet")
+    assert custom[0]["deconcept"] == "a painting by Monet"
+
+
 def _engine(tmp_path, *overrides):
     cfg = load_configs([SMOKE, METHOD], ["concept=striped", "model.params.num_steps=2", *overrides])
     torch.manual_seed(0)
@@ -114,6 +126,10 @@ def test_engine_refuses_bad_settings(tmp_path):
         _engine(tmp_path, "model.params.train_off_ratio=0.05")
     with pytest.raises(ValueError, match=r"train_off_ratio: expected a share in \[0, 1\)"):
         _engine(tmp_path, "model.params.strategy=binary", "model.params.train_off_ratio=1.5")
+    with pytest.raises(ValueError, match="model.params.deconcept_anchor: 'circle' is a toy object, 'striped' a toy "
+                                         "style; anchor to another style"):
+        _engine(tmp_path, "model.params.deconcept_anchor=circle")
+    assert _engine(tmp_path, "model.params.deconcept_anchor=dotted").prompts[0]["deconcept"].count("dotted") == 1
 
 
 def test_engine_caps_the_binary_masks_of_every_training_step(tmp_path):

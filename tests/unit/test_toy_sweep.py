@@ -72,3 +72,29 @@ def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
         sweep.artifact_args(tmp_path)
     (tmp_path / "masks.safetensors").write_bytes(b"")
     assert sweep.artifact_args(tmp_path) == ["--masks", str(tmp_path / "masks.safetensors")]
+
+
+def test_anchor_next_gives_each_concept_the_next_of_its_kind(tmp_path, monkeypatch):
+    sweep = load_script("bench/toy_sweep.py")
+    _write(tmp_path / "eval" / "base" / "metrics.json",
+           {"per_concept": _per_concept({("object", "moon"): 100.0, ("object", "arrow"): 100.0}), "FD": 6.0})
+    extras = {}
+
+    def fake_erase(args, concept, out_dir, extra):
+        extras[concept] = extra
+        return tmp_path / concept, 1.0
+
+    def fake_evaluate(args, out, model_args, concept):
+        if concept is not None:
+            _write(out, {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "FD": 9.0})
+        return json.loads(out.read_text())
+
+    monkeypatch.setattr(sweep, "erase", fake_erase)
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "artifact_args", lambda run_dir: ["--masks", str(run_dir)])
+    result = sweep.main(["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--concepts", "moon",
+                         "arrow", "--anchor-next", "--out", str(tmp_path)])
+    assert extras == {"moon": ["model.params.deconcept_anchor=arrow"],
+                      "arrow": ["model.params.deconcept_anchor=circle"]}  # the last wraps to the first
+    assert result["anchor_next"] is True and "--anchor-next" in (tmp_path / "sweep.md").read_text()
+

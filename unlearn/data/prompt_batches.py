@@ -7,7 +7,9 @@ and the preserve term keeps p_k unchanged. A DataLoader collates items into list
 On the toy canvas the defaults cover the world: concept prompts are every caption template
 of `JOINT_TEMPLATES` filled with the concept and every concept of the other kind ("a
 striped circle", "a heart in striped style", ...), deconcept prompts come from
-`remove_concept` ("a circle", "a striped object" for an erased object), and keep prompts
+`remove_concept` ("a circle", "a striped object" for an erased object), or with
+``anchor`` from `replace_concept` ("a striped square": concept ablation's anchor concept,
+Kumari et al., ICCV 2023), and keep prompts
 are the same templates on every cell that does not involve the concept. Other models need
 explicit ``concept_prompts``, ``deconcept_prompts`` and ``keep_prompts``; a
 ``{concept}`` slot in them is filled in.
@@ -21,7 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from unlearn.data.canvas import CANVAS, CanvasSpec
-from unlearn.data.captions import JOINT_TEMPLATES, fix_articles, remove_concept
+from unlearn.data.captions import JOINT_TEMPLATES, fix_articles, remove_concept, replace_concept
 
 __all__ = ["ConceptPromptTriples", "canvas_prompt_sets"]
 
@@ -48,6 +50,8 @@ class ConceptPromptTriples(Dataset):
         concept_prompts / deconcept_prompts: parallel lists (the canvas defaults if None;
             deconcept prompts default to `remove_concept` of the concept prompts on the canvas).
         keep_prompts: prompts to preserve (the canvas default if None).
+        anchor: a concept to draw instead: deconcept prompts are the concept prompts with the
+            concept replaced by it (not with explicit ``deconcept_prompts``).
         length: items per epoch.
     """
 
@@ -60,21 +64,30 @@ class ConceptPromptTriples(Dataset):
         length: int = 1000,
         seed: int = 0,
         spec: CanvasSpec = CANVAS,
+        anchor: str | None = None,
     ):
         if not isinstance(concept, str) or not concept.strip():
             raise ValueError(f"concept: expected a non-empty string, got {concept!r}")
         if length < 1:
             raise ValueError(f"length: expected >= 1, got {length}")
         on_canvas = concept in spec.objects or concept in spec.styles
-        if not on_canvas and (concept_prompts is None or deconcept_prompts is None or keep_prompts is None):
+        if not on_canvas and (concept_prompts is None or (deconcept_prompts is None and anchor is None)
+                              or keep_prompts is None):
             raise ValueError(
-                f"concept {concept!r} is not a toy-canvas concept: give concept_prompts, deconcept_prompts and "
-                "keep_prompts explicitly"
+                f"concept {concept!r} is not a toy-canvas concept: give concept_prompts, deconcept_prompts (or "
+                "deconcept_anchor) and keep_prompts explicitly"
             )
         defaults = canvas_prompt_sets(concept, spec) if on_canvas else ([], [], [])
         fill = (lambda ps: [p.format(concept=concept) if "{concept}" in p else p for p in ps])
         self.concept_prompts = fill(concept_prompts) if concept_prompts is not None else defaults[0]
-        if deconcept_prompts is not None:
+        if anchor is not None and deconcept_prompts is not None:
+            raise ValueError("deconcept_anchor and deconcept_prompts both given: the anchor makes the deconcept "
+                             "prompts; give one of them")
+        if anchor is not None:
+            if not isinstance(anchor, str) or not anchor.strip():
+                raise ValueError(f"deconcept_anchor: expected a concept name, got {anchor!r}")
+            self.deconcept_prompts = [replace_concept(p, concept, anchor, spec) for p in self.concept_prompts]
+        elif deconcept_prompts is not None:
             self.deconcept_prompts = fill(deconcept_prompts)
         elif concept_prompts is None:
             self.deconcept_prompts = defaults[1]

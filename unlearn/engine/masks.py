@@ -103,6 +103,7 @@ class MaskErasureEngine(DiffusionEngine):
         concept_prompts: Sequence[str] | None = None,
         deconcept_prompts: Sequence[str] | None = None,
         keep_prompts: Sequence[str] | None = None,
+        deconcept_anchor: str | None = None,
         batch_size: int = 1,
         prompts_per_epoch: int = 1000,
         binarize: dict | None = None,
@@ -154,8 +155,14 @@ class MaskErasureEngine(DiffusionEngine):
         self.masks.register(self.network)
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
-        self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
-                                            length=prompts_per_epoch, seed=seed)
+        try:
+            self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
+                                                length=prompts_per_epoch, seed=seed, anchor=deconcept_anchor)
+        except ValueError as err:
+            if deconcept_anchor is None:
+                raise
+            raise ValueError(f"model.params.{err}") from None
+        self.deconcept_anchor = deconcept_anchor
         self.batch_size = int(batch_size)
         self._frozen_parts_eval()
         self._trajectory_sampler = self.make_sampler(sampler, self.num_steps, self.guidance_scale)
@@ -331,7 +338,8 @@ class MaskErasureEngine(DiffusionEngine):
         """Binarize (if configured), save to ``path`` and log the share of units switched off."""
         meta: dict[str, Any] = {"concept": self.concept, "num_steps": self.num_steps, "global_step": self.global_step,
                                 "train_off_ratio": self.train_off_ratio,
-                                "target_negation_scale": self.target_negation_scale}
+                                "target_negation_scale": self.target_negation_scale,
+                                "deconcept_anchor": self.deconcept_anchor}
         if self.binarize_config is not None:
             result = binarize(self.masks, self.binarize_config["mode"], self.binarize_config.get("off_ratio"))
             values, share = result.values, result.off_share
