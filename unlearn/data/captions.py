@@ -23,7 +23,6 @@ import numpy as np
 from unlearn.data.canvas import CANVAS, CanvasSpec
 
 __all__ = [
-    "replace_concept",
     "JOINT_TEMPLATES",
     "OBJECT_TEMPLATES",
     "STYLE_TEMPLATES",
@@ -33,6 +32,7 @@ __all__ = [
     "eval_prompt",
     "mentions_concept",
     "remove_concept",
+    "replace_concept",
     "fix_articles",
 ]
 
@@ -157,4 +157,3 @@ def replace_concept(prompt: str, concept: str, anchor: str, spec: CanvasSpec = C
             raise ValueError(f"deconcept_anchor: {anchor!r} is a toy {anchor_kind}, {concept!r} a toy {kind}; "
                              f"anchor to another {kind}")
     return fix_articles(re.sub(_word(concept), anchor, prompt, flags=re.IGNORECASE))
-

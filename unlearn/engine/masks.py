@@ -63,6 +63,9 @@ class MaskErasureEngine(DiffusionEngine):
             ancestral, Heun or DDIM; multistep samplers are refused).
         concept_prompts, deconcept_prompts, keep_prompts: see `ConceptPromptTriples`
             (toy-canvas defaults). batch_size: triples per step; prompts_per_epoch.
+        deconcept_anchor: a concept of the same kind whose prompts are the erase targets
+            (concept ablation: "a striped circle" -> "a striped square"); None: the paper's
+            deconcept prompts (the concept removed).
         binarize: ``{mode: global | local | threshold, off_ratio: share switched off}``
             applied after training, or None to save the deterministic masks as they are.
         target_negation_scale: s_n > 0 draws the original model's erase target for p_deconcept
