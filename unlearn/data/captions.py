@@ -137,23 +137,25 @@ def remove_concept(prompt: str, concept: str, spec: CanvasSpec = CANVAS) -> str:
     return fix_articles(re.sub(r"\s{2,}", " ", out).strip(" ,"))
 
 
-def replace_concept(prompt: str, concept: str, anchor: str, spec: CanvasSpec = CANVAS) -> str:
+def replace_concept(prompt: str, concept: str, anchor: str, spec: CanvasSpec = CANVAS,
+                    name: str = "deconcept_anchor") -> str:
     """``prompt`` with ``concept`` replaced by ``anchor``, a concept of the same kind on the canvas
     ("a striped circle" -> "a striped square"): the anchor target of concept ablation.
 
     Off the canvas (a concept the spec does not know) the phrase is replaced as it is.
-    Anchoring a concept to itself or to one of the other kind is a ValueError.
+    Anchoring a concept to itself or to one of the other kind is a ValueError naming ``name``
+    (the config key the anchor came from).
     """
     if anchor.strip().lower() == concept.strip().lower():
-        raise ValueError(f"deconcept_anchor: {anchor!r} is the erased concept itself")
+        raise ValueError(f"{name}: {anchor!r} is the erased concept itself")
     known = set(spec.objects) | set(spec.styles)
     if concept in known:
         kind = spec.concept_kind(concept)
         if anchor not in known:
-            raise ValueError(f"deconcept_anchor: {anchor!r} is not a toy canvas {kind}; "
+            raise ValueError(f"{name}: {anchor!r} is not a toy canvas {kind}; "
                              f"choose from {list(spec.objects if kind == 'object' else spec.styles)}")
         anchor_kind = spec.concept_kind(anchor)
         if kind != anchor_kind:
-            raise ValueError(f"deconcept_anchor: {anchor!r} is a toy {anchor_kind}, {concept!r} a toy {kind}; "
+            raise ValueError(f"{name}: {anchor!r} is a toy {anchor_kind}, {concept!r} a toy {kind}; "
                              f"anchor to another {kind}")
     return fix_articles(re.sub(_word(concept), anchor, prompt, flags=re.IGNORECASE))

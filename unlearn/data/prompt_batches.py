@@ -52,6 +52,7 @@ class ConceptPromptTriples(Dataset):
         keep_prompts: prompts to preserve (the canvas default if None).
         anchor: a concept to draw instead: deconcept prompts are the concept prompts with the
             concept replaced by it (not with explicit ``deconcept_prompts``).
+        anchor_name: the config key ``anchor`` came from, named in its errors.
         length: items per epoch.
     """
 
@@ -65,6 +66,7 @@ class ConceptPromptTriples(Dataset):
         seed: int = 0,
         spec: CanvasSpec = CANVAS,
         anchor: str | None = None,
+        anchor_name: str = "deconcept_anchor",
     ):
         if not isinstance(concept, str) or not concept.strip():
             raise ValueError(f"concept: expected a non-empty string, got {concept!r}")
@@ -81,12 +83,13 @@ class ConceptPromptTriples(Dataset):
         fill = (lambda ps: [p.format(concept=concept) if "{concept}" in p else p for p in ps])
         self.concept_prompts = fill(concept_prompts) if concept_prompts is not None else defaults[0]
         if anchor is not None and deconcept_prompts is not None:
-            raise ValueError("deconcept_anchor and deconcept_prompts both given: the anchor makes the deconcept "
+            raise ValueError(f"{anchor_name} and deconcept_prompts both given: the anchor makes the deconcept "
                              "prompts; give one of them")
         if anchor is not None:
             if not isinstance(anchor, str) or not anchor.strip():
-                raise ValueError(f"deconcept_anchor: expected a concept name, got {anchor!r}")
-            self.deconcept_prompts = [replace_concept(p, concept, anchor, spec) for p in self.concept_prompts]
+                raise ValueError(f"{anchor_name}: expected a concept name, got {anchor!r}")
+            self.deconcept_prompts = [replace_concept(p, concept, anchor, spec, anchor_name)
+                                      for p in self.concept_prompts]
         elif deconcept_prompts is not None:
             self.deconcept_prompts = fill(deconcept_prompts)
         elif concept_prompts is None:

@@ -158,13 +158,9 @@ class MaskErasureEngine(DiffusionEngine):
         self.masks.register(self.network)
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
-        try:
-            self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
-                                                length=prompts_per_epoch, seed=seed, anchor=deconcept_anchor)
-        except ValueError as err:
-            if deconcept_anchor is None:
-                raise
-            raise ValueError(f"model.params.{err}") from None
+        self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
+                                            length=prompts_per_epoch, seed=seed, anchor=deconcept_anchor,
+                                            anchor_name="model.params.deconcept_anchor")
         self.deconcept_anchor = deconcept_anchor
         self.batch_size = int(batch_size)
         self._frozen_parts_eval()
