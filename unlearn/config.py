@@ -30,6 +30,7 @@ __all__ = [
     "apply_overrides",
     "config_keys",
     "check_missing",
+    "non_negative_number",
 ]
 
 # Keys whose value is a config the receiving class builds itself (sgm convention): the
@@ -278,3 +279,11 @@ def check_missing(cfg: DictConfig) -> None:
     if literal:
         examples = " ".join(f"{k}=..." for k in literal)
         raise ConfigError(f"missing mandatory value(s) {literal}: set them on the command line, e.g. {examples}")
+
+
+def non_negative_number(value: Any, key: str) -> float:
+    """``value`` as a float, or a ValueError naming ``key``. Booleans and numeric strings are
+    refused: a YAML ``yes`` or a quoted ``"1"`` is a typo, not a weight."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{key}: expected a number >= 0, got {value!r}")
+    return float(value)

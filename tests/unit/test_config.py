@@ -7,7 +7,14 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from unlearn.config import ConfigError, apply_overrides, instantiate_from_config, load_config, load_configs
+from unlearn.config import (
+    ConfigError,
+    apply_overrides,
+    instantiate_from_config,
+    load_config,
+    load_configs,
+    non_negative_number,
+)
 
 
 class Leaf:
@@ -141,3 +148,16 @@ def test_apply_overrides_returns_merged_values():
     cfg = OmegaConf.create({"a": {"b": [1, 2]}})
     cfg = apply_overrides(cfg, ["a.b=[3,4,5]"])
     assert list(cfg.a.b) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0.0), (3, 3.0), (0.25, 0.25)])
+def test_non_negative_number_returns_a_float(value, expected):
+    out = non_negative_number(value, "model.params.w")
+    assert out == expected and type(out) is float
+
+
+@pytest.mark.parametrize("value, shown", [(-1, "-1"), (-0.5, "-0.5"), (float("nan"), "nan"), ("1", "'1'"),
+                                          (True, "True"), (None, "None")])
+def test_non_negative_number_names_the_key_and_value(value, shown):
+    with pytest.raises(ValueError, match=rf"^model\.params\.w: expected a number >= 0, got {shown}$"):
+        non_negative_number(value, "model.params.w")

@@ -147,7 +147,7 @@ def test_teacher_runs_once_batched(batch):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="anchor"):
         ESDObjective(anchor="uncond")
-    with pytest.raises(ValueError, match="null_weight: expected >= 0, got -1"):
+    with pytest.raises(ValueError, match="null_weight: expected a number >= 0, got -1"):
         ESDObjective(null_weight=-1)
     with pytest.raises(ValueError, match="different keys"):
         cat_conds([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])

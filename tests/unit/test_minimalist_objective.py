@@ -173,7 +173,7 @@ def test_erase_target_can_negate_the_concept(tmp_path):
         assert torch.equal(cond_target[key][:1], deconcept[key])
         assert torch.equal(uc_target[key], torch.cat([empty[key], empty[key], negated[key], empty[key]]))
         assert torch.equal(uc_masked[key], torch.cat([empty[key]] * 2))
-    with pytest.raises(ValueError, match="target_negation_scale: expected >= 0"):
+    with pytest.raises(ValueError, match="target_negation_scale: expected a number >= 0, got -1"):
         _engine(tmp_path, "model.params.target_negation_scale=-1")
     with pytest.raises(ValueError, match="target_negation_scale: expected a number >= 0, got 'strong'"):
         _engine(tmp_path, "model.params.target_negation_scale=strong")

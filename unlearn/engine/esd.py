@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from unlearn.config import instantiate_from_config
+from unlearn.config import instantiate_from_config, non_negative_number
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
 from unlearn.engine import generation
@@ -164,10 +164,8 @@ class ESDEngine(DiffusionEngine):
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
                      if loss_weighting_config else None)
-        if isinstance(null_weight, bool) or not isinstance(null_weight, (int, float)) or null_weight < 0:
-            raise ValueError(f"model.params.null_weight: expected a number >= 0, got {null_weight!r}")
         self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight, weighting,
-                                      null_weight)
+                                      non_negative_number(null_weight, "model.params.null_weight"))
         self.export_diffusers = bool(export_diffusers)
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
             raise ValueError("export_diffusers: the network has no diffusers UNet to save_pretrained")

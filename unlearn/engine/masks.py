@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from unlearn.config import non_negative_number
 from unlearn.data.prompt_batches import ConceptPromptTriples
 from unlearn.diffusion.guiders import NegatedConceptCFG
 from unlearn.diffusion.samplers import DPMPP2MSampler
@@ -146,12 +147,7 @@ class MaskErasureEngine(DiffusionEngine):
                                  f"{self.masks.strategies()}, use strategy: binary or train_off_ratio: null")
             if not 0.0 <= self.train_off_ratio < 1.0:
                 raise ValueError(f"model.params.train_off_ratio: expected a share in [0, 1), got {train_off_ratio}")
-        if isinstance(target_negation_scale, bool) or not isinstance(target_negation_scale, (int, float)):
-            raise ValueError("model.params.target_negation_scale: expected a number >= 0, "
-                             f"got {target_negation_scale!r}")
-        self.target_negation_scale = float(target_negation_scale)
-        if self.target_negation_scale < 0:
-            raise ValueError(f"model.params.target_negation_scale: expected >= 0, got {target_negation_scale}")
+        self.target_negation_scale = non_negative_number(target_negation_scale, "model.params.target_negation_scale")
         if self.target_negation_scale > 0 and self.conditioner is None:
             raise ValueError("model.params.target_negation_scale needs a text-conditioned model (it negates the "
                              "concept prompt in the erase target); this model has no conditioner")

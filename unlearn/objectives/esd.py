@@ -58,6 +58,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unlearn.config import non_negative_number
 from unlearn.diffusion.loss_weighting import LossWeighting
 from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds
 
@@ -99,13 +100,11 @@ class ESDObjective(ErasureObjective):
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
         if preserve_weight < 0:
             raise ValueError(f"preserve_weight: expected >= 0, got {preserve_weight}")
-        if not null_weight >= 0:
-            raise ValueError(f"null_weight: expected >= 0, got {null_weight}")
         self.negative_guidance = float(negative_guidance)
         self.anchor = anchor
         self.preserve_guidance = float(preserve_guidance)
         self.preserve_weight = float(preserve_weight)
-        self.null_weight = float(null_weight)
+        self.null_weight = non_negative_number(null_weight, "null_weight")
         self.weighting = weighting
 
     def _mse(self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
