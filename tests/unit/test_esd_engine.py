@@ -118,7 +118,7 @@ def test_pool_serves_each_trajectory_once_at_its_own_step():
 
 
 def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories():
-    engine = make_engine(preserve="dotted,solid", separator=",", preserve_source="own", step_range=[2, 5])
+    engine = make_engine(preserve="dotted,solid", separator=",", preserve_source="own", preserve_step_range=[2, 5])
     batch, _ = engine.erasure_batch()
     own = engine.preserve_pool
     assert own.refills == 1 and own.num_prompts == 2 and engine.pool.num_prompts == len(engine.prompts)
@@ -135,6 +135,19 @@ def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories(
     assert torch.allclose(alone, own.x[:1], rtol=1e-4, atol=1e-4)
     assert set(own.steps.tolist()) <= {2, 3, 4}
     assert make_engine(preserve="dotted").erasure_batch()[0].preserve_x is None  # default: the concept's x_t
+
+
+def test_own_preserve_latents_cover_every_step_unless_limited():
+    engine = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own", pool_size=8)
+    batch, _ = engine.erasure_batch()
+    assert set(engine.pool.steps.tolist()) == {0}  # the erasure: only where step_range says
+    assert engine.preserve_pool.step_range == (0, 4) and len(set(engine.preserve_pool.steps.tolist())) > 1
+    meta = engine.erased_metadata()
+    assert meta["step_range"] == [0, 1] and meta["preserve_step_range"] == [0, 4]
+    limited = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own",
+                          preserve_step_range=[3, 4], pool_size=8)
+    limited.erasure_batch()
+    assert set(limited.preserve_pool.steps.tolist()) == {3}
 
 
 def test_step_range_limits_the_steps_of_x_t():
@@ -217,6 +230,10 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"null_weight": -0.5}, r"model.params.null_weight: expected a number >= 0, got -0.5"),
     ({"null_weight": "1"}, r"model.params.null_weight: expected a number >= 0, got '1'"),
     ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
+    ({"preserve": "dotted", "preserve_step_range": [0, 2]},
+     r"model.params.preserve_step_range applies to preserve_source: own"),
+    ({"preserve": "dotted", "preserve_source": "own", "preserve_step_range": [0, 99]},
+     r"model.params.preserve_step_range: expected \[lo, hi\]"),
     ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
      "model.params.loss_weighting_config"),
 ])

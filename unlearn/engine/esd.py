@@ -93,6 +93,10 @@ class ESDEngine(DiffusionEngine):
         preserve_source: where the preserve term is checked: ``concept`` (the erased concept's
             x_t, default) or ``own`` (x_t from the preserve prompts' own frozen trajectories, a
             second `TrajectoryPool`; doubles the sampling cost per iteration).
+        preserve_step_range: with ``preserve_source: own``, [lo, hi] of the steps the preserve
+            prompts' x_t are taken after; None: every step, whatever ``step_range`` is: the erasure
+            can be taught where the concept is decided while the side effects are guarded on the
+            whole trajectory of the prompts to keep, textures (decided late) included.
         loss_weighting_config: target block of a `LossWeighting` for the ESD loss (see
             `unlearn.objectives.esd`); None: the paper's plain eps MSE.
         batch_size: trajectories per iteration (1 like the reference).
@@ -125,6 +129,7 @@ class ESDEngine(DiffusionEngine):
         preserve_guidance: float = 1.0,
         preserve_weight: float = 1.0,
         preserve_source: str = "concept",
+        preserve_step_range: Sequence[int] | None = None,
         null_weight: float = 0.0,
         loss_weighting_config: dict | None = None,
         step_range: Sequence[int] | None = None,
@@ -160,6 +165,12 @@ class ESDEngine(DiffusionEngine):
             raise ValueError(f"batch_size: expected an integer in [1, pool_size={pool_size}], got {batch_size!r}")
         self.start_guidance, self.ddim_steps = float(start_guidance), ddim_steps
         self.step_range = check_step_range(step_range, ddim_steps, "model.params.step_range")
+        if preserve_step_range is not None and preserve_source != "own":
+            raise ValueError("model.params.preserve_step_range applies to preserve_source: own (with preserve_source: "
+                             f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
+                             "or preserve_step_range=null")
+        self.preserve_step_range = check_step_range(preserve_step_range, ddim_steps,
+                                                    "model.params.preserve_step_range")
         self.batch_size, self.pool_size = batch_size, int(pool_size)
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
@@ -262,11 +273,11 @@ class ESDEngine(DiffusionEngine):
 
     @property
     def preserve_pool(self) -> TrajectoryPool:
-        """Trajectories of the preserve prompts (``preserve_source: own``), at the same steps' law."""
+        """Trajectories of the preserve prompts (``preserve_source: own``), stopped in ``preserve_step_range``."""
         if self._preserve_pool is None:
             self._preserve_pool = TrajectoryPool(self._make_trajectory_sampler(), self.ddim_steps, self.pool_size,
                                                  len(self.preserve), seed=self._pool_seed(1),
-                                                 step_range=self.step_range)
+                                                 step_range=self.preserve_step_range)
         return self._preserve_pool
 
     def erasure_batch(self) -> tuple[ErasureBatch, torch.Tensor]:
@@ -329,7 +340,7 @@ class ESDEngine(DiffusionEngine):
             "null_weight": self.objective.null_weight,
             "loss_weighting": type(self.objective.weighting).__name__ if self.objective.weighting else "eps",
             "start_guidance": self.start_guidance, "ddim_steps": self.ddim_steps,
-            "step_range": list(self.step_range),
+            "step_range": list(self.step_range), "preserve_step_range": list(self.preserve_step_range),
             "iterations": self.global_step if self._trainer is not None else 0,
             "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,
         }
