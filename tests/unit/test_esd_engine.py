@@ -137,17 +137,18 @@ def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories(
     assert make_engine(preserve="dotted").erasure_batch()[0].preserve_x is None  # default: the concept's x_t
 
 
-def test_own_preserve_latents_cover_every_step_unless_limited():
+def test_own_preserve_latents_follow_step_range_unless_set():
     engine = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own", pool_size=8)
-    batch, _ = engine.erasure_batch()
-    assert set(engine.pool.steps.tolist()) == {0}  # the erasure: only where step_range says
-    assert engine.preserve_pool.step_range == (0, 4) and len(set(engine.preserve_pool.steps.tolist())) > 1
+    engine.erasure_batch()
+    assert set(engine.pool.steps.tolist()) == {0} and set(engine.preserve_pool.steps.tolist()) == {0}
     meta = engine.erased_metadata()
-    assert meta["step_range"] == [0, 1] and meta["preserve_step_range"] == [0, 4]
-    limited = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own",
-                          preserve_step_range=[3, 4], pool_size=8)
-    limited.erasure_batch()
-    assert set(limited.preserve_pool.steps.tolist()) == {3}
+    assert meta["step_range"] == [0, 1] and meta["preserve_step_range"] == [0, 1]
+    every = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own",
+                        preserve_step_range=[0, 4], pool_size=8)
+    every.erasure_batch()
+    assert set(every.pool.steps.tolist()) == {0}  # the erasure stays where step_range says
+    assert every.preserve_pool.step_range == (0, 4) and len(set(every.preserve_pool.steps.tolist())) > 1
+    assert every.erased_metadata()["preserve_step_range"] == [0, 4]
 
 
 def test_step_range_limits_the_steps_of_x_t():

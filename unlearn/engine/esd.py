@@ -94,9 +94,9 @@ class ESDEngine(DiffusionEngine):
             x_t, default) or ``own`` (x_t from the preserve prompts' own frozen trajectories, a
             second `TrajectoryPool`; doubles the sampling cost per iteration).
         preserve_step_range: with ``preserve_source: own``, [lo, hi] of the steps the preserve
-            prompts' x_t are taken after; None: every step, whatever ``step_range`` is: the erasure
-            can be taught where the concept is decided while the side effects are guarded on the
-            whole trajectory of the prompts to keep, textures (decided late) included.
+            prompts' x_t are taken after; None: ``step_range``'s. On the toy model, keep prompts on
+            every step while the erasure used the first 10 of 50 damaged more than on the same steps
+            (scripts/bench/results/toy/explore/README.md, fourth ESD-u round).
         loss_weighting_config: target block of a `LossWeighting` for the ESD loss (see
             `unlearn.objectives.esd`); None: the paper's plain eps MSE.
         batch_size: trajectories per iteration (1 like the reference).
@@ -169,8 +169,8 @@ class ESDEngine(DiffusionEngine):
             raise ValueError("model.params.preserve_step_range applies to preserve_source: own (with preserve_source: "
                              f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
                              "or preserve_step_range=null")
-        self.preserve_step_range = check_step_range(preserve_step_range, ddim_steps,
-                                                    "model.params.preserve_step_range")
+        self.preserve_step_range = (self.step_range if preserve_step_range is None else
+                                    check_step_range(preserve_step_range, ddim_steps, "model.params.preserve_step_range"))
         self.batch_size, self.pool_size = batch_size, int(pool_size)
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
