@@ -149,5 +149,7 @@ def test_bad_arguments():
         ESDObjective(anchor="uncond")
     with pytest.raises(ValueError, match="null_weight: expected a number >= 0, got -1"):
         ESDObjective(null_weight=-1)
+    with pytest.raises(ValueError, match="preserve_weight: expected a number >= 0, got -0.5"):
+        ESDObjective(preserve_weight=-0.5)
     with pytest.raises(ValueError, match="different keys"):
         cat_conds([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])

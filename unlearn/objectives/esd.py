@@ -98,12 +98,10 @@ class ESDObjective(ErasureObjective):
                  preserve_weight: float = 1.0, weighting: LossWeighting | None = None, null_weight: float = 0.0):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
-        if preserve_weight < 0:
-            raise ValueError(f"preserve_weight: expected >= 0, got {preserve_weight}")
         self.negative_guidance = float(negative_guidance)
         self.anchor = anchor
         self.preserve_guidance = float(preserve_guidance)
-        self.preserve_weight = float(preserve_weight)
+        self.preserve_weight = non_negative_number(preserve_weight, "preserve_weight")
         self.null_weight = non_negative_number(null_weight, "null_weight")
         self.weighting = weighting
 
