@@ -230,6 +230,7 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"step_range": 5}, r"model.params.step_range: expected \[lo, hi\].*got 5"),
     ({"null_weight": -0.5}, r"model.params.null_weight: expected a number >= 0, got -0.5"),
     ({"null_weight": "1"}, r"model.params.null_weight: expected a number >= 0, got '1'"),
+    ({"preserve_weight": -2}, r"model.params.preserve_weight: expected a number >= 0, got -2"),
     ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
     ({"preserve": "dotted", "preserve_step_range": [0, 2]},
      r"model.params.preserve_step_range applies to preserve_source: own"),

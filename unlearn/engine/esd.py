@@ -175,7 +175,8 @@ class ESDEngine(DiffusionEngine):
         self.train_image_size = int(train_image_size or self.image_size)
         weighting = (instantiate_from_config(loss_weighting_config, _path="model.params.loss_weighting_config")
                      if loss_weighting_config else None)
-        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance, preserve_weight, weighting,
+        self.objective = ESDObjective(negative_guidance, anchor, preserve_guidance,
+                                      non_negative_number(preserve_weight, "model.params.preserve_weight"), weighting,
                                       non_negative_number(null_weight, "model.params.null_weight"))
         self.export_diffusers = bool(export_diffusers)
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
