@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask erasure: anchor each concept to the next one of its kind in the canvas order "
                         "(model.params.deconcept_anchor; the last wraps to the first), a rule fixed for every "
                         "concept rather than a pick per concept")
+    p.add_argument("--anchors", default=None, metavar="JSON",
+                   help="mask erasure: anchor each concept to the one named in this file's \"anchors\" "
+                        "(scripts/bench/nearest_anchor.py: the nearest as the original model draws them)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--python", default=sys.executable)
     return p
@@ -84,6 +87,32 @@ def erase(args, concept: str, out_dir: Path, extra: list[str]) -> tuple[Path, fl
     return runs[-1], seconds
 
 
+def concept_anchors(args, universe: list[str], concepts: list[str]) -> dict[str, str] | None:
+    """Each concept's ``model.params.deconcept_anchor`` under ``--anchor-next`` or ``--anchors``;
+    None without either."""
+    if args.anchor_next and args.anchors:
+        raise ValueError("--anchor-next and --anchors: choose one anchor rule")
+    if args.anchor_next:
+        return {c: universe[(universe.index(c) + 1) % len(universe)] for c in concepts}
+    if not args.anchors:
+        return None
+    path = Path(args.anchors)
+    if not path.is_file():
+        raise FileNotFoundError(f"--anchors: no such file: {path}")
+    try:
+        anchors = json.loads(path.read_text())["anchors"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--anchors {path}: expected the JSON of scripts/bench/nearest_anchor.py "
+                         f"with an \"anchors\" mapping ({err})") from err
+    missing = [c for c in concepts if c not in anchors]
+    if missing:
+        raise ValueError(f"--anchors {path}: no anchor for {missing}")
+    bad = {c: anchors[c] for c in concepts if anchors[c] not in universe or anchors[c] == c}
+    if bad:
+        raise ValueError(f"--anchors {path}: {bad} are not other {args.kind}s of {universe}")
+    return {c: anchors[c] for c in concepts}
+
+
 def artifact_args(run_dir: Path) -> list[str]:
     for filename, flag in ARTIFACTS.items():
         if (run_dir / filename).is_file():
@@ -102,13 +131,17 @@ def markdown(result: dict[str, Any]) -> str:
     def fmt(v):
         return "n/a" if v is None or not math.isfinite(v) else f"{v:.1f}"
     anchor = " --anchor-next (each concept anchored to the next of its kind)" if result.get("anchor_next") else ""
+    if result.get("anchors_file"):
+        anchor = f" --anchors {result['anchors_file']} (each concept anchored to the one named there)"
+    with_anchor = any("anchor" in r for r in result["concepts"])
     lines = [f"Erasing each {result['kind']} in turn: `{result['method']}` {' '.join(result['overrides'])}"
              f"{anchor}".rstrip(),
              f"on `{result['model']}`, {result['images_per_prompt']} images per prompt.", "",
              "| concept | UA | IRA | CRA | FD | train s | base UA / IRA / CRA |", "|---|---|---|---|---|---|---|"]
     for r in result["concepts"]:
         b = r["base"]
-        lines.append(f"| {r['concept']} | {fmt(r['UA'])} | {fmt(r['IRA'])} | {fmt(r['CRA'])} | {fmt(r['FD'])} | "
+        name = f"{r['concept']} → {r['anchor']}" if with_anchor else r["concept"]
+        lines.append(f"| {name} | {fmt(r['UA'])} | {fmt(r['IRA'])} | {fmt(r['CRA'])} | {fmt(r['FD'])} | "
                      f"{fmt(r['train_s'])} | {fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
     means = [("mean", result["mean"], result["base_mean"])]
     if result["drawn"] != [r["concept"] for r in result["concepts"]]:
@@ -138,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for path in (args.model, args.method):
         if not Path(path).is_file():
             raise FileNotFoundError(f"config not found: {path}")
+    anchors = concept_anchors(args, universe, concepts)
     out_dir = Path(args.out)
     base = evaluate(args, out_dir / "eval" / "base" / "metrics.json", ["--config", args.model], None)
 
@@ -146,15 +180,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics_path = out_dir / "eval" / concept / "metrics.json"
         times_path = out_dir / "eval" / concept / "train_s.txt"
         if not metrics_path.is_file():
-            extra = []
-            if args.anchor_next:
-                extra = [f"model.params.deconcept_anchor={universe[(universe.index(concept) + 1) % len(universe)]}"]
+            extra = [f"model.params.deconcept_anchor={anchors[concept]}"] if anchors else []
             run_dir, seconds = erase(args, concept, out_dir, extra)
             times_path.parent.mkdir(parents=True, exist_ok=True)
             times_path.write_text(f"{seconds:.0f}\n")
             evaluate(args, metrics_path, ["--config", args.model, *artifact_args(run_dir)], concept)
         m = json.loads(metrics_path.read_text())
-        row = {"concept": concept, **{k: m.get(k) for k in HEADLINE},
+        row = {"concept": concept, **({"anchor": anchors[concept]} if anchors else {}), **{k: m.get(k) for k in HEADLINE},
                "train_s": float(times_path.read_text()) if times_path.is_file() else None,
                "base": metrics_against(base["per_concept"], [concept])}
         rows.append(row)
@@ -163,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     drawn = [r for r in rows if 100.0 - r["base"]["UA"] >= DRAWN_MIN_ACCURACY]
     result = {"method": args.method, "kind": args.kind, "model": args.model, "overrides": args.set,
-              "anchor_next": args.anchor_next,
+              "anchor_next": args.anchor_next, "anchors_file": args.anchors,
               "images_per_prompt": args.images, "concepts": rows, "mean": mean_row(rows),
               "base_mean": mean_row([r["base"] for r in rows]), "base_FD": base["FD"],
               "drawn": [r["concept"] for r in drawn], "mean_drawn": mean_row(drawn),

@@ -98,3 +98,45 @@ def test_anchor_next_gives_each_concept_the_next_of_its_kind(tmp_path, monkeypat
                       "arrow": ["model.params.deconcept_anchor=circle"]}  # the last wraps to the first
     assert result["anchor_next"] is True and "--anchor-next" in (tmp_path / "sweep.md").read_text()
 
+
+
+def test_anchors_file_gives_each_concept_its_named_anchor(tmp_path, monkeypatch):
+    sweep = load_script("bench/toy_sweep.py")
+    _write(tmp_path / "out" / "eval" / "base" / "metrics.json",
+           {"per_concept": _per_concept({("object", "heart"): 100.0, ("object", "moon"): 100.0}), "FD": 6.0})
+    anchors = tmp_path / "nearest.json"
+    _write(anchors, {"anchors": {"heart": "square", "moon": "cross", "circle": "square"}})
+    extras = {}
+
+    def fake_erase(args, concept, out_dir, extra):
+        extras[concept] = extra
+        return tmp_path / concept, 1.0
+
+    def fake_evaluate(args, out, model_args, concept):
+        if concept is not None:
+            _write(out, {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "FD": 9.0})
+        return json.loads(out.read_text())
+
+    monkeypatch.setattr(sweep, "erase", fake_erase)
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "artifact_args", lambda run_dir: ["--masks", str(run_dir)])
+    common = ["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--out", str(tmp_path / "out")]
+    result = sweep.main([*common, "--concepts", "heart", "moon", "--anchors", str(anchors)])
+    assert extras == {"heart": ["model.params.deconcept_anchor=square"],
+                      "moon": ["model.params.deconcept_anchor=cross"]}
+    assert [r["anchor"] for r in result["concepts"]] == ["square", "cross"]
+    table = (tmp_path / "out" / "sweep.md").read_text()
+    assert f"--anchors {anchors}" in table and "| heart → square | 50.0 |" in table
+
+    with pytest.raises(ValueError, match="choose one anchor rule"):
+        sweep.main([*common, "--anchors", str(anchors), "--anchor-next"])
+    with pytest.raises(FileNotFoundError, match="--anchors: no such file: .*none.json"):
+        sweep.main([*common, "--anchors", str(tmp_path / "none.json")])
+    with pytest.raises(ValueError, match=r"no anchor for \['star'\]"):
+        sweep.main([*common, "--concepts", "star", "--anchors", str(anchors)])
+    _write(anchors, {"anchors": {"heart": "heart", "moon": "striped"}})
+    with pytest.raises(ValueError, match="'heart': 'heart', 'moon': 'striped'.* are not other objects"):
+        sweep.main([*common, "--concepts", "heart", "moon", "--anchors", str(anchors)])
+    anchors.write_text("not json")
+    with pytest.raises(ValueError, match="expected the JSON of scripts/bench/nearest_anchor.py"):
+        sweep.main([*common, "--concepts", "heart", "--anchors", str(anchors)])
