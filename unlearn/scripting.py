@@ -1,4 +1,4 @@
-"""What the command-line scripts share: the model-source flags and a clean error exit."""
+"""What the command-line scripts share: the model-source flags, a model's toy canvas and a clean error exit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from unlearn.data.canvas import CanvasSpec
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +31,15 @@ def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):
     return model.to(device)
 
 
+def add_trajectory_arguments(parser: argparse.ArgumentParser) -> None:
+    """--steps / --sampler / --guidance-scale / --batch-size, defaulting to the trajectory mask
+    erasure trains through (configs/methods/minimalist.yaml: Euler, 10 steps, CFG 3)."""
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--batch-size", type=int, default=96, help="images per sampling batch")
+
+
 def output_path(out: str | Path, suffix: str) -> Path:
     """The ``--out`` path of a script that writes a ``suffix`` file; any other is a ValueError."""
     out = Path(out)
@@ -39,6 +51,16 @@ def output_path(out: str | Path, suffix: str) -> Path:
 def json_output(out: str | Path) -> Path:
     """The ``--out`` path of a script that writes a JSON result; anything else is a ValueError."""
     return output_path(out, ".json")
+
+
+def canvas_spec_of(model, config) -> CanvasSpec:
+    """The toy canvas (objects, styles) a model was trained on, from its metadata; a model
+    without it is a ValueError naming ``config`` (where it came from)."""
+    from unlearn.data.canvas import CanvasSpec
+
+    if getattr(model, "canvas_concepts", None) is None:
+        raise ValueError(f"--config {config}: the model has no canvas metadata (objects, styles)")
+    return CanvasSpec(*map(tuple, model.canvas_concepts))
 
 
 def run_script(main: Callable[[], Any]) -> None:

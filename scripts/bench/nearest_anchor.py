@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from unlearn.scripting import json_output, run_script
+from unlearn.scripting import add_trajectory_arguments, canvas_spec_of, json_output, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     p.add_argument("--kind", choices=["object", "style"], default="object")
     p.add_argument("--seeds", type=int, default=2, help="seeds per (other attribute, template)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--sampler", default="euler")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=96)
+    add_trajectory_arguments(p)
     p.add_argument("--out", required=True, help="a .json file")
     return p
 
@@ -59,15 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from unlearn.data.canvas import CanvasSpec
     from unlearn.data.captions import JOINT_TEMPLATES, fix_articles
-    from unlearn.engine import generation
     from unlearn.engine.loading import load_model
 
     model = load_model(args.config, overrides=args.set).eval()
-    if model.canvas_concepts is None:
-        raise ValueError(f"--config {args.config}: the model has no canvas metadata (objects, styles)")
-    spec = CanvasSpec(*map(tuple, model.canvas_concepts))
+    spec = canvas_spec_of(model, args.config)
     concepts, others = (spec.objects, spec.styles) if args.kind == "object" else (spec.styles, spec.objects)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     # seed i belongs to slot i = (other attribute, template, k) for every concept alike
@@ -76,15 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     for concept in concepts:
         prompts = [fix_articles(t.format(obj=concept, style=o) if args.kind == "object" else t.format(obj=o, style=concept))
                    for o, t in slots]
-        chunks = []
-        for start in range(0, len(prompts), args.batch_size):
-            chunk = prompts[start:start + args.batch_size]
-            seeds = list(range(start, start + len(chunk)))
-            with torch.no_grad():
-                noise = generation.seeded_noise(seeds, model.latent_shape, model.device)
-                chunks.append(model.run_sampler(sampler, noise, model.conditioning_for(chunk),
-                                                model.unconditional_for([""] * len(chunk)), seeds).float().cpu())
-        latents[concept] = torch.cat(chunks)
+        with torch.no_grad():
+            latents[concept] = torch.cat([
+                model.generate(prompts[i:i + args.batch_size], range(i, min(i + args.batch_size, len(prompts))),
+                               sampler=sampler, decode=False).float().cpu()
+                for i in range(0, len(prompts), args.batch_size)])
         print(f"{concept}: {len(prompts)} images", flush=True)
 
     distances = pairwise_distances(latents)

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from unlearn.scripting import json_output, run_script
+from unlearn.scripting import add_trajectory_arguments, canvas_spec_of, json_output, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts", nargs="*", help="default: every concept of --kind")
     p.add_argument("--scales", nargs="+", type=float, default=[0.0, 1.0, 2.0], help="negation scales s_n")
     p.add_argument("--seeds", type=int, default=2, help="seeds per deconcept prompt")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--sampler", default="euler")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=96)
+    add_trajectory_arguments(p)
     p.add_argument("--out", required=True, help="a .json file")
     return p
 
@@ -48,7 +45,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from unlearn.data.canvas import CanvasSpec
     from unlearn.data.captions import mentions_concept
     from unlearn.data.prompt_batches import canvas_prompt_sets
     from unlearn.diffusion.guiders import NegatedConceptCFG
@@ -57,9 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     from unlearn.eval.judge import load_judge
 
     model = load_model(args.config, overrides=args.set).eval()
-    if model.canvas_concepts is None:
-        raise ValueError(f"--config {args.config}: the model has no canvas metadata (objects, styles)")
-    spec = CanvasSpec(*map(tuple, model.canvas_concepts))
+    spec = canvas_spec_of(model, args.config)
     judge = load_judge(args.judge)
     concepts = args.concepts or list(spec.objects if args.kind == "object" else spec.styles)
     samplers = {}

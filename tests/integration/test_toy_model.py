@@ -115,3 +115,23 @@ def test_null_branch_takes_only_the_null_half_from_the_original(tmp_path, toy_mo
     assert set(rows) == {"as_sampled", "original_null"} and rows["as_sampled"] != rows["original_null"]
     assert (tmp_path / "nb" / "original_null" / "metrics.json").is_file()
     assert "| original_null |" in (tmp_path / "nb.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["object", "style"])
+def test_nearest_anchor_picks_another_concept_of_the_kind_from_symmetric_distances(tmp_path, kind):
+    from tests.scripts import load_script
+    from unlearn.data.canvas import CANVAS
+
+    script = load_script("bench/nearest_anchor.py")
+    out = tmp_path / "nearest.json"
+    result = script.main(["--config", str(CONFIG), "--set", f"model.params.ckpt_path={WEIGHTS}", "--kind", kind,
+                          "--seeds", "1", "--steps", "4", "--out", str(out)])
+    universe = list(CANVAS.objects if kind == "object" else CANVAS.styles)
+    assert result["images_per_concept"] == 48  # 8 other attributes x 6 templates x 1 seed
+    d = result["distances"]
+    assert set(d) == set(universe) and all(set(d[a]) == set(universe) - {a} for a in universe)
+    assert all(d[a][b] == pytest.approx(d[b][a]) and d[a][b] > 0 for a in universe for b in d[a])
+    assert result["anchors"] == {a: min(d[a], key=d[a].get) for a in universe}
+    if kind == "object":
+        assert result["anchors"]["circle"] == "square"  # the shipped model's nearest shape to a circle
+    assert f"| {universe[0]} | — |" in out.with_suffix(".md").read_text()

@@ -18,6 +18,26 @@ def _write(path, payload):
     path.write_text(json.dumps(payload))
 
 
+def _fake_erasures(sweep, monkeypatch, tmp_path) -> dict:
+    """Replace training and evaluation in ``sweep``: every erasure scores UA 50 / IRA 90 / CRA 80;
+    returns the dict each concept's main.py overrides are recorded in."""
+    extras = {}
+
+    def fake_erase(args, concept, out_dir, extra):
+        extras[concept] = extra
+        return tmp_path / concept, 1.0
+
+    def fake_evaluate(args, out, model_args, concept):
+        if concept is not None:
+            _write(out, {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "FD": 9.0})
+        return json.loads(out.read_text())
+
+    monkeypatch.setattr(sweep, "erase", fake_erase)
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "artifact_args", lambda run_dir: ["--masks", str(run_dir)])
+    return extras
+
+
 def test_sweep_averages_saved_runs_without_training_again(tmp_path):
     sweep = load_script("bench/toy_sweep.py")
     base_acc = {("object", "circle"): 100.0, ("object", "star"): 80.0, ("object", "moon"): 90.0,
@@ -78,20 +98,7 @@ def test_anchor_next_gives_each_concept_the_next_of_its_kind(tmp_path, monkeypat
     sweep = load_script("bench/toy_sweep.py")
     _write(tmp_path / "eval" / "base" / "metrics.json",
            {"per_concept": _per_concept({("object", "moon"): 100.0, ("object", "arrow"): 100.0}), "FD": 6.0})
-    extras = {}
-
-    def fake_erase(args, concept, out_dir, extra):
-        extras[concept] = extra
-        return tmp_path / concept, 1.0
-
-    def fake_evaluate(args, out, model_args, concept):
-        if concept is not None:
-            _write(out, {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "FD": 9.0})
-        return json.loads(out.read_text())
-
-    monkeypatch.setattr(sweep, "erase", fake_erase)
-    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
-    monkeypatch.setattr(sweep, "artifact_args", lambda run_dir: ["--masks", str(run_dir)])
+    extras = _fake_erasures(sweep, monkeypatch, tmp_path)
     result = sweep.main(["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--concepts", "moon",
                          "arrow", "--anchor-next", "--out", str(tmp_path)])
     assert extras == {"moon": ["model.params.deconcept_anchor=arrow"],
@@ -106,20 +113,7 @@ def test_anchors_file_gives_each_concept_its_named_anchor(tmp_path, monkeypatch)
            {"per_concept": _per_concept({("object", "heart"): 100.0, ("object", "moon"): 100.0}), "FD": 6.0})
     anchors = tmp_path / "nearest.json"
     _write(anchors, {"anchors": {"heart": "square", "moon": "cross", "circle": "square"}})
-    extras = {}
-
-    def fake_erase(args, concept, out_dir, extra):
-        extras[concept] = extra
-        return tmp_path / concept, 1.0
-
-    def fake_evaluate(args, out, model_args, concept):
-        if concept is not None:
-            _write(out, {"UA": 50.0, "IRA": 90.0, "CRA": 80.0, "FD": 9.0})
-        return json.loads(out.read_text())
-
-    monkeypatch.setattr(sweep, "erase", fake_erase)
-    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
-    monkeypatch.setattr(sweep, "artifact_args", lambda run_dir: ["--masks", str(run_dir)])
+    extras = _fake_erasures(sweep, monkeypatch, tmp_path)
     common = ["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--out", str(tmp_path / "out")]
     result = sweep.main([*common, "--concepts", "heart", "moon", "--anchors", str(anchors)])
     assert extras == {"heart": ["model.params.deconcept_anchor=square"],
