@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from unlearn.data.captions import JOINT_TEMPLATES, fix_articles
+    from unlearn.data.captions import JOINT_TEMPLATES, fill_template
     from unlearn.engine.loading import load_model
 
     model = load_model(args.config, overrides=args.set).eval()
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     slots = [(o, t) for o in others for t in JOINT_TEMPLATES for _ in range(args.seeds)]
     latents = {}
     for concept in concepts:
-        prompts = [fix_articles(t.format(obj=concept, style=o) if args.kind == "object" else t.format(obj=o, style=concept))
-                   for o, t in slots]
+        prompts = [fill_template(t, *((concept, o) if args.kind == "object" else (o, concept))) for o, t in slots]
         with torch.no_grad():
             latents[concept] = torch.cat([
                 model.generate(prompts[i:i + args.batch_size], range(i, min(i + args.batch_size, len(prompts))),

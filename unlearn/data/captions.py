@@ -34,6 +34,7 @@ __all__ = [
     "remove_concept",
     "replace_concept",
     "fix_articles",
+    "fill_template",
 ]
 
 JOINT_TEMPLATES: tuple[str, ...] = (
@@ -64,7 +65,8 @@ def fix_articles(text: str) -> str:
     return _ARTICLE.sub(repl, text)
 
 
-def _fill(template: str, obj: str, style: str) -> str:
+def fill_template(template: str, obj: str, style: str) -> str:
+    """One caption: ``template`` with its {obj} and {style} filled in and the articles fixed."""
     return fix_articles(template.format(obj=obj, style=style))
 
 
@@ -97,12 +99,12 @@ def make_caption(
     obj_name = spec.objects[spec.object_index(obj)]
     style_name = spec.styles[spec.style_index(style)]
     templates = {"joint": JOINT_TEMPLATES, "object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}[mode]
-    return _fill(templates[int(rng.integers(len(templates)))], obj_name, style_name)
+    return fill_template(templates[int(rng.integers(len(templates)))], obj_name, style_name)
 
 
 def eval_prompt(obj: str | int, style: str | int, spec: CanvasSpec = CANVAS) -> str:
     """The fixed evaluation prompt of a cell, e.g. ``"a striped circle"``."""
-    return _fill(JOINT_TEMPLATES[0], spec.objects[spec.object_index(obj)], spec.styles[spec.style_index(style)])
+    return fill_template(JOINT_TEMPLATES[0], spec.objects[spec.object_index(obj)], spec.styles[spec.style_index(style)])
 
 
 def _word(concept: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from unlearn.data.canvas import CANVAS, CanvasSpec
-from unlearn.data.captions import JOINT_TEMPLATES, fix_articles, remove_concept, replace_concept
+from unlearn.data.captions import JOINT_TEMPLATES, fill_template, remove_concept, replace_concept
 
 __all__ = ["ConceptPromptTriples", "canvas_prompt_sets"]
 
@@ -38,7 +38,7 @@ def canvas_prompt_sets(
         for style in spec.styles:
             involved = (obj if kind == "object" else style) == concept
             for t in templates:
-                (concept_prompts if involved else keep_prompts).append(fix_articles(t.format(obj=obj, style=style)))
+                (concept_prompts if involved else keep_prompts).append(fill_template(t, obj, style))
     return concept_prompts, [remove_concept(p, concept, spec) for p in concept_prompts], keep_prompts
 
 
