@@ -14,6 +14,12 @@ evaluated once and its figures against each concept come from its per-concept ac
 (per-concept rows, the mean, the base's mean, and where the base model fails to draw some
 concepts, the same means over the concepts it draws). A concept whose ``metrics.json`` exists is
 skipped, so an interrupted sweep continues where it stopped.
+
+Whether a result holds beyond the draws that produced it: ``--train-seed`` (main.py's
+``--seed``, default 23) repeats the erasures on other training draws, and ``--heldout-seed N``
+also judges every erasure and the base model on images the benchmark never draws (image k of a
+prompt from seed N + k instead of k; ``OUT/eval_seed<N>/``), a second table beside the first.
+It can be added to a finished sweep: the saved runs are evaluated again, nothing is retrained.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchors", default=None, metavar="JSON",
                    help="mask erasure: anchor each concept to the one named in this file's \"anchors\" "
                         "(scripts/bench/nearest_anchor.py: the nearest as the original model draws them)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="main.py --seed for every erasure (default: main.py's own, 23)")
+    p.add_argument("--heldout-seed", type=int, default=None,
+                   help="also evaluate on the images of seeds N, N+1, ... (the benchmark's start at 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--python", default=sys.executable)
     return p
@@ -64,10 +74,13 @@ def _run(cmd: list[str], log: Path) -> None:
             raise RuntimeError(f"{' '.join(cmd)} failed; last lines of {log}:\n" + "\n".join(tail))
 
 
-def evaluate(args, out: Path, model_args: list[str], concept: str | None) -> dict[str, Any]:
+def evaluate(args, out: Path, model_args: list[str], concept: str | None, seed: int | None = None) -> dict[str, Any]:
+    """``scripts/evaluate.py`` into ``out`` unless it is there; ``seed``: its first image seed."""
     if not out.is_file():
         cmd = [args.python, "scripts/evaluate.py", *model_args, "--images-per-prompt", str(args.images),
                "--out", str(out)] + (["--concept", concept] if concept else [])
+        if seed is not None:
+            cmd += ["--seed", str(seed)]
         _run(cmd, out.parent / "evaluate.log")
     return json.loads(out.read_text())
 
@@ -76,15 +89,21 @@ def erase(args, concept: str, out_dir: Path, extra: list[str]) -> tuple[Path, fl
     """Train one erasure (``extra``: this concept's own overrides); returns its run directory and
     the training seconds."""
     name = f"sweep_{concept}"
+    seed = [] if args.train_seed is None else ["--seed", str(args.train_seed)]
     t0 = time.monotonic()
     _run([args.python, "main.py", "--base", args.model, args.method, f"concept={concept}",
-          "model.params.eval_config=null", *args.set, *extra, "--name", name, "--logdir", str(out_dir / "runs")],
-         out_dir / "runs" / f"{name}.log")
+          "model.params.eval_config=null", *args.set, *extra, "--name", name, "--logdir", str(out_dir / "runs"),
+          *seed], out_dir / "runs" / f"{name}.log")
     seconds = time.monotonic() - t0
-    runs = sorted((out_dir / "runs").glob(f"*_{name}"))
+    return latest_run(out_dir, concept), seconds
+
+
+def latest_run(out_dir: Path, concept: str) -> Path:
+    """The newest run directory the sweep in ``out_dir`` trained for ``concept``."""
+    runs = sorted(path for path in (out_dir / "runs").glob(f"*_sweep_{concept}") if path.is_dir())
     if not runs:
-        raise RuntimeError(f"main.py wrote no run directory {out_dir / 'runs'}/*_{name}")
-    return runs[-1], seconds
+        raise RuntimeError(f"no run directory {out_dir / 'runs'}/*_sweep_{concept}")
+    return runs[-1]
 
 
 def concept_anchors(args, universe: list[str], concepts: list[str]) -> dict[str, str] | None:
@@ -134,9 +153,10 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("anchors_file"):
         anchor = f" --anchors {result['anchors_file']} (each concept anchored to the one named there)"
     with_anchor = any("anchor" in r for r in result["concepts"])
+    seed = "" if result.get("train_seed") is None else f", training seed {result['train_seed']}"
     lines = [f"Erasing each {result['kind']} in turn: `{result['method']}` {' '.join(result['overrides'])}"
              f"{anchor}".rstrip(),
-             f"on `{result['model']}`, {result['images_per_prompt']} images per prompt.", "",
+             f"on `{result['model']}`, {result['images_per_prompt']} images per prompt{seed}.", "",
              "| concept | UA | IRA | CRA | FD | train s | base UA / IRA / CRA |", "|---|---|---|---|---|---|---|"]
     for r in result["concepts"]:
         b = r["base"]
@@ -151,6 +171,19 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(m.get('FD'))} | {fmt(m.get('train_s'))} | "
                      f"{fmt(b.get('UA'))} / {fmt(b.get('IRA'))} / {fmt(b.get('CRA'))} |")
     lines.append(f"\nBase model FD: {fmt(result['base_FD'])}.")
+    if result.get("heldout_seed") is not None:
+        lines += ["", f"On held-out images (image k of a prompt from seed {result['heldout_seed']} + k; "
+                      f"the table above, from k):", "",
+                  "| concept | UA | IRA | CRA | FD | base UA / IRA / CRA |", "|---|---|---|---|---|---|"]
+        for r in result["concepts"]:
+            h, b = r["heldout"], r["heldout_base"]
+            name = f"{r['concept']} → {r['anchor']}" if with_anchor else r["concept"]
+            lines.append(f"| {name} | {fmt(h['UA'])} | {fmt(h['IRA'])} | {fmt(h['CRA'])} | {fmt(h['FD'])} | "
+                         f"{fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
+        m, b = result["heldout_mean"], result["heldout_base_mean"]
+        lines.append(f"| **mean** | **{fmt(m.get('UA'))}** | **{fmt(m.get('IRA'))}** | **{fmt(m.get('CRA'))}** | "
+                     f"{fmt(m.get('FD'))} | {fmt(b.get('UA'))} / {fmt(b.get('IRA'))} / {fmt(b.get('CRA'))} |")
+        lines.append(f"\nBase model FD on these images: {fmt(result['heldout_base_FD'])}.")
     if len(means) > 1:
         lines.append(f"\"Drawn\": the concepts the base model itself draws (its accuracy on the concept "
                      f">= {DRAWN_MIN_ACCURACY:.0f}%): {', '.join(result['drawn']) or 'none'}. Erasing a concept the "
@@ -174,6 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     anchors = concept_anchors(args, universe, concepts)
     out_dir = Path(args.out)
     base = evaluate(args, out_dir / "eval" / "base" / "metrics.json", ["--config", args.model], None)
+    if args.heldout_seed is not None:
+        heldout_dir = out_dir / f"eval_seed{args.heldout_seed}"
+        heldout_base = evaluate(args, heldout_dir / "base" / "metrics.json", ["--config", args.model], None,
+                                args.heldout_seed)
 
     rows = []
     for concept in concepts:
@@ -189,17 +226,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = {"concept": concept, **({"anchor": anchors[concept]} if anchors else {}), **{k: m.get(k) for k in HEADLINE},
                "train_s": float(times_path.read_text()) if times_path.is_file() else None,
                "base": metrics_against(base["per_concept"], [concept])}
+        if args.heldout_seed is not None:
+            h = evaluate(args, heldout_dir / concept / "metrics.json",
+                         ["--config", args.model, *artifact_args(latest_run(out_dir, concept))], concept,
+                         args.heldout_seed)
+            row["heldout"] = {k: h.get(k) for k in HEADLINE}
+            row["heldout_base"] = metrics_against(heldout_base["per_concept"], [concept])
         rows.append(row)
-        print(f"{concept:10s} UA {row['UA']:5.1f}  IRA {row['IRA']:5.1f}  CRA {row['CRA']:5.1f}  FD {row['FD']:6.1f}",
-              flush=True)
+        heldout = "" if "heldout" not in row else "  held-out UA {UA:5.1f}  IRA {IRA:5.1f}  CRA {CRA:5.1f}".format(
+            **row["heldout"])
+        print(f"{concept:10s} UA {row['UA']:5.1f}  IRA {row['IRA']:5.1f}  CRA {row['CRA']:5.1f}  FD {row['FD']:6.1f}"
+              f"{heldout}", flush=True)
 
     drawn = [r for r in rows if 100.0 - r["base"]["UA"] >= DRAWN_MIN_ACCURACY]
     result = {"method": args.method, "kind": args.kind, "model": args.model, "overrides": args.set,
               "anchor_next": args.anchor_next, "anchors_file": args.anchors,
-              "images_per_prompt": args.images, "concepts": rows, "mean": mean_row(rows),
+              "images_per_prompt": args.images, "train_seed": args.train_seed, "concepts": rows, "mean": mean_row(rows),
               "base_mean": mean_row([r["base"] for r in rows]), "base_FD": base["FD"],
               "drawn": [r["concept"] for r in drawn], "mean_drawn": mean_row(drawn),
               "base_mean_drawn": mean_row([r["base"] for r in drawn])}
+    if args.heldout_seed is not None:
+        result.update(heldout_seed=args.heldout_seed, heldout_mean=mean_row([r["heldout"] for r in rows]),
+                      heldout_base_mean=mean_row([r["heldout_base"] for r in rows]), heldout_base_FD=heldout_base["FD"])
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "sweep.md").write_text(markdown(result))
     print(markdown(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,50 @@ def test_anchors_file_gives_each_concept_its_named_anchor(tmp_path, monkeypatch)
     anchors.write_text("not json")
     with pytest.raises(ValueError, match="expected the JSON of scripts/bench/nearest_anchor.py"):
         sweep.main([*common, "--concepts", "heart", "--anchors", str(anchors)])
+
+
+def test_training_seed_and_heldout_images_reach_main_and_evaluate(tmp_path, monkeypatch):
+    sweep = load_script("bench/toy_sweep.py")
+    commands = []
+
+    def fake_run(cmd, log):
+        commands.append(cmd)
+        if "main.py" in cmd:
+            run_dir = Path(cmd[cmd.index("--logdir") + 1]) / "2026-01-01T00-00-00_sweep_star"
+            run_dir.mkdir(parents=True)
+            (run_dir / "masks.safetensors").write_bytes(b"")
+            return
+        seed = int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else 0
+        star, ua = (100.0 - seed / 100, seed / 100) if "--masks" in cmd else (100.0, 0.0)
+        _write(Path(cmd[cmd.index("--out") + 1]),
+               {"UA": ua, "IRA": 100.0, "CRA": 92.0, "FD": 9.0 + seed / 1000,
+                "per_concept": _per_concept({("object", "star"): star, ("object", "moon"): 100.0,
+                                             ("style", "solid"): 90.0})})
+
+    monkeypatch.setattr(sweep, "_run", fake_run)
+    common = ["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--concepts", "star"]
+    result = sweep.main([*common, "--train-seed", "7", "--heldout-seed", "1000", "--out", str(tmp_path)])
+    base, heldout_base, train, erased, heldout_erased = commands
+    assert "main.py" in train and train[train.index("--seed") + 1] == "7"
+    assert "--seed" not in base and "--seed" not in erased  # the benchmark's own images
+    for cmd in (heldout_base, heldout_erased):
+        assert cmd[cmd.index("--seed") + 1] == "1000" and "/eval_seed1000/" in cmd[cmd.index("--out") + 1]
+    assert heldout_erased[heldout_erased.index("--masks") + 1].endswith("sweep_star/masks.safetensors")
+    row = result["concepts"][0]
+    assert (row["UA"], row["heldout"]["UA"], row["heldout"]["FD"]) == (0.0, 10.0, 10.0)
+    assert result["heldout_mean"]["UA"] == 10.0 and result["heldout_base_FD"] == 10.0
+    table = (tmp_path / "sweep.md").read_text()
+    assert "4 images per prompt, training seed 7." in table
+    assert "from seed 1000 + k" in table and "| star | 10.0 | 100.0 | 92.0 | 10.0 | 0.0 / 100.0 / 90.0 |" in table
+
+    # held-out images added to a finished sweep: evaluations only, nothing retrained
+    commands.clear()
+    result = sweep.main([*common, "--heldout-seed", "2000", "--out", str(tmp_path)])
+    assert [cmd[cmd.index("--seed") + 1] for cmd in commands] == ["2000", "2000"]
+    assert result["concepts"][0]["heldout"]["UA"] == 20.0
+
+    # without the options neither script gets a --seed: their own defaults are the benchmark's
+    commands.clear()
+    sweep.main([*common, "--out", str(tmp_path / "defaults")])
+    assert len(commands) == 3 and all("--seed" not in cmd for cmd in commands)
+    assert "4 images per prompt." in (tmp_path / "defaults" / "sweep.md").read_text()
