@@ -84,6 +84,20 @@ def _fit(model):
     trainer.fit(model)
 
 
+def test_engine_seed_defaults_to_the_global_seed_that_main_py_sets(tmp_path):
+    def engine_after_global_seed(global_seed, *overrides):
+        torch.manual_seed(global_seed)  # what main.py's --seed does (seed_everything) before building the model
+        cfg = load_configs([SMOKE, METHOD], ["concept=striped", "model.params.num_steps=2", *overrides])
+        return instantiate_from_config(cfg.model, _path="model")
+
+    five, six, pinned = (engine_after_global_seed(5), engine_after_global_seed(6),
+                         engine_after_global_seed(6, "model.params.seed=5"))
+    assert (five.seed, six.seed, pinned.seed) == (5, 6, 5)
+    assert five._step_seeds() == pinned._step_seeds() != six._step_seeds()
+    draws = [[engine.prompts[i] for i in range(16)] for engine in (five, six, pinned)]
+    assert draws[0] == draws[2] != draws[1]
+
+
 def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_the_grads(tmp_path):
     hookers = ("model.params.hooker_configs=[{target: unlearn.hooks.LinearHooker, params: {module_regex: 'to_(k|v)$'}},"
                "{target: unlearn.hooks.AttentionHeadHooker}]")

@@ -85,7 +85,9 @@ class MaskErasureEngine(DiffusionEngine):
             masks that are saved. None: no cap (units with λ <= 0 are off).
         eval_config: toy benchmark after training: ``{judge, images_per_prompt,
             batch_size, num_steps, guidance_scale, sampler, with_base}``; None skips it.
-        seed: seeds the noise and mask samples of every step (with the global step).
+        seed: seeds the prompt draws and the noise and mask samples of every step (with the
+            global step); None: ``torch.initial_seed()``, main.py's ``--seed`` (default 23), as ESD
+            does. Mask runs before this default drew from seed 0 (``model.params.seed=0``).
     """
 
     def __init__(
@@ -114,7 +116,7 @@ class MaskErasureEngine(DiffusionEngine):
         train_off_ratio: float | None = None,
         target_negation_scale: float = 0.0,
         eval_config: dict | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         **engine_kwargs: Any,
     ):
         super().__init__(**engine_kwargs)
@@ -134,7 +136,8 @@ class MaskErasureEngine(DiffusionEngine):
         self.objective = MinimalistObjective(beta=beta, sparsity_weight=sparsity_weight)
         self.binarize_config = _check_binarize(binarize)
         self.eval_config = dict(eval_config) if eval_config else None
-        self.seed = int(seed)
+        # main.py seeds the global RNG before it builds the model, so --seed reaches the masks too
+        self.seed = int(torch.initial_seed() if seed is None else seed) % 2**63
 
         self.masks = self._build_masks(hooker_configs, strategy, init_value, masked_noise_std)
         if self.binarize_config is None and any(h.strategy.requires_binarization for h in self.masks.hookers):
@@ -155,7 +158,7 @@ class MaskErasureEngine(DiffusionEngine):
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
         self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
-                                            length=prompts_per_epoch, seed=seed, anchor=deconcept_anchor,
+                                            length=prompts_per_epoch, seed=self.seed, anchor=deconcept_anchor,
                                             anchor_name="model.params.deconcept_anchor")
         self.deconcept_anchor = deconcept_anchor
         self.batch_size = int(batch_size)
@@ -225,7 +228,7 @@ class MaskErasureEngine(DiffusionEngine):
 
     # --------------------------------------------------------------------- training
     def _step_seeds(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(self.global_step)) % 2**63)
         return torch.randint(0, 2**62, (self.num_steps + 1,), generator=g).tolist()
 
     def trajectory_step(self, cond, uc, sigmas: torch.Tensor, seeds: Sequence[int], sampler=None):
