@@ -102,7 +102,9 @@ def latest_run(out_dir: Path, concept: str) -> Path:
     """The newest run directory the sweep in ``out_dir`` trained for ``concept``."""
     runs = sorted(path for path in (out_dir / "runs").glob(f"*_sweep_{concept}") if path.is_dir())
     if not runs:
-        raise RuntimeError(f"no run directory {out_dir / 'runs'}/*_sweep_{concept}")
+        # a missing run is bad input (e.g. --heldout-seed on a sweep whose runs were deleted), not a crash
+        raise FileNotFoundError(f"no run directory {out_dir / 'runs'}/*_sweep_{concept} "
+                                f"(--heldout-seed evaluates the saved runs again)")
     return runs[-1]
 
 

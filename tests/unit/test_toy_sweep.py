@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,10 @@ def test_training_seed_and_heldout_images_reach_main_and_evaluate(tmp_path, monk
     result = sweep.main([*common, "--heldout-seed", "2000", "--out", str(tmp_path)])
     assert [cmd[cmd.index("--seed") + 1] for cmd in commands] == ["2000", "2000"]
     assert result["concepts"][0]["heldout"]["UA"] == 20.0
+    for run in (tmp_path / "runs").iterdir():  # a finished sweep whose runs were deleted
+        shutil.rmtree(run)
+    with pytest.raises(FileNotFoundError, match=r"no run directory .*runs/\*_sweep_star"):
+        sweep.main([*common, "--heldout-seed", "3000", "--out", str(tmp_path)])
 
     # without the options neither script gets a --seed: their own defaults are the benchmark's
     commands.clear()
