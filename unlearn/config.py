@@ -287,3 +287,12 @@ def non_negative_number(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{key}: expected a number >= 0, got {value!r}")
     return float(value)
+
+
+def optional_seed(value: Any, key: str) -> int | None:
+    """``value`` as a seed (an integer >= 0) or None, else a ValueError naming ``key``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}: expected an integer >= 0 or null (main.py's --seed), got {value!r}")
+    return value

@@ -14,6 +14,7 @@ from unlearn.config import (
     load_config,
     load_configs,
     non_negative_number,
+    optional_seed,
 )
 
 
@@ -161,3 +162,10 @@ def test_non_negative_number_returns_a_float(value, expected):
 def test_non_negative_number_names_the_key_and_value(value, shown):
     with pytest.raises(ValueError, match=rf"^model\.params\.w: expected a number >= 0, got {shown}$"):
         non_negative_number(value, "model.params.w")
+
+
+def test_optional_seed_passes_integers_and_null_and_names_the_key_otherwise():
+    assert optional_seed(0, "model.params.seed") == 0 and optional_seed(None, "model.params.seed") is None
+    for bad, shown in [("abc", "'abc'"), (1.5, "1.5"), (-1, "-1"), (True, "True")]:
+        with pytest.raises(ValueError, match=rf"^model\.params\.seed: expected an integer >= 0 or null .*got {shown}$"):
+            optional_seed(bad, "model.params.seed")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from unlearn.config import instantiate_from_config, non_negative_number
+from unlearn.config import instantiate_from_config, non_negative_number, optional_seed
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
 from unlearn.engine import generation
@@ -185,7 +185,7 @@ class ESDEngine(DiffusionEngine):
         if self.eval_config and set(self.eval_config) - set(EVAL_KEYS):
             raise ValueError(f"eval_config: unknown key(s) {sorted(set(self.eval_config) - set(EVAL_KEYS))}; "
                              f"allowed: {list(EVAL_KEYS)}")
-        self.seed = seed
+        self.seed = optional_seed(seed, "model.params.seed")
         self.run_dir: Path | None = None
         self._sampler_spec = sampler
         self._make_trajectory_sampler()  # fail at build time on a bad sampler name

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from unlearn.config import non_negative_number
+from unlearn.config import non_negative_number, optional_seed
 from unlearn.data.prompt_batches import ConceptPromptTriples
 from unlearn.diffusion.guiders import NegatedConceptCFG
 from unlearn.diffusion.samplers import DPMPP2MSampler
@@ -137,7 +137,8 @@ class MaskErasureEngine(DiffusionEngine):
         self.binarize_config = _check_binarize(binarize)
         self.eval_config = dict(eval_config) if eval_config else None
         # main.py seeds the global RNG before it builds the model, so --seed reaches the masks too
-        self.seed = int(torch.initial_seed() if seed is None else seed) % 2**63
+        seed = optional_seed(seed, "model.params.seed")
+        self.seed = (torch.initial_seed() if seed is None else seed) % 2**63
 
         self.masks = self._build_masks(hooker_configs, strategy, init_value, masked_noise_std)
         if self.binarize_config is None and any(h.strategy.requires_binarization for h in self.masks.hookers):
