@@ -154,7 +154,10 @@ def markdown(result: dict[str, Any]) -> str:
     anchor = " --anchor-next (each concept anchored to the next of its kind)" if result.get("anchor_next") else ""
     if result.get("anchors_file"):
         anchor = f" --anchors {result['anchors_file']} (each concept anchored to the one named there)"
-    with_anchor = any("anchor" in r for r in result["concepts"])
+
+    def row_name(row):  # "circle → square" for an anchored erasure
+        return f"{row['concept']} → {row['anchor']}" if "anchor" in row else row["concept"]
+
     seed = "" if result.get("train_seed") is None else f", training seed {result['train_seed']}"
     lines = [f"Erasing each {result['kind']} in turn: `{result['method']}` {' '.join(result['overrides'])}"
              f"{anchor}".rstrip(),
@@ -162,8 +165,7 @@ def markdown(result: dict[str, Any]) -> str:
              "| concept | UA | IRA | CRA | FD | train s | base UA / IRA / CRA |", "|---|---|---|---|---|---|---|"]
     for r in result["concepts"]:
         b = r["base"]
-        name = f"{r['concept']} → {r['anchor']}" if with_anchor else r["concept"]
-        lines.append(f"| {name} | {fmt(r['UA'])} | {fmt(r['IRA'])} | {fmt(r['CRA'])} | {fmt(r['FD'])} | "
+        lines.append(f"| {row_name(r)} | {fmt(r['UA'])} | {fmt(r['IRA'])} | {fmt(r['CRA'])} | {fmt(r['FD'])} | "
                      f"{fmt(r['train_s'])} | {fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
     means = [("mean", result["mean"], result["base_mean"])]
     if result["drawn"] != [r["concept"] for r in result["concepts"]]:
@@ -179,8 +181,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "| concept | UA | IRA | CRA | FD | base UA / IRA / CRA |", "|---|---|---|---|---|---|"]
         for r in result["concepts"]:
             h, b = r["heldout"], r["heldout_base"]
-            name = f"{r['concept']} → {r['anchor']}" if with_anchor else r["concept"]
-            lines.append(f"| {name} | {fmt(h['UA'])} | {fmt(h['IRA'])} | {fmt(h['CRA'])} | {fmt(h['FD'])} | "
+            lines.append(f"| {row_name(r)} | {fmt(h['UA'])} | {fmt(h['IRA'])} | {fmt(h['CRA'])} | {fmt(h['FD'])} | "
                          f"{fmt(b['UA'])} / {fmt(b['IRA'])} / {fmt(b['CRA'])} |")
         m, b = result["heldout_mean"], result["heldout_base_mean"]
         lines.append(f"| **mean** | **{fmt(m.get('UA'))}** | **{fmt(m.get('IRA'))}** | **{fmt(m.get('CRA'))}** | "
