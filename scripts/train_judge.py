@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_card(path: Path, args: argparse.Namespace, n_params: int, train_s: float, acc: dict[str, float]) -> None:
     size_kb = args.out.stat().st_size / 1024
+    reproduce = (f"python scripts/train_judge.py --out {args.out} --steps {args.steps} "
+                 f"--batch-size {args.batch_size} --seed {args.seed}")
     path.write_text(
         f"""# Canvas judge
 
@@ -50,7 +52,7 @@ for UnlearnCanvas's classifiers. Load with `unlearn.eval.judge.load_judge`.
 - Held-out ({args.eval_images} fresh images, seed {args.eval_seed}):
   object {100 * acc['object_acc']:.2f}%, style {100 * acc['style_acc']:.2f}%, joint {100 * acc['joint_acc']:.2f}%
 
-Reproduce: `python scripts/train_judge.py --out {args.out} --steps {args.steps} --batch-size {args.batch_size} --seed {args.seed}`
+Reproduce: `{reproduce}`
 """
     )
 

@@ -273,7 +273,8 @@ def window_facts(job: str, model, warmup: int, iters: int) -> dict[str, Any]:
     else:
         return {}
     if iters % period:
-        log.warning("%s: %d timed iterations are not a multiple of %d: the amortised cost is uneven", job, iters, period)
+        log.warning("%s: %d timed iterations are not a multiple of %d: the amortised cost is uneven",
+                    job, iters, period)
     return facts
 
 
@@ -359,8 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not jobs:
         raise ValueError(f"--jobs: unknown job(s) {unknown}; expected a subset of {','.join(JOBS)}")
 
-    import torch
     import lightning.pytorch as pl
+    import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

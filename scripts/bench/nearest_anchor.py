@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from unlearn.scripting import add_trajectory_arguments, canvas_spec_of, json_output, run_script
+
+if TYPE_CHECKING:
+    import torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pairwise_distances(latents: dict[str, "torch.Tensor"]) -> dict[str, dict[str, float]]:
+def pairwise_distances(latents: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """Mean squared difference between every two concepts' latents, drawn from the same noise
     in the same order ((N, C, H, W) each); a concept is not its own anchor, so no diagonal."""
     names = list(latents)

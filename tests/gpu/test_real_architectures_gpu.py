@@ -25,7 +25,8 @@ def test_training_step_and_sampling_on_cuda(arch, precision, tmp_path):
     batch = {"jpg": torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, device="cuda") * 2 - 1, "txt": ["a cat", "a car"]}
     if arch == "sdxl":
         size = torch.full((2, 2), float(IMAGE_SIZE), device="cuda")
-        batch.update(original_size_as_tuple=size, crop_coords_top_left=torch.zeros_like(size), target_size_as_tuple=size)
+        batch.update(original_size_as_tuple=size, crop_coords_top_left=torch.zeros_like(size),
+                     target_size_as_tuple=size)
     model.train()
     with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
         loss = model.training_step(batch, 0)

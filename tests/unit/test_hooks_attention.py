@@ -5,9 +5,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from tests.unit.mask_helpers import Wrapper, tiny_inputs, tiny_network  # noqa: F401
+from unlearn.hooks import AttentionHeadHooker, HeadMaskedAttnProcessor, MaskManager
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-from unlearn.hooks import AttentionHeadHooker, HeadMaskedAttnProcessor, MaskManager
 
 
 def _attention(cross_dim=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.unit.mask_helpers import randomize, tiny_inputs, tiny_network  # noqa: F401
+from unlearn.hooks import MaskManager, apply_masks, binarize, load_masks, save_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-from unlearn.hooks import MaskManager, apply_masks, binarize, load_masks, save_masks
 
 CONFIGS = [
     {"target": "unlearn.hooks.LinearHooker", "params": {"module_regex": r"transformer_blocks"}},

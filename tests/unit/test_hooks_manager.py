@@ -6,9 +6,9 @@ from diffusers.models.attention import FeedForward
 from torch import nn
 
 from tests.unit.mask_helpers import Wrapper, randomize, tiny_inputs, tiny_network  # noqa: F401
+from unlearn.hooks import FeedForwardHooker, LinearHooker, MaskManager, NormHooker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-from unlearn.hooks import FeedForwardHooker, LinearHooker, MaskManager, NormHooker
 
 ALL = [
     {"target": "unlearn.hooks.LinearHooker"},

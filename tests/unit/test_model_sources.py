@@ -48,8 +48,9 @@ def test_unset_model_path_names_the_key(arch):
 def test_missing_path_and_hub_id(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model_path: no such folder or file: .*nope.*text_encoder/"):
         check_model_source(_cfg("sd15", f"model_path={tmp_path / 'nope'}"))
-    with pytest.raises(FileNotFoundError, match=r"model_path='runwayml/stable-diffusion-v1-5' looks like a Hugging "
-                                                r"Face Hub id, but unlearn never downloads. Pass a local copy: .*tokenizer/"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"model_path='runwayml/stable-diffusion-v1-5' looks like a Hugging "
+                             r"Face Hub id, but unlearn never downloads. Pass a local copy: .*tokenizer/"):
         check_model_source(_cfg("sd15", "model_path=runwayml/stable-diffusion-v1-5"))
 
 
@@ -66,7 +67,8 @@ def test_incomplete_folder_lists_every_missing_part(tmp_path):
 def test_single_file_needs_a_local_config_folder(tmp_path):
     ckpt = tmp_path / "v2-1_768-ema-pruned.safetensors"
     ckpt.write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"single checkpoint file, so model_config must name a local diffusers folder"):
+    with pytest.raises(ConfigError,
+                       match=r"single checkpoint file, so model_config must name a local diffusers folder"):
         check_model_source(_cfg("sd21", f"model_path={ckpt}"))
     with pytest.raises(FileNotFoundError, match=r"model_config: no such folder: .*Hub id"):
         check_model_source(_cfg("sd21", f"model_path={ckpt}", "model_config=stabilityai/stable-diffusion-2-1"))

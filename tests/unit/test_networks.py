@@ -99,7 +99,8 @@ def test_class_labels_and_concat_are_routed():
     vector = torch.randn(2, 3)
     with torch.no_grad():
         out = net(x, t, {**cond, "concat": concat, "vector": vector})
-        ref = net.unet(torch.cat([x, concat], 1), t, encoder_hidden_states=cond["crossattn"], class_labels=vector).sample
+        ref = net.unet(torch.cat([x, concat], 1), t, encoder_hidden_states=cond["crossattn"],
+                       class_labels=vector).sample
         other = net(x, t, {**cond, "concat": concat, "vector": torch.zeros(2, 3)})
     assert out.shape == (2, 4, 8, 8)
     assert torch.equal(out, ref)

@@ -72,10 +72,13 @@ def test_name_patterns(sd15):
 def test_layer_methods_map_ldm_blocks(sd15):
     unet, _ = sd15
     # LDM output_blocks.6/.8 -> up_blocks.2.attentions.0/.2; input_blocks.4/.7 -> down_blocks.1/.2 attentions.0
-    assert ldm_output_block(6, 2) == "up_blocks.2.attentions.0." and ldm_output_block(8, 2) == "up_blocks.2.attentions.2."
-    assert ldm_input_block(4, 2) == "down_blocks.1.attentions.0." and ldm_input_block(7, 2) == "down_blocks.2.attentions.0."
+    assert ldm_output_block(6, 2) == "up_blocks.2.attentions.0."
+    assert ldm_output_block(8, 2) == "up_blocks.2.attentions.2."
+    assert ldm_input_block(4, 2) == "down_blocks.1.attentions.0."
+    assert ldm_input_block(7, 2) == "down_blocks.2.attentions.0."
     xlayer = select_parameters(unet, "xlayer")
-    assert {n.split(".transformer_blocks")[0] for n in xlayer} == {"up_blocks.2.attentions.0", "up_blocks.2.attentions.2"}
+    blocks = {n.split(".transformer_blocks")[0] for n in xlayer}
+    assert blocks == {"up_blocks.2.attentions.0", "up_blocks.2.attentions.2"}
     assert all(".attn2." in n for n in xlayer)
     selflayer = select_parameters(unet, "selflayer")
     assert {n.split(".transformer_blocks")[0] for n in selflayer} == {"down_blocks.1.attentions.0",

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +125,7 @@ class GeneralConditioner(nn.Module):
         """Every batch key some embedder reads."""
         return {key for emb in self.embedders for key in emb.batch_keys}
 
-    def train(self, mode: bool = True) -> "GeneralConditioner":
+    def train(self, mode: bool = True) -> GeneralConditioner:
         """Switch mode, keeping frozen embedders in eval mode (dropout, norms) always."""
         super().train(mode)
         for embedder in self.embedders:

@@ -69,7 +69,7 @@ def _write_files(folder: Path) -> None:
     logger.info("wrote the CLIP BPE vocabulary (%d tokens) to %s", len(vocab), folder)
 
 
-def _load(folder: Path, max_length: int, pad_token: str) -> "CLIPTokenizer":
+def _load(folder: Path, max_length: int, pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(
@@ -77,7 +77,7 @@ def _load(folder: Path, max_length: int, pad_token: str) -> "CLIPTokenizer":
     )
 
 
-def _is_valid(tokenizer: "CLIPTokenizer") -> bool:
+def _is_valid(tokenizer: CLIPTokenizer) -> bool:
     return (
         len(tokenizer) == CLIP_VOCAB_SIZE
         and tokenizer.convert_tokens_to_ids(BOS_TOKEN) == CLIP_VOCAB_SIZE - 2
@@ -89,7 +89,7 @@ def build_clip_tokenizer(
     cache_dir: str | Path | None = None,
     max_length: int = 77,
     pad_token: str = EOS_TOKEN,
-) -> "CLIPTokenizer":
+) -> CLIPTokenizer:
     """Build the CLIP tokenizer offline (no hub access).
 
     Args:

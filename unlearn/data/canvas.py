@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,7 +80,7 @@ class CanvasSpec:
             return names.index(value)
         raise ValueError(f"unknown {kind} {value!r}; {self._known()}")
 
-    def check_matches(self, objects: tuple[str, ...] | list[str], styles: tuple[str, ...] | list[str], what: str) -> None:
+    def check_matches(self, objects: Sequence[str], styles: Sequence[str], what: str) -> None:
         """Raise a ValueError showing both lists when ``what`` was built for another canvas."""
         if tuple(objects) != self.objects or tuple(styles) != self.styles:
             raise ValueError(

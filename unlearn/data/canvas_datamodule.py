@@ -8,7 +8,7 @@ on ``(seed, i)``, so any worker count and order gives the same data.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import lightning as L
 import numpy as np

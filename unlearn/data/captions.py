@@ -92,7 +92,8 @@ def make_caption(
     if mode == "mixed":
         if object_prob < 0 or style_prob < 0 or object_prob + style_prob > 1:
             raise ValueError(
-                f"need object_prob, style_prob >= 0 with sum <= 1, got object_prob={object_prob}, style_prob={style_prob}"
+                f"need object_prob, style_prob >= 0 with sum <= 1, "
+                f"got object_prob={object_prob}, style_prob={style_prob}"
             )
         r = rng.uniform()
         mode = "object" if r < object_prob else "style" if r < object_prob + style_prob else "joint"

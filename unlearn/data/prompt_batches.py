@@ -17,7 +17,7 @@ explicit ``concept_prompts``, ``deconcept_prompts`` and ``keep_prompts``; a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset

@@ -23,9 +23,9 @@ On a model trained on the toy canvas every concept must be one of its objects or
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.captions import OBJECT_TEMPLATES, STYLE_TEMPLATES, fix_articles

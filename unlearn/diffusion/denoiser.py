@@ -10,7 +10,8 @@ Samplers expect ``denoiser(x, sigma, cond)``; bind the network with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn

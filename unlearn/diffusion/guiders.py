@@ -12,7 +12,8 @@ the negative prompt text instead of the empty prompt; nothing else changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -10,7 +10,8 @@ With `EpsScaling` + `EpsWeighting` this is the eps MSE of Ho et al. 2020 (Eq. 14
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ def _build_model(arch: str, model_config: dict | str | None) -> nn.Module:
             raise ValueError(f"arch={arch!r} is not an open_clip model; see open_clip.list_models()")
         return open_clip.create_model(arch, pretrained=None)
     if isinstance(model_config, (str, Path)):
-        model_config = json.loads(resolve_local_file(model_config, "model_config", "an open_clip model .json").read_text())
+        path = resolve_local_file(model_config, "model_config", "an open_clip model .json")
+        model_config = json.loads(path.read_text())
     cfg = dict(model_config)
     if "embed_dim" not in cfg or "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise ValueError("model_config needs embed_dim, vision_cfg and text_cfg (open_clip's model config layout)")

@@ -11,8 +11,9 @@ images (``reference_images``, or ``reference_count`` images rendered with the fi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -142,7 +142,8 @@ def load_judge(
         judge.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"judge checkpoint {path} does not match the CanvasJudge architecture: {err}") from err
-    for kind, expected, found in (("objects", expected_objects, judge.objects), ("styles", expected_styles, judge.styles)):
+    checks = (("objects", expected_objects, judge.objects), ("styles", expected_styles, judge.styles))
+    for kind, expected, found in checks:
         if expected is not None and tuple(expected) != found:
             raise ValueError(
                 f"judge {path} was trained on a different canvas: its {kind} are {list(found)}, "

@@ -12,7 +12,7 @@ concept is a sink when it takes more than ``SINK_SHARE`` percent of the blurred 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

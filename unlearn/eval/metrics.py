@@ -28,7 +28,8 @@ are pooled over all images (joint: both heads right).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,7 +167,9 @@ def _as_double(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def frechet_distance(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor, eps: float = 1e-6) -> float:
+def frechet_distance(
+    feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor, eps: float = 1e-6
+) -> float:
     """Fréchet distance of Gaussians fitted to two feature sets (Heusel et al. 2017, FID).
 
         FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)

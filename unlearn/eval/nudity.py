@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,7 +81,9 @@ def default_detector() -> Detector:
     try:
         from nudenet import NudeDetector
     except ImportError as err:  # an optional extra
-        raise ImportError("nudity evaluation needs nudenet: pip install 'nudenet==3.4.2' (or the [nudity] extra)") from err
+        raise ImportError(
+            "nudity evaluation needs nudenet: pip install 'nudenet==3.4.2' (or the [nudity] extra)"
+        ) from err
     return NudeDetector()
 
 

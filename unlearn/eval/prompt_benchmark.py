@@ -16,8 +16,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from unlearn.data.prompts import PromptRow, read_prompt_csv
 

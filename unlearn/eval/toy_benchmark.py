@@ -8,8 +8,9 @@ script come from the same code, prompts and seeds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,9 @@ def benchmark_prompts(spec: CanvasSpec, images_per_prompt: int, seed: int = EVAL
 
 
 @torch.no_grad()
-def generate_grid(model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 64, sampler=None) -> torch.Tensor:
+def generate_grid(
+    model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int = 64, sampler=None
+) -> torch.Tensor:
     """Images (N, 3, H, W) in [-1, 1] on the CPU, generated in batches with a progress bar."""
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch"):

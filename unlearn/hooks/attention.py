@@ -30,7 +30,7 @@ SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor", "XFormersAttnProces
 class HeadMaskedAttnProcessor:
     """Scaled dot-product attention with per-head output masks (one per `Attention` layer)."""
 
-    def __init__(self, hooker: "AttentionHeadHooker", name: str, original: Any):
+    def __init__(self, hooker: AttentionHeadHooker, name: str, original: Any):
         self.hooker = hooker
         self.name = name
         self.original = original

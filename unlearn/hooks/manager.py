@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class MaskManager(nn.Module):
         self.model_fingerprint: str | None = None
 
     @classmethod
-    def from_configs(cls, configs: Sequence[dict], path: str = "hooker_configs", **defaults: Any) -> "MaskManager":
+    def from_configs(cls, configs: Sequence[dict], path: str = "hooker_configs", **defaults: Any) -> MaskManager:
         """Build hookers from ``target``/``params`` blocks; ``defaults`` (e.g. ``strategy``,
         ``init_value``) fill params a block does not set."""
         hookers = []
@@ -75,7 +76,7 @@ class MaskManager(nn.Module):
     def registered(self) -> bool:
         return any(h.registered for h in self.hookers)
 
-    def register(self, model: nn.Module) -> "MaskManager":
+    def register(self, model: nn.Module) -> MaskManager:
         """Register every hooker on ``model``; on any error nothing stays registered."""
         if not self.hookers:
             raise ValueError("MaskManager: no hookers to register (hooker_configs is empty)")
@@ -103,7 +104,7 @@ class MaskManager(nn.Module):
             hooker.remove()
 
     @contextlib.contextmanager
-    def disabled(self) -> Iterator["MaskManager"]:
+    def disabled(self) -> Iterator[MaskManager]:
         """Run the model as if unmasked (hooks stay registered but pass through)."""
         before = [h.enabled for h in self.hookers]
         for h in self.hookers:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +90,9 @@ class DiffusersAutoencoderKL(FirstStage):
                     "first_stage_config.params.single_file needs single_file_config (a local diffusers folder)"
                 )
             cfg_dir = resolve_local_dir(single_file_config, "first_stage_config.params.single_file_config")
-            vae = AutoencoderKL.from_single_file(str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True)
+            vae = AutoencoderKL.from_single_file(
+                str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True
+            )
         vae.requires_grad_(False)
         vae.eval()
         self.vae = vae

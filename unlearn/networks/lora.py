@@ -15,7 +15,7 @@ adapters folded in, for export.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

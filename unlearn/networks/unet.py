@@ -47,7 +47,8 @@ def build_unet(
     if config is not None:
         return UNet2DConditionModel(**dict(config))
     if pretrained_path is not None:
-        root = resolve_local_dir(pretrained_path, "pretrained_path", expected="a diffusers folder with unet/config.json")
+        root = resolve_local_dir(pretrained_path, "pretrained_path",
+                                 expected="a diffusers folder with unet/config.json")
         sub = subfolder if subfolder and (root / subfolder).is_dir() else None
         if not (root / (sub or "") / "config.json").is_file():
             raise FileNotFoundError(
@@ -94,7 +95,9 @@ class DiffusersUNet(DiffusionNetwork):
         super().__init__()
         if attention not in _ATTENTION_CHOICES:
             raise ValueError(f"attention: expected one of {_ATTENTION_CHOICES}, got {attention!r}")
-        self.unet = build_unet(pretrained_path, subfolder, single_file, single_file_config, original_config, config, variant)
+        self.unet = build_unet(
+            pretrained_path, subfolder, single_file, single_file_config, original_config, config, variant
+        )
         if attention == "sdpa":
             from diffusers.models.attention_processor import AttnProcessor2_0
 

@@ -20,13 +20,15 @@ final LayerNorm).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir
+
 from ..tokenizer import build_clip_tokenizer
 from .base import AbstractEmbModel
 from .ldm_text import clip_from_single_file
@@ -141,7 +143,7 @@ class CLIPTextEmbedder(AbstractEmbModel):
 
     def _build_tokenizer(
         self, pretrained_path: str | None, tokenizer_path: str | None, subfolder: str | None
-    ) -> "CLIPTokenizer":
+    ) -> CLIPTokenizer:
         from transformers import CLIPTokenizer
 
         if tokenizer_path is not None:

@@ -12,12 +12,14 @@ the CLIP text feature: all blocks, ``ln_final``, EOS token, ``text_projection``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_file
+
 from .base import AbstractEmbModel
 
 __all__ = ["OpenCLIPTextEmbedder", "load_state_dict_file"]

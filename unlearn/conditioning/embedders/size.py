@@ -8,7 +8,7 @@ applies the Fourier embedding itself, so this embedder only converts to float.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

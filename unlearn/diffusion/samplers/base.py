@@ -10,7 +10,8 @@ step by step, e.g. under gradient checkpointing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -13,7 +13,7 @@ schedule is used for training (backward simulation runs it partially, see
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
