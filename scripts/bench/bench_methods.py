@@ -3,7 +3,7 @@
 
     python scripts/bench/bench_methods.py                       # on a GPU: random SD 1.5, every job
     python scripts/bench/bench_methods.py --tiny --device cpu --iters 1 --warmup 0   # CPU check
-    bash scripts/bench/run_gpu.sh                               # on the device machine (README.md)
+    bash scripts/bench/run_gpu.sh                               # on a CUDA machine (scripts/bench/README.md)
 
 A random-weight SD 1.5 model of the real architecture (`save_random_pipeline`: UNet, CLIP
 ViT-L/14 text encoder and VAE from the published configs, no download) is written once to a
@@ -12,7 +12,7 @@ temporary folder (or ``--model-path`` is reused); every job then loads it throug
 the engine's own ``training_step`` under a Lightning ``Trainer`` (``max_steps`` = warm-up +
 timed iterations, ``bf16-mixed`` on CUDA), so the numbers are those of the code users run.
 
-Jobs (the reference settings of ``/work/shared/reference/facts.md``):
+Jobs (the settings of the reference figures in ``REFERENCE``, measured on one H100):
 
 * ``esd``: ESD-x (``xattn``), 512 px, 50-step DDIM with start guidance 3, batch 1, each
   iteration one fresh x_t from its own frozen-model trajectory (`TrajectoryPool`,
@@ -36,10 +36,9 @@ Defaults on a GPU (warm-up + timed; ``--iters`` / ``--warmup`` override every jo
 esd 8 + 16 (three pool refills, two in the window), masks5 1 + 3, dmd2 1 + 10, sample 1 + 2
 batches of 16, masks20 1 + 2. Jobs run in that order, the slowest last, and
 ``--time-budget-s`` starts no job past the budget (the skipped job is recorded as such).
-Estimated H100 wall time: model build ~20-40 s on 16 cores (printed; 14 s of it is the
-random init on 2 CPU cores here), five loads of the 4.3 GB fp32 folder ~5 s each, esd
-~10 s, masks5 ~10 s, dmd2 ~15 s (with the 3.4 GB student written at the end), sample
-~15 s, masks20 ~25 s (~80 s at the reference's 27 s/it): about 2-3 minutes, under 6 with
+Estimated H100 wall time: model build ~20-40 s on 16 cores (printed), five loads of the
+4.3 GB fp32 folder ~5 s each, esd ~10 s, masks5 ~10 s, dmd2 ~15 s (with the 3.4 GB student
+written at the end), sample ~15 s, masks20 ~25 s (~80 s at the reference's 27 s/it): about 2-3 minutes, under 6 with
 the slowest plausible numbers. A CPU run (``--tiny``) uses fp32 and batches of 2 images.
 
 Writes ``<out-dir>/<gpu>.json`` (``esd_x_s_per_it``, ``esd_x_peak_gib``, ``masks5_*``,
@@ -72,7 +71,7 @@ PREFIX = {"esd": "esd_x", "masks5": "masks5", "masks20": "masks20", "dmd2": "dmd
 # job: (warm-up, timed) iterations on a GPU; sample counts batches
 DEFAULT_ITERS = {"esd": (8, 16), "masks5": (1, 3), "masks20": (1, 2), "dmd2": (1, 10), "sample": (1, 2)}
 ESD_POOL, DMD2_RATIO, DMD2_BATCH, SAMPLE_BATCH = 8, 10, 4, 16
-# Reference on one H100 (facts.md) and the issue's targets: (ref s/it, ref GiB, target s/it, target GiB)
+# Reference figures on one H100 and the targets: (ref s/it, ref GiB, target s/it, target GiB)
 REFERENCE = {
     "esd_x": (1.48, 6.35, 0.15, 8.0),
     "masks5": (6.55, 10.9, 2.0, 8.0),

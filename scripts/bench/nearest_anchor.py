@@ -1,19 +1,30 @@
 #!/usr/bin/env python
-"""Each toy concept's nearest anchor, as the original model draws them.
+"""Choose a deconcept anchor for mask erasure: each toy concept's nearest other concept, as
+the original model draws them.
 
     python scripts/bench/nearest_anchor.py --kind object \\
-        --out scripts/bench/results/toy/nearest_anchor_object.json
+        --out scripts/bench/results/toy/nearest_anchor_object.json          # about 40 s on a CPU
+    # one concept, with the anchor it picked:
+    python main.py --base configs/models/toy_canvas.yaml configs/methods/minimalist.yaml \\
+        concept=star model.params.deconcept_anchor=triangle
+    # every concept, each with its own anchor:
+    python scripts/bench/toy_sweep.py --method configs/methods/minimalist.yaml --kind object \\
+        --anchors scripts/bench/results/toy/nearest_anchor_object.json --out <dir>
 
 Concept ablation maps a concept onto an anchor of the same kind ("a striped circle" ->
-"a striped square", `model.params.deconcept_anchor`). Which anchor is a choice; this script
-makes it with the original model alone, before any erasure and without the judge. For every
-(other attribute, template, seed) it draws each concept's prompt from the same noise with the
-trajectory sampler of ``configs/methods/minimalist.yaml`` (Euler, 10 steps, CFG 3), and the
-distance between two concepts is the mean squared difference of their final latents. That is
-the masks' erase loss at the start of training with that anchor, so the nearest anchor is
-the one the original model is already closest to drawing. Writes ``--out`` (JSON: the
-distances and each concept's nearest anchor) and the same as markdown beside it;
-``toy_sweep.py --anchors`` reads the JSON.
+"a striped square", ``model.params.deconcept_anchor``) instead of the paper's "a striped
+object". Which anchor is a choice; this script makes it with the original model alone,
+before any erasure and without the judge. For every (other attribute, template, seed) it
+draws each concept's prompt from the same noise with the trajectory sampler of
+``configs/methods/minimalist.yaml`` (Euler, 10 steps, CFG 3; ``--sampler``, ``--steps``,
+``--guidance-scale`` change it), and the distance between two concepts is the mean squared
+difference of their final latents. That is the masks' erase loss at the start of training
+with that anchor, so the nearest anchor is the one the original model is already closest
+to drawing. ``--config`` / ``--set`` choose the model (any model with toy canvas metadata;
+default the shipped toy model), ``--seeds`` the images per (other attribute, template).
+
+Writes ``--out`` (JSON: the distances and each concept's nearest anchor, which
+``toy_sweep.py --anchors`` reads) and the same as a markdown table beside it.
 """
 
 from __future__ import annotations

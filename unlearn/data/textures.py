@@ -9,12 +9,10 @@ instead of jaggies.
 The four patterns (striped, wavy, checkered, dotted) are drawn in the canvas frame and
 anchored to the shape: axis-aligned, with their phase fixed at the shape's centre and their
 period a fixed fraction of its radius (7-10 px on a 32 px canvas). Given the shape, a
-pattern is then as determined as an outline is. An earlier world drew them at a random
-angle and phase with 4-6 px periods; the base model never learned to draw those and
-painted one mottled texture for all four (checkpoints/toy/MODEL_CARD.md). A sampler
-must settle such a phase from the noise alone at mid noise levels, where the prompt's
-pull on it is a small part of the loss; a shape-anchored pattern is already visible in
-the denoiser's x0 estimate once the shape is.
+pattern is then as determined as an outline is: it is visible in the denoiser's x0
+estimate once the shape is. A pattern at a random angle and phase would have to be
+settled from the noise alone at mid noise levels, where the prompt's pull on it is a
+small part of the loss (docs/experiments.md, "The toy base model").
 
 The "outlined" style is not a fill (it changes the coverage mask); it is painted solid here
 and the renderer draws only the shape's contour.

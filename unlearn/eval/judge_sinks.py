@@ -4,7 +4,7 @@ Erasure that fails by blurring or collapsing the image is not erasure, and a con
 judge assigns to such images cannot be measured: images of it that lost their detail still
 read as it (UA looks low although the concept may be gone), and every other concept's
 degraded images read as it too. On the toy canvas judge, blurred renders read as the
-"gradient" style (90% of them; no object takes more than 19%). A benchmark that picks
+"gradient" style. A benchmark that picks
 concepts to erase leaves these out; ``judge_sinks`` measures them from the judge itself, on
 Gaussian-blurred real renders, so the choice does not depend on any method's results. A
 concept is a sink when it takes more than ``SINK_SHARE`` percent of the blurred images.

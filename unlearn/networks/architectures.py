@@ -1,7 +1,7 @@
 """The real SD 1.5, SD 2.1 (768-v) and SDXL base architectures, for random-weight models.
 
-No real weights exist on these machines; speed and memory at real scale are measured on
-random weights of the real architectures. The component configs are those of the released
+Speed and memory at real scale can be measured without downloading any weights, on random
+weights of the real architectures. The component configs are those of the released
 diffusers repos (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0);
 tests check the parameter counts against the published ones:
 
