@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 
+from unlearn.atomic import atomic_write_text
 from unlearn.scripting import json_output, run_script
 
 log = logging.getLogger("unlearn.evaluate_nudity")
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = evaluate_nudity(args.images, classes=args.classes or args.preset, threshold=args.threshold)
     result["images_folder"] = str(args.images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n", "result")
     print(f"nudity rate {100 * result['nudity_rate']:.2f}% ({result['num_nude']}/{result['num_images']} images; "
           f"threshold {result['threshold']}, classes {', '.join(result['classes'])}) -> {out}")
     return result

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from unlearn.atomic import check_writable_dir
 from unlearn.scripting import output_path, run_script
 
 log = logging.getLogger("unlearn.export")
@@ -38,20 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out = output_path(args.out, ".safetensors")
+    if args.config_out:
+        check_writable_dir(Path(args.config_out).parent, "--config-out")
 
     import torch
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
 
-    from unlearn.checkpoint import load_state_dict
+    from unlearn.atomic import atomic_write_text, save_safetensors
+    from unlearn.checkpoint import load_torch_file
     from unlearn.engine.loading import _last_checkpoint, _run_configs
 
     run = Path(args.run)
     if not run.is_dir():
         raise FileNotFoundError(f"--run: no such run directory: {run}")
     ckpt = Path(args.ckpt) if args.ckpt else _last_checkpoint(run)
-    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state = load_state_dict(ckpt, key="--ckpt")
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt: no such checkpoint: {ckpt}")
+    raw = load_torch_file(ckpt, "--ckpt" if args.ckpt else "--run")  # weights_only: no code runs from the file
+    state = raw.get("state_dict") if isinstance(raw, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"--ckpt: {ckpt} is not a Lightning checkpoint (no state_dict)")
     dtype = getattr(torch, args.dtype)
     if args.include:
         state = {k: v for k, v in state.items() if k.startswith(tuple(args.include))}
@@ -67,17 +74,15 @@ def main(argv: list[str] | None = None) -> Path:
         "metadata": json.dumps(OmegaConf.to_container(
             OmegaConf.select(config, "model.params.metadata", default=None) or OmegaConf.create({}), resolve=True)),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=metadata)
+    save_safetensors(tensors, out, metadata, what="exported weights")  # refuses NaN/inf, writes atomically
     log.info("wrote %s (%d tensors, %.1f MB, step %s)", out, len(tensors), out.stat().st_size / 2**20,
              metadata["global_step"])
     if args.config_out:
         model_cfg = OmegaConf.create({"model": config.model})
         model_cfg.model.params.ckpt_path = str(out)
         cfg_path = Path(args.config_out)
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
         header = f"# Exported by scripts/export_model.py from {run.name} (step {metadata['global_step']}).\n"
-        cfg_path.write_text(header + OmegaConf.to_yaml(model_cfg, resolve=True))
+        atomic_write_text(cfg_path, header + OmegaConf.to_yaml(model_cfg, resolve=True), "model config")
         log.info("wrote %s", cfg_path)
     return out
 

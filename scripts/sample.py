@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from unlearn.scripting import add_model_arguments, load_model_from_args, run_script
+from unlearn.scripting import add_model_arguments, load_model_from_args, output_dir, run_script
 
 log = logging.getLogger("unlearn.sample")
 
@@ -50,6 +50,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
+    out = output_dir(args.out)  # before any model is built
     prompts = read_prompts(args)
     if args.n_per_prompt < 1 or args.batch_size < 1:
         raise ValueError("--n-per-prompt and --batch-size must be >= 1")
@@ -57,12 +58,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     import torch
     from tqdm import tqdm
 
+    from unlearn.atomic import atomic_write_text
     from unlearn.callbacks.image_logger import save_grid
 
     model = load_model_from_args(args, args.device)
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     jobs = [(i, prompt, args.seed + k) for i, prompt in enumerate(prompts) for k in range(args.n_per_prompt)]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     images = []
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             written.append(path)
         images.append(batch.cpu())
     save_grid(torch.cat(images), out / "grid.png", nrow=args.n_per_prompt)
-    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    atomic_write_text(out / "prompts.txt", "\n".join(prompts) + "\n", "prompt list")
     log.info("wrote %d images and grid.png to %s", len(written), out)
     return written
 

@@ -1,10 +1,17 @@
-"""Reading weights from `.safetensors`, Lightning `.ckpt` and torch `.pt/.bin` files."""
+"""Reading weights from `.safetensors`, Lightning `.ckpt` and torch `.pt/.bin` files.
+
+No code runs from a file: torch files load with ``weights_only=True`` (tensors, plain Python
+types and the few classes torch allows), and a file that needs pickle for anything more is
+refused with a message that says how to convert it (`load_torch_file`).
+"""
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -30,21 +37,55 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
+class UnsafeCheckpointError(ValueError):
+    """A torch file that needs pickle for more than tensors and plain types: it could run code."""
+
+
+def load_torch_file(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; every failure is a one-line ValueError naming ``what``
+    and ``path``: `UnsafeCheckpointError` (with how to convert the file) for a file that needs
+    pickle to build other objects, a plain ValueError for a truncated or corrupt one."""
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ValueError(f"{what}: cannot read {path}: corrupt pickle data ({_first_line(err)})") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        needs = f"it needs pickle to build {found.group(1)}" if found else "it holds more than tensors"
+        raise UnsafeCheckpointError(
+            f"{what}: refusing to load {path}: {needs}, and unpickling it could run code. If you trust the "
+            "file, convert it once in a trusted session: sd = torch.load(path, weights_only=False)['state_dict']; "
+            "safetensors.torch.save_file(sd, 'weights.safetensors'), and pass the .safetensors file"
+        ) from None
+    except EOFError as err:
+        raise ValueError(f"{what}: cannot read {path}: the file is empty or truncated") from err
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # zip, storage and OS errors have no common base
+        raise ValueError(f"{what}: cannot read {path} (truncated or corrupt?): {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's message (torch's go on for a paragraph)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+
+
 def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch.Tensor]:
     """Load a flat state dict; a Lightning checkpoint's ``state_dict`` is unwrapped.
 
-    Missing files raise FileNotFoundError and unreadable ones ValueError, both naming
-    the path and the config key that held it.
+    Missing files raise FileNotFoundError and unreadable or unsafe ones ValueError, both naming
+    the path and the config key that held it. Torch files load with ``weights_only=True``.
     """
     p = resolve_local_file(path, key, "a .safetensors, .ckpt, .pt or .bin file")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             return load_file(str(p))
-        obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    except Exception as err:  # safetensors, pickle and zip errors have no common base
-        raise ValueError(f"{key}: cannot read checkpoint {p}: {err}") from err
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{key}: cannot read checkpoint {p}: {err}") from err
+    obj = load_torch_file(p, key)
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

@@ -1,4 +1,5 @@
-"""What the command-line scripts share: the model-source flags, a model's toy canvas and a clean error exit."""
+"""What the command-line scripts share: the model-source flags, output paths checked before any work,
+a model's toy canvas and a clean error exit."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from unlearn.atomic import NonFiniteError, WriteError, check_writable_dir
 
 if TYPE_CHECKING:
     from unlearn.data.canvas import CanvasSpec
@@ -40,17 +43,29 @@ def add_trajectory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=96, help="images per sampling batch")
 
 
-def output_path(out: str | Path, suffix: str) -> Path:
-    """The ``--out`` path of a script that writes a ``suffix`` file; any other is a ValueError."""
+def output_path(out: str | Path, suffix: str, flag: str = "--out") -> Path:
+    """The ``--out`` path of a script that writes a ``suffix`` file, checked writable before any
+    work starts; another suffix or a folder that cannot be written is a ValueError naming it."""
     out = Path(out)
     if out.suffix != suffix:
-        raise ValueError(f"--out must name a {suffix} file, got {out}")
+        raise ValueError(f"{flag} must name a {suffix} file, got {out}")
+    if out.is_dir():
+        raise ValueError(f"{flag}: {out} is a folder, expected a {suffix} file")
+    check_writable_dir(out.parent, flag)
     return out
 
 
 def json_output(out: str | Path) -> Path:
     """The ``--out`` path of a script that writes a JSON result; anything else is a ValueError."""
     return output_path(out, ".json")
+
+
+def output_dir(out: str | Path, flag: str = "--out") -> Path:
+    """The ``--out`` folder of a script, checked writable (or creatable) before any work starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag}: {out} is a file, expected a folder")
+    return check_writable_dir(out, flag)
 
 
 def canvas_spec_of(model, config) -> CanvasSpec:
@@ -64,11 +79,20 @@ def canvas_spec_of(model, config) -> CanvasSpec:
 
 
 def run_script(main: Callable[[], Any]) -> None:
-    """Run a script's ``main`` with logging; bad input (or a missing optional package such as
-    nudenet) exits 2 with one line, not a traceback."""
+    """Run a script's ``main`` with logging; failures exit with one line, not a traceback:
+    2 bad input (or a missing optional package such as nudenet), 3 a non-finite tensor refused
+    on save, 4 a file that could not be written (disk full, I/O error; nothing half-written)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
+    except WriteError as err:
+        _exit(err, 4)
+    except NonFiniteError as err:
+        _exit(err, 3)
     except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _exit(err, 2)
+
+
+def _exit(err: BaseException, code: int) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(code)

@@ -32,14 +32,12 @@ FORMAT = "unlearn-erased-weights/1"
 
 
 def save_erased_weights(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` (diffusers UNet names) with ``metadata`` (values become strings)."""
-    from safetensors.torch import save_file
+    """Write ``tensors`` (diffusers UNet names) with ``metadata`` (values become strings), atomically;
+    a NaN or inf tensor is a `unlearn.atomic.NonFiniteError` naming it, and nothing is written."""
+    from unlearn.atomic import save_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **{str(k): "" if v is None else str(v) for k, v in metadata.items()}}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
-    return path
+    return save_safetensors(tensors, path, meta, what="erased weights")
 
 
 def load_erased_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -70,7 +70,7 @@ def load_model(
     check_model_source(config)  # model_path / model_config, before any weights load
     model = instantiate_from_config(config.model, _path="model")
     if ckpt_file is not None:
-        load_into(model, ckpt_file, key="ckpt", strict=True)
+        load_into(model, ckpt_file, key="--ckpt" if ckpt else "--run", strict=True)  # weights_only
     if weights is not None:
         from unlearn.engine.export import apply_erased_weights
 

@@ -39,8 +39,9 @@ def save_masks(
     values: Mapping[str, torch.Tensor] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``values`` (default: the manager's deterministic masks) and metadata to ``path``."""
-    from safetensors.torch import save_file
+    """Write ``values`` (default: the manager's deterministic masks) and metadata to ``path``,
+    atomically; a NaN or inf mask value is a `unlearn.atomic.NonFiniteError` and nothing is written."""
+    from unlearn.atomic import save_safetensors
 
     if manager.model_fingerprint is None:
         raise ValueError("save_masks: the manager was never registered on a model, so its model is unknown")
@@ -61,11 +62,8 @@ def save_masks(
     }
     for key, value in (metadata or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(device="cpu", dtype=torch.float32).contiguous() for k, v in values.items()}
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return save_safetensors(tensors, path, meta, what="masks")
 
 
 def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
