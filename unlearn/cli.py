@@ -4,6 +4,13 @@ The merged config has three sections, as in sgm: ``model`` (the LightningModule 
 ``data`` (a LightningDataModule block, optional for modules that make their own data)
 and ``lightning`` (``trainer`` kwargs, ``callbacks``, ``logger``, ``modelcheckpoint``).
 Heavy imports (torch, Lightning) happen inside `main`, so ``--help`` is instant.
+
+Exit codes of `run` (``main.py``), each failure with one ``error:`` line on stderr:
+0 the run finished; 2 bad input (config, file, unwritable output; nothing written);
+3 a non-finite loss or weights stopped training; 4 a file could not be written (disk full,
+I/O error; the previous checkpoints are intact); 130 Ctrl-C (SIGINT); 143 SIGTERM. The last
+four save ``last.ckpt`` once a step was trained and say how to resume. 1 with a traceback
+is a bug. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -11,14 +18,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from unlearn.atomic import check_writable_dir
 from unlearn.config import ConfigError, load_configs
+from unlearn.run_dir import (RunPaths, claim_run_dir, plan_run_dir, readable_alternative, resolve_resume,
+                             save_run_info, saved_seed)
+from unlearn.trainer_setup import build_trainer, check_lightning_config, with_defaults, with_source
 
 log = logging.getLogger("unlearn")
+
+DEFAULT_SEED = 23
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WRITE, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 3, 4, 130, 143
 
 
 def _str2bool(value: str) -> bool:
@@ -41,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config files, merged left to right")
     parser.add_argument("-n", "--name", default="", help="run name (default: the config file names)")
     parser.add_argument("-r", "--resume", default="", help="a run directory or a .ckpt to resume from")
-    parser.add_argument("-s", "--seed", type=int, default=23, help="global seed")
+    parser.add_argument("-s", "--seed", type=int, default=None,
+                        help=f"global seed (default {DEFAULT_SEED}; --resume: the seed saved with the run)")
     parser.add_argument("-l", "--logdir", default="logs", help="folder holding run directories")
     parser.add_argument("-t", "--train", type=_str2bool, nargs="?", const=True, default=True,
                         help="train (default); --no-train only builds the run and validates configs")
@@ -51,100 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class RunPaths:
-    run_dir: Path
-    ckpt_dir: Path
-    cfg_dir: Path
-    image_dir: Path
-    now: str
-    resume_ckpt: Path | None = None
-
-    def make(self) -> None:
-        for d in (self.run_dir, self.ckpt_dir, self.cfg_dir, self.image_dir):
-            d.mkdir(parents=True, exist_ok=True)
-
-
-def _newest(paths: Sequence[Path]) -> Path | None:
-    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
-
-
-def resolve_resume(resume: str) -> tuple[Path, Path, list[Path]]:
-    """(run dir, checkpoint, saved configs) for ``--resume`` given a run dir or a `.ckpt`."""
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume: no such run directory or checkpoint: {path}")
-    if path.is_file():
-        ckpt = path
-        # logs/<run>/checkpoints/x.ckpt -> logs/<run>
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    else:
-        run_dir = path
-        ckpt = _newest(sorted((run_dir / "checkpoints").glob("last*.ckpt")))
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: {run_dir}/checkpoints has no last.ckpt to resume from")
-    cfg_dir = run_dir / "configs"
-    configs = [c for c in (_newest(sorted(cfg_dir.glob("*-project.yaml"))),
-                           _newest(sorted(cfg_dir.glob("*-lightning.yaml")))) if c is not None]
-    if not configs:
-        raise FileNotFoundError(f"--resume: {cfg_dir} holds no saved *-project.yaml config")
-    return run_dir, ckpt, configs
-
-
-def run_paths(opts: argparse.Namespace, now: str) -> tuple[RunPaths, list[str]]:
-    base = list(opts.base)
-    resume_ckpt = None
-    if opts.resume:
-        run_dir, resume_ckpt, saved = resolve_resume(opts.resume)
-        base = [str(p) for p in saved] + base
-    else:
-        if not base:
-            raise ConfigError("no config given: pass --base configs/... (or --resume a run directory)")
-        name = opts.name or "-".join(Path(b).stem for b in base)
-        run_dir = Path(opts.logdir) / f"{now}_{name}"
-    paths = RunPaths(run_dir, run_dir / "checkpoints", run_dir / "configs", run_dir / "images", now, resume_ckpt)
-    return paths, base
-
-
-def _build_callbacks(lightning_cfg, paths: RunPaths) -> list:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from unlearn.callbacks import CheckpointAtTrainEnd, CheckpointOnException, ImageLogger
-    from unlearn.config import instantiate_from_config
-
-    ckpt_params = {"dirpath": str(paths.ckpt_dir), "filename": "{epoch:06}-{step:09}", "save_last": True,
-                   "every_n_train_steps": None, "save_top_k": -1,
-                   # Resuming must overwrite last.ckpt, not add last-v1.ckpt beside it.
-                   "enable_version_counter": False}
-    ckpt_params.update(dict(lightning_cfg.get("modelcheckpoint", {}).get("params", {})))
-    callbacks = [ModelCheckpoint(**ckpt_params), CheckpointOnException(paths.ckpt_dir),
-                 CheckpointAtTrainEnd(paths.ckpt_dir)]
-    for name, cfg in dict(lightning_cfg.get("callbacks", {})).items():
-        if cfg is None:  # a later config may switch a callback off with `name: null`
-            continue
-        cb = instantiate_from_config(cfg, _path=f"lightning.callbacks.{name}")
-        if isinstance(cb, ImageLogger):
-            cb.run_dir = paths.run_dir
-        callbacks.append(cb)
-    return callbacks
-
-
-def _build_logger(lightning_cfg, paths: RunPaths):
-    from lightning.pytorch.loggers import CSVLogger
-
-    from unlearn.config import instantiate_from_config
-
-    cfg = lightning_cfg.get("logger")
-    if not cfg:
-        return CSVLogger(save_dir=str(paths.run_dir), name="csv", version=paths.now)
-    cfg = dict(cfg)
-    params = dict(cfg.get("params") or {})
-    params.setdefault("save_dir", str(paths.run_dir))
-    return instantiate_from_config({"target": cfg["target"], "params": params}, _path="lightning.logger")
-
-
 def save_configs(config, paths: RunPaths) -> tuple[Path, Path]:
+    """Write ``<now>-project.yaml`` and ``<now>-lightning.yaml`` (resolved) atomically into the run's configs/."""
     from omegaconf import OmegaConf
+
+    from unlearn.atomic import atomic_write_text
 
     # Resolve first: lightning values may interpolate top-level keys (max_steps: ${iterations}).
     config = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
@@ -152,8 +78,8 @@ def save_configs(config, paths: RunPaths) -> tuple[Path, Path]:
     lightning_cfg = OmegaConf.create({"lightning": config.get("lightning", {})})
     project_path = paths.cfg_dir / f"{paths.now}-project.yaml"
     lightning_path = paths.cfg_dir / f"{paths.now}-lightning.yaml"
-    OmegaConf.save(project, project_path, resolve=True)
-    OmegaConf.save(lightning_cfg, lightning_path, resolve=True)
+    atomic_write_text(project_path, OmegaConf.to_yaml(project, resolve=True), "config")
+    atomic_write_text(lightning_path, OmegaConf.to_yaml(lightning_cfg, resolve=True), "config")
     return project_path, lightning_path
 
 
@@ -182,39 +108,137 @@ def _is_override(item: str) -> bool:
 
 
 def prepare(argv: Sequence[str] | None = None):
-    """Parse, merge and build everything; return (trainer, model, data, paths, config)."""
+    """Parse, merge, build and check everything, then create the run; return
+    (trainer, model, data, paths, config, opts).
+
+    Nothing is written until the whole config, the model, the data, the callbacks, the logger
+    and the Trainer are built: a bad value leaves no run directory (and a failed ``--resume``
+    leaves its run as it was). The output folder is probed for writing and the ``--resume``
+    checkpoint is read (``weights_only``) before anything heavy is built.
+    """
+    from unlearn.checkpoint_io import SafeCheckpointIO
+
     opts = parse_args(argv)
     now = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    paths, base = run_paths(opts, now)
-    config = load_configs(base, opts.overrides)
+    checkpoint_io = SafeCheckpointIO()
+    if opts.resume:
+        run_dir, resume_ckpt, saved = resolve_resume(opts.resume)
+        check_writable_dir(run_dir, "--resume")
+        _preload(checkpoint_io, resume_ckpt)
+        base = [str(p) for p in saved] + list(opts.base)
+        seed = _resume_seed(opts.seed, run_dir)
+    else:
+        if not opts.base:
+            raise ConfigError("no config given: pass --base configs/... (or --resume a run directory)")
+        check_writable_dir(opts.logdir, "-l/--logdir")
+        name = opts.name or "-".join(Path(b).stem for b in opts.base)
+        run_dir, resume_ckpt, base = plan_run_dir(opts.logdir, now, name), None, list(opts.base)
+        seed = DEFAULT_SEED if opts.seed is None else opts.seed
+    config = with_defaults(load_configs(base, opts.overrides))
     if "model" not in config:
         raise ConfigError(f"the merged config has no 'model' section (files: {base})")
     from unlearn.engine.sources import check_model_source
 
     check_model_source(config)  # model_path / model_config, before anything heavy is imported or built
+    check_lightning_config(config)
+    _check_data_config(config)
 
     import lightning.pytorch as pl
 
-    from unlearn.config import instantiate_from_config
+    pl.seed_everything(seed, workers=True)
+    model, data = _build_model_and_data(config)
+    paths = RunPaths(run_dir, now, resume_ckpt)
+    trainer = build_trainer(config, paths.run_dir, paths.ckpt_dir, now, checkpoint_io)
 
-    pl.seed_everything(opts.seed, workers=True)
-    lightning_cfg = config.get("lightning", {})
-    model = instantiate_from_config(config.model, _path="model")
-    data = instantiate_from_config(config.data, _path="data") if config.get("data") else None
-
-    paths.make()
-    save_configs(config, paths)
-    trainer_kwargs = dict(lightning_cfg.get("trainer", {}))
-    trainer_kwargs.setdefault("default_root_dir", str(paths.run_dir))
-    trainer_kwargs.setdefault("log_every_n_steps", 10)
-    trainer = pl.Trainer(
-        **trainer_kwargs,
-        callbacks=_build_callbacks(lightning_cfg, paths),
-        logger=_build_logger(lightning_cfg, paths),
-    )
+    # Everything is built and checked: only now is anything written.
+    if not opts.resume:
+        paths.run_dir = claim_run_dir(opts.logdir, now, name)
+        paths.new = True
+        if paths.run_dir != run_dir:  # another run took that name since it was planned
+            log.info("%s was taken by another run: using %s", run_dir, paths.run_dir)
+            trainer = build_trainer(config, paths.run_dir, paths.ckpt_dir, now, checkpoint_io)
+    paths.log_dir = _new_log_dir(trainer)
+    try:
+        paths.make_subdirs()
+        paths.written += save_configs(config, paths)
+        if paths.new:
+            save_run_info(paths.run_dir, seed, sys.argv[1:] if argv is None else list(argv))
+    except OSError:
+        discard_attempt(paths)
+        raise
     if hasattr(model, "run_dir"):
         model.run_dir = paths.run_dir
     return trainer, model, data, paths, config, opts
+
+
+def _preload(checkpoint_io, ckpt: Path) -> None:
+    """Read the ``--resume`` checkpoint now; if it is unreadable, name the newest one that is whole."""
+    from unlearn.checkpoint import UnsafeCheckpointError
+
+    try:
+        checkpoint_io.preload(ckpt)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as err:
+        other = readable_alternative(ckpt)
+        hint = f"; the newest complete checkpoint beside it is {other}: --resume {other}" if other else ""
+        raise ValueError(f"{err}{hint}") from None
+
+
+def _resume_seed(seed: int | None, run_dir: Path) -> int:
+    saved = saved_seed(run_dir)
+    if seed is None:
+        if saved is None:
+            log.warning("%s has no run.json (an older run): seeding with the default %d; pass -s to choose",
+                        run_dir, DEFAULT_SEED)
+            return DEFAULT_SEED
+        log.info("Resuming with the run's seed %d", saved)
+        return saved
+    if saved is not None and seed != saved:
+        log.info("Resuming with -s %d instead of the run's seed %d", seed, saved)
+    return seed
+
+
+def _check_data_config(config) -> None:
+    """``data.params.batch_size`` is an integer >= 1 (DataLoader would refuse it only at fit)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, "data.params.batch_size", default=None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(with_source(config, f"data.params.batch_size: expected an integer >= 1, got {value!r}"))
+
+
+def _build_model_and_data(config):
+    from unlearn.config import instantiate_from_config
+
+    try:
+        model = instantiate_from_config(config.model, _path="model")
+        data = instantiate_from_config(config.data, _path="data") if config.get("data") else None
+    except ValueError as err:  # name the top-level key a bad value came from (lr=... -> base_learning_rate)
+        message = with_source(config, str(err))
+        if message == str(err):
+            raise
+        raise ConfigError(message) from err
+    return model, data
+
+
+def _new_log_dir(trainer) -> Path | None:
+    """The logger's folder for this attempt, if it does not exist yet (removed if the attempt fails early)."""
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    return Path(log_dir) if log_dir and not Path(log_dir).exists() else None
+
+
+def discard_attempt(paths: RunPaths) -> None:
+    """Remove what this attempt wrote: a new run's whole folder, or a resume's configs and log folder."""
+    if paths.new:
+        shutil.rmtree(paths.run_dir, ignore_errors=True)
+        log.info("Removed %s: the run stopped before training a step", paths.run_dir)
+        return
+    for path in paths.written:
+        path.unlink(missing_ok=True)
+    if paths.log_dir is not None:
+        shutil.rmtree(paths.log_dir, ignore_errors=True)
+    log.info("%s is left as it was before this --resume", paths.run_dir)
 
 
 def fit(trainer, model, data, paths: RunPaths, opts: argparse.Namespace) -> Path:
@@ -226,7 +250,7 @@ def fit(trainer, model, data, paths: RunPaths, opts: argparse.Namespace) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run ``main.py`` with ``argv``; returns the run directory."""
+    """Run ``main.py`` with ``argv``; returns the run directory. Errors are raised as they are."""
     trainer, model, data, paths, _, opts = prepare(argv)
     return fit(trainer, model, data, paths, opts)
 
@@ -240,19 +264,63 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point for ``main.py``: bad input found while building the run (config mistakes,
-    missing files, invalid values) prints one clear line, not a traceback. Errors during
-    training keep their traceback: they are bugs, and the checkpoint callback has saved."""
+    """Entry point for ``main.py``; returns the exit code (see the module docstring).
+
+    Bad input found while building the run prints one clear line, not a traceback. So do a
+    non-finite loss, a failed save and an interrupt. Other errors during training keep their
+    traceback: they are bugs, and the checkpoint callback has saved ``last.ckpt``."""
+    from unlearn.atomic import NonFiniteError, WriteError
+
     _setup_logging()
     try:
         trainer, model, data, paths, _, opts = prepare(argv)
+    except WriteError as err:
+        return _error(str(err), EXIT_WRITE)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err), EXIT_BAD_INPUT)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from unlearn.callbacks.last_checkpoint import CheckpointOnException
+    from unlearn.callbacks.non_finite import NonFiniteLossError
+
+    saver = next((cb for cb in trainer.callbacks if isinstance(cb, CheckpointOnException)), None)
     try:
         fit(trainer, model, data, paths, opts)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    except SIGTERMException:
+        return _error(_stopped(saver, paths, "SIGTERM"), EXIT_SIGTERM)
+    except (SystemExit, KeyboardInterrupt) as err:  # Lightning turns Ctrl-C into sys.exit(1)
+        if saver is not None and isinstance(saver.exception, KeyboardInterrupt) or isinstance(err, KeyboardInterrupt):
+            return _error(_stopped(saver, paths, "Ctrl-C (SIGINT)"), EXIT_SIGINT)
+        raise
+    except (NonFiniteLossError, NonFiniteError) as err:
+        return _error(f"{err}; {_saved(saver, paths, resume=False)}", EXIT_NON_FINITE)
+    except WriteError as err:
+        return _error(f"{err}; {_saved(saver, paths)}", EXIT_WRITE)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if saver is not None and saver.trained(trainer):
+            raise  # a bug in the middle of training: keep the traceback
+        discard_attempt(paths)
+        return _error(str(err), EXIT_BAD_INPUT)
+    return EXIT_OK
+
+
+def _saved(saver, paths: RunPaths, resume: bool = True) -> str:
+    """What the run left to resume from, and (``resume``) the command that does."""
+    how = f"; resume with: python main.py --resume {paths.run_dir}" if resume else ""
+    if saver is not None and saver.saved:
+        return f"saved {saver.path} at step {saver.step}{how}"
+    if (paths.ckpt_dir / "last.ckpt").is_file():
+        return f"kept the previous {paths.ckpt_dir / 'last.ckpt'}{how}"
+    return "no checkpoint was saved (no step was trained)"
+
+
+def _stopped(saver, paths: RunPaths, signal_name: str) -> str:
+    step = saver.step if saver is not None and saver.step is not None else "?"
+    return (f"interrupted by {signal_name} at step {step}: the run did not finish and its end-of-run outputs "
+            f"(exports, final evaluation) were not written; {_saved(saver, paths)}")

@@ -1,9 +1,14 @@
-"""Callbacks that break training on purpose, to test checkpoints on interrupt."""
+"""Callbacks that break training on purpose, to test checkpoints and exit codes on interrupt."""
+
+import os
+import signal
 
 import lightning.pytorch as pl
 
 
 class RaiseAtStep(pl.Callback):
+    """At ``step``: raise (``runtime``, ``interrupt``) or send this process a signal (``sigterm``, ``sigint``)."""
+
     def __init__(self, step: int, kind: str = "runtime"):
         self.step = step
         self.kind = kind
@@ -12,4 +17,7 @@ class RaiseAtStep(pl.Callback):
         if trainer.global_step == self.step:
             if self.kind == "interrupt":
                 raise KeyboardInterrupt
+            if self.kind in ("sigterm", "sigint"):
+                os.kill(os.getpid(), signal.SIGTERM if self.kind == "sigterm" else signal.SIGINT)
+                return
             raise RuntimeError(f"boom at step {self.step}")

@@ -18,7 +18,7 @@ SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
 
 
 def ckpt_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def train(logdir: Path, *extra: str) -> Path:
@@ -177,7 +177,7 @@ def test_sample_script_writes_images(trained_run: Path, tmp_path: Path):
 def test_ema_config_keeps_averaged_and_raw_weights(logdir: Path):
     run = cli.main(["--base", SMOKE, str(ROOT / "configs" / "trainer" / "ema.yaml"), "--logdir", str(logdir),
                     "lightning.trainer.max_steps=2", "lightning.callbacks.image_logger=null"])
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt
     key = next(k for k in ckpt["state_dict"] if k.startswith("network.") and k.endswith("weight"))
     # decay 0.999 after 2 steps: the average is close to, but not equal to, the trained weights.

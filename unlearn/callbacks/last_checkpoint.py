@@ -3,8 +3,8 @@
 Both only once training has advanced past the step it started (or resumed) at: a crash
 during setup or restore, or a resumed run with nothing left to do, would otherwise
 overwrite a good checkpoint with weights that were never trained or never loaded.
-Lightning writes checkpoints through an fsspec transaction (temporary file, then rename),
-so an interrupted save leaves the previous file intact.
+`main.py` writes checkpoints through `unlearn.checkpoint_io.SafeCheckpointIO` (atomic, and
+never with NaN weights), so an interrupted or refused save leaves the previous file intact.
 """
 
 from __future__ import annotations
@@ -35,14 +35,32 @@ class _LastCheckpoint(pl.Callback):
 
 
 class CheckpointOnException(_LastCheckpoint):
-    """On an exception or interrupt, saves ``last.ckpt``."""
+    """On an exception or interrupt, saves ``last.ckpt``.
+
+    Records what stopped the run (``exception``, ``step``) and whether ``last.ckpt`` was written
+    (``saved``), for `main.py`'s closing line. A save that fails here (disk full, non-finite
+    weights) is logged, not raised: the exception that stopped training is the one to report.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, filename: str = "last.ckpt"):
+        super().__init__(ckpt_dir, filename)
+        self.exception: BaseException | None = None
+        self.step: int | None = None
+        self.saved = False
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.exception, self.step = exception, trainer.global_step
         if not self.trained(trainer):
             log.warning("Stopped before any training step: keeping existing checkpoints as they are")
             return
-        log.warning("Training stopped by %s: saving %s", type(exception).__name__, self.path)
-        trainer.save_checkpoint(str(self.path))
+        log.warning("Training stopped by %s at step %d: saving %s", type(exception).__name__, trainer.global_step,
+                    self.path)
+        try:
+            trainer.save_checkpoint(str(self.path), weights_only=False)  # the full state, to resume from
+        except (OSError, ValueError) as err:  # WriteError, NonFiniteError
+            log.error("could not save %s (the previous file, if any, is kept): %s", self.path, err)
+            return
+        self.saved = True
 
 
 class CheckpointAtTrainEnd(_LastCheckpoint):
@@ -63,4 +81,4 @@ class CheckpointAtTrainEnd(_LastCheckpoint):
             return
         log.info("Training ended at step %d after the last periodic checkpoint: saving %s",
                  trainer.global_step, self.path)
-        trainer.save_checkpoint(str(self.path))
+        trainer.save_checkpoint(str(self.path), weights_only=False)  # the full state, to resume from

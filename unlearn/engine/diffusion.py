@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from unlearn.checkpoint import load_into
-from unlearn.config import instantiate_from_config
+from unlearn.config import instantiate_from_config, non_negative_number
 from unlearn.engine import generation
 from unlearn.engine.optim import build_optimizer, build_scheduler
 
@@ -72,6 +72,7 @@ class DiffusionEngine(pl.LightningModule):
         force_zeros_for_empty_prompt: bool = False,
     ):
         super().__init__()
+        base_learning_rate = non_negative_number(base_learning_rate, "model.params.base_learning_rate")
         self.network = instantiate_from_config(network_config, _path="model.params.network_config")
         self.denoiser = instantiate_from_config(denoiser_config, _path="model.params.denoiser_config")
         self.conditioner = (
@@ -143,6 +144,7 @@ class DiffusionEngine(pl.LightningModule):
         z = self.encode_first_stage(batch[self.input_key])
         cond = self.condition(batch)
         loss = self.loss_fn(self.network, self.denoiser, z, cond).mean()
+        self.loss_terms = {"loss": loss}  # read by unlearn.callbacks.NonFiniteLoss to name a non-finite term
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=z.shape[0])
         return loss
 
