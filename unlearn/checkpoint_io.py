@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -29,6 +30,28 @@ log = logging.getLogger(__name__)
 __all__ = ["SafeCheckpointIO"]
 
 
+class _KeepsWriteError:
+    """The file ``torch.save`` writes to, remembering the OSError a write raised."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Atomic, finite-only saves and ``weights_only`` loads of Lightning checkpoints."""
 
@@ -36,12 +59,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._preloaded: dict[str, dict[str, Any]] = {}
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         require_finite(checkpoint.get("state_dict", {}), path, "checkpoint")
-        with atomic_path(path, "checkpoint") as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as f:
+            out = _KeepsWriteError(f)
+            try:
+                torch.save(checkpoint, out)
+            except RuntimeError:
+                if out.error is not None:  # torch reports a failed write (ENOSPC, EIO) as a RuntimeError
+                    raise out.error from None
+                raise
 
     def preload(self, path: str | Path, what: str = "--resume") -> dict[str, Any]:
         """Read the checkpoint at ``path`` now (ValueError naming ``what`` if it is unreadable,
@@ -52,8 +81,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._preloaded = {str(path): checkpoint}
         return checkpoint
 
-    def load_checkpoint(self, path, map_location: Optional[Callable] = None,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(self, path, map_location: Callable | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         if str(path) in self._preloaded:
             return self._preloaded.pop(str(path))  # restore once; do not keep the weights twice
         if not Path(path).is_file():

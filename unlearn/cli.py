@@ -20,13 +20,20 @@ import datetime
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from unlearn.atomic import check_writable_dir
 from unlearn.config import ConfigError, load_configs
-from unlearn.run_dir import (RunPaths, claim_run_dir, plan_run_dir, readable_alternative, resolve_resume,
-                             save_run_info, saved_seed)
+from unlearn.run_dir import (
+    RunPaths,
+    claim_run_dir,
+    plan_run_dir,
+    readable_alternative,
+    resolve_resume,
+    save_run_info,
+    saved_seed,
+)
 from unlearn.trainer_setup import build_trainer, check_lightning_config, with_defaults, with_source
 
 log = logging.getLogger("unlearn")
@@ -257,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def _setup_logging() -> None:
     # Lightning logs through its own handler; a root handler would print its lines twice.
+    # One handler, on the current stderr, however often `run` is called in one process.
+    for old in [h for h in log.handlers if getattr(h, "_unlearn_cli", False)]:
+        log.removeHandler(old)
     handler = logging.StreamHandler()
+    handler._unlearn_cli = True
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -303,9 +314,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     except WriteError as err:
         return _error(f"{err}; {_saved(saver, paths)}", EXIT_WRITE)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        if saver is not None and saver.trained(trainer):
+        trained = saver is not None and saver.trained(trainer)
+        if trained and not isinstance(err, FileNotFoundError):
             raise  # a bug in the middle of training: keep the traceback
-        discard_attempt(paths)
+        if not trained:
+            discard_attempt(paths)
         return _error(str(err), EXIT_BAD_INPUT)
     return EXIT_OK
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from unlearn.atomic import atomic_write_text
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from unlearn.atomic import NonFiniteError, WriteError, check_writable_dir
 

@@ -26,7 +26,7 @@ def dmd2_run(tmp_path_factory) -> Path:
 
 
 def test_main_distils_and_exports_the_student(dmd2_run: Path):
-    ckpt = torch.load(dmd2_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(dmd2_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     assert ckpt["dmd2"] == {"generator_updates": 2, "critic_updates": 4}  # ratio 2: iterations 0 and 2
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2

@@ -29,7 +29,7 @@ def test_run_writes_only_cross_attention_weights(esd_run: Path):
     tensors, meta = load_erased_weights(esd_run / "erased.safetensors")
     assert len(tensors) == 20 and all(".attn2." in name for name in tensors)
     assert meta["train_method"] == "xattn" and meta["concept"] == "striped" and meta["iterations"] == "3"
-    ckpt = torch.load(esd_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(esd_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
     assert sum(k.startswith("teacher.") for k in ckpt["state_dict"]) == 20  # frozen originals resume with the run
     assert list((esd_run / "images" / "train").glob("samples_gs-000003.png"))

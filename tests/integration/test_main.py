@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unlearn import cli
 from tests.scripts import load_script
+from unlearn import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -121,7 +121,8 @@ def test_crash_before_any_step_keeps_the_good_checkpoint(trained_run: Path, tmp_
 def test_bad_inputs_give_clear_errors(logdir: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no such run directory or checkpoint"):
         cli.main(["--resume", str(tmp_path / "nope")])
-    with pytest.raises(Exception, match="max_step' exists in no config file; did you mean 'lightning.trainer.max_steps'"):
+    with pytest.raises(Exception,
+                       match="max_step' exists in no config file; did you mean 'lightning.trainer.max_steps'"):
         train(logdir, "lightning.trainer.max_step=2")
     with pytest.raises(Exception, match=r"model\.params\.network_config\.target: no module named"):
         train(logdir, "model.params.network_config.target=unlearn.nope.Net")
@@ -133,7 +134,8 @@ def test_bad_inputs_give_clear_errors(logdir: Path, tmp_path: Path):
 
 def test_main_py_reports_config_errors_without_traceback(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path), "model.params.nope_key_x.y=1"],
+        [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path),
+         "model.params.nope_key_x.y=1"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )
     assert proc.returncode == 2

@@ -35,7 +35,7 @@ def test_main_trains_masks_and_writes_them(mask_run: Path):
     assert int(meta["global_step"]) == 2
     assert float(meta["off_share"]) == pytest.approx(round(0.05 * total) / total)
     assert len(json.loads(meta["modules"])["linear"]) == 50  # every Linear of the smoke UNet
-    ckpt = torch.load(mask_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(mask_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 and any(k.startswith("masks.") for k in ckpt["state_dict"])
     assert (mask_run / "images" / "train" / "masked_gs-000002.png").is_file()
     assert "MaskErasureEngine" in next((mask_run / "configs").glob("*-project.yaml")).read_text()

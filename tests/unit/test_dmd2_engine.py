@@ -127,7 +127,7 @@ def test_critic_updates_ratio_times_per_generator_update_and_the_teacher_never_c
 
 def test_resume_restores_both_optimizers_and_the_update_counts(trained):
     _, _, _, _, root = trained
-    saved = torch.load(root / "four.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(root / "four.ckpt", map_location="cpu", weights_only=True)
     assert saved["dmd2"] == {"generator_updates": 2, "critic_updates": 4} and len(saved["optimizer_states"]) == 2
 
     resumed = build_engine("model.params.dfake_gen_update_ratio=2", seed=1)

@@ -8,7 +8,8 @@ its params, e.g. ``lightning.callbacks.non_finite.params.policy=skip`` or
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -43,7 +44,8 @@ class NonFiniteLoss(pl.Callback):
     def __init__(self, policy: str = "stop", max_skips: int = 10):
         super().__init__()
         if policy not in POLICIES:
-            raise ValueError(f"lightning.callbacks.non_finite.params.policy: expected one of {POLICIES}, got {policy!r}")
+            raise ValueError(f"lightning.callbacks.non_finite.params.policy: expected one of {POLICIES}, "
+                             f"got {policy!r}")
         if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
             raise ValueError(f"lightning.callbacks.non_finite.params.max_skips: expected an integer >= 0, "
                              f"got {max_skips!r}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from unlearn.checkpoint import load_into
 from unlearn.config import ConfigError, instantiate_from_config, load_configs
