@@ -277,6 +277,17 @@ def test_the_skip_policy_is_set_by_override(tmp_path: Path, capsys):
     assert "policy: skip" in next(saved.glob("*-lightning.yaml")).read_text()
 
 
+def test_esd_with_a_huge_learning_rate_stops_and_exports_nothing(tmp_path: Path, capsys):
+    rc = cli.run(["--base", *ESD, "-l", str(tmp_path), "lr=1e6", "iterations=5", "ddim_steps=4",
+                  "lightning.callbacks.toy_benchmark=null", *QUIET])
+    assert rc == 3
+    assert error_line(capsys).startswith("error: non-finite loss at step ")
+    run = next(tmp_path.iterdir())
+    assert not (run / "erased.safetensors").exists()
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        assert all(torch.isfinite(v).all() for v in ckpt(path)["state_dict"].values() if v.is_floating_point())
+
+
 def test_the_non_finite_callback_is_a_default_that_a_config_can_switch_off(tmp_path: Path):
     from unlearn.callbacks import NonFiniteLoss
 
