@@ -85,8 +85,9 @@ def save_configs(config, paths: RunPaths) -> tuple[Path, Path]:
     lightning_cfg = OmegaConf.create({"lightning": config.get("lightning", {})})
     project_path = paths.cfg_dir / f"{paths.now}-project.yaml"
     lightning_path = paths.cfg_dir / f"{paths.now}-lightning.yaml"
-    atomic_write_text(project_path, OmegaConf.to_yaml(project, resolve=True), "config")
-    atomic_write_text(lightning_path, OmegaConf.to_yaml(lightning_cfg, resolve=True), "config")
+    for path, cfg in ((project_path, project), (lightning_path, lightning_cfg)):
+        atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True), "config")
+        paths.written.append(path)
     return project_path, lightning_path
 
 
@@ -167,7 +168,7 @@ def prepare(argv: Sequence[str] | None = None):
     paths.log_dir = _new_log_dir(trainer)
     try:
         paths.make_subdirs()
-        paths.written += save_configs(config, paths)
+        save_configs(config, paths)
         if paths.new:
             save_run_info(paths.run_dir, seed, sys.argv[1:] if argv is None else list(argv))
     except OSError:

@@ -83,7 +83,8 @@ def run_script(main: Callable[[], Any]) -> None:
     """Run a script's ``main`` with logging; failures exit with one line, not a traceback:
     2 bad input (or a missing optional package such as nudenet), 3 a non-finite tensor refused
     on save, 4 a file that could not be written (disk full, I/O error; nothing half-written)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: a script owns the root logger, and logs to the stderr it runs with now
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
         main()
     except WriteError as err:

@@ -5,6 +5,7 @@ Each trial asserts the exit code, the one ``error:`` line and what is (not) left
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -44,11 +45,26 @@ def error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.fixture(autouse=True)
+def no_stale_log_handlers():
+    """Drop root log handlers an earlier test left on its closed, captured stderr: their "Logging
+    error" tracebacks would be mistaken for ours."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+
+
 def script_exit_code(name: str, argv: list[str]) -> int:
     """The exit code of ``scripts/<name> argv`` run as from the command line (`run_script`), in this process."""
     module = load_script(name)
-    with pytest.raises(SystemExit) as exit_info:
-        run_script(lambda: module.main(argv))
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(lambda: module.main(argv))
+    finally:
+        root.handlers[:] = handlers  # run_script's handler writes to this test's captured stderr
     return exit_info.value.code
 
 
