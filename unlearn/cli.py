@@ -265,13 +265,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def _setup_logging() -> None:
     # Lightning logs through its own handler; a root handler would print its lines twice.
-    # One handler, on the current stderr, however often `run` is called in one process.
-    for old in [h for h in log.handlers if getattr(h, "_unlearn_cli", False)]:
-        log.removeHandler(old)
-    handler = logging.StreamHandler()
-    handler._unlearn_cli = True
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
+    # One handler (on the stderr of the moment), however often `run` is called in one process.
+    from unlearn.scripting import StderrHandler
+
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        log.addHandler(StderrHandler())
     log.setLevel(logging.INFO)
     log.propagate = False
 

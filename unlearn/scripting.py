@@ -79,12 +79,28 @@ def canvas_spec_of(model, config) -> CanvasSpec:
     return CanvasSpec(*map(tuple, model.canvas_concepts))
 
 
+class StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is when a record is emitted, so that a
+    process which swaps stderr (a test capturing output) never logs into a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; always use the current stderr
+        pass
+
+
 def run_script(main: Callable[[], Any]) -> None:
     """Run a script's ``main`` with logging; failures exit with one line, not a traceback:
     2 bad input (or a missing optional package such as nudenet), 3 a non-finite tensor refused
     on save, 4 a file that could not be written (disk full, I/O error; nothing half-written)."""
-    # force: a script owns the root logger, and logs to the stderr it runs with now
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, handlers=[StderrHandler()], force=True)  # a script owns the root logger
     try:
         main()
     except WriteError as err:
