@@ -294,6 +294,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _error(str(err), EXIT_WRITE)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         return _error(str(err), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _error("interrupted by Ctrl-C (SIGINT) while the run was being built: nothing was trained", EXIT_SIGINT)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from unlearn.callbacks.last_checkpoint import CheckpointOnException

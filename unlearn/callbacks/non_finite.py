@@ -34,7 +34,8 @@ class NonFiniteLoss(pl.Callback):
         policy: ``stop`` (default): raise `NonFiniteLossError` naming the step and the loss term;
             the weights stay those of the last finite step. ``skip``: drop that step's gradients so
             the optimizer changes nothing, and stop once more than ``max_skips`` steps were skipped.
-        max_skips: how many steps ``skip`` may drop in one run (counted from this fit's start).
+        max_skips: how many steps ``skip`` may drop in one run (the count is saved in checkpoints,
+            so a resumed run goes on counting).
 
     The term is named from the module's ``loss_terms`` (a dict name -> tensor that engines set in
     each training step) when it has one, else "loss". Under 16-bit mixed precision the gradient
