@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -100,7 +101,9 @@ def instantiate_from_config(config: Any, _path: str = "config", **runtime_kwargs
     """Build ``config["target"](**config["params"], **runtime_kwargs)``.
 
     Nested target blocks in ``params`` are built first (recursively); keys ending in
-    ``_config`` are passed through unbuilt. ``runtime_kwargs`` win over ``params``.
+    ``_config`` are passed through unbuilt. ``runtime_kwargs`` win over ``params``. A
+    ValueError of the constructor whose message starts with one of ``params``' keys
+    (``"weight: expected ..."``) comes out as a ConfigError naming the full key.
     """
     config = _to_container(config)
     if not isinstance(config, Mapping):
@@ -128,6 +131,12 @@ def instantiate_from_config(config: Any, _path: str = "config", **runtime_kwargs
         if "argument" in str(err) and cls.__name__ in str(err) or "__init__()" in str(err):
             hint = _closest_argument(cls, str(err))
             raise ConfigError(f"{_path}: cannot build {config['target']}: {err}{hint}") from err
+        raise
+    except ValueError as err:
+        # Components name the argument at fault ("preserve_weight: expected ..."); give its full key.
+        name = str(err).split(":", 1)[0]
+        if ":" in str(err) and name in params and not isinstance(err, ConfigError):
+            raise ConfigError(f"{_path}.params.{err}") from err
         raise
 
 

@@ -44,11 +44,14 @@ it also trains ``time_embedding``/``conv_out`` but no norms; the alias follows t
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from torch import nn
 
 __all__ = [
+    "ParameterSelector",
+    "TrainMethod",
     "TRAIN_METHODS",
     "TRAIN_METHOD_ALIASES",
     "canonical_train_method",
@@ -173,3 +176,24 @@ def selection_root(network: nn.Module) -> tuple[nn.Module, str]:
     if isinstance(unet, nn.Module):
         return unet, "unet."
     return network, ""
+
+
+class ParameterSelector(ABC):
+    """Contract: ``selector(root) -> [parameter names]`` (relative to ``root``, the module
+    `selection_root` picks: the diffusers UNet of a `DiffusersUNet`), never empty; ``name``
+    is recorded in exports."""
+
+    name: str = ""
+
+    @abstractmethod
+    def __call__(self, root: nn.Module) -> list[str]: ...
+
+
+class TrainMethod(ParameterSelector):
+    """ESD's ``train_method`` sets (see the module docstring); aliases esd-x/-u/-all accepted."""
+
+    def __init__(self, train_method: str = "xattn"):
+        self.name = canonical_train_method(train_method)
+
+    def __call__(self, root: nn.Module) -> list[str]:
+        return select_parameters(root, self.name)

@@ -115,15 +115,16 @@ def method_overrides(job: str) -> tuple[str | None, list[str]]:
     if job == "esd":
         return "esd_x", ["concept=Van Gogh", "template=concept", "train_method=xattn", "start_guidance=3.0",
                          "ddim_steps=50", "image_size=null", "model.params.batch_size=1",
-                         f"model.params.pool_size={ESD_POOL}", "model.params.eval_config=null"]
+                         f"model.params.trajectory_config.params.pool_size={ESD_POOL}"]
     if job in ("masks5", "masks20"):
         steps = 5 if job == "masks5" else 20
-        return "minimalist", ["concept=striped", f"model.params.num_steps={steps}", "model.params.batch_size=1",
-                              "model.params.guidance_scale=3.0", "model.params.eval_config=null"]
+        return "minimalist", ["concept=striped", f"model.params.trajectory_sampler_config.params.num_steps={steps}",
+                              "model.params.batch_size=1",
+                              "model.params.trajectory_sampler_config.params.guider_config.params.scale=3.0"]
     if job == "dmd2":
         return "dmd2", [f"model.params.batch_size={DMD2_BATCH}", f"model.params.dfake_gen_update_ratio={DMD2_RATIO}",
                         "model.params.gradient_checkpointing=true", "model.params.generator_timesteps=[999]",
-                        "model.params.real_guidance_scale=1.75",
+                        "model.params.objective_config.params.real_guidance_scale=1.75",
                         "model.params.prompts_config.params.prompts=[a photo of a cat, a red car on a street]"]
     return None, []
 
@@ -185,8 +186,6 @@ def fit_timed(model, args: argparse.Namespace, warmup: int, iters: int, workdir:
 
     timer = make_timer(warmup, args.device)
     workdir.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "run_dir"):
-        model.run_dir = workdir
     trainer = pl.Trainer(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
         precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_steps=warmup + iters,
@@ -261,8 +260,8 @@ def _multiples_in(period: int, first: int, count: int) -> int:
 def window_facts(job: str, model, warmup: int, iters: int) -> dict[str, Any]:
     """What the timed window holds: ESD pool refills, DMD2 generator updates (logged if uneven)."""
     if job == "esd":
-        period = model.pool_size // model.batch_size
-        facts = {"pool_size": model.pool_size, "pool_refills": int(model.pool.refills),
+        period = model.pool.pool_size // model.batch_size
+        facts = {"pool_size": model.pool.pool_size, "pool_refills": int(model.pool.refills),
                  "pool_refills_timed": _multiples_in(period, warmup, iters)}
     elif job == "dmd2":
         period = model.dfake_gen_update_ratio

@@ -17,7 +17,7 @@
 # long the CPU-bound runs train. Masks run once per MASK_VARIANTS entry (default "paper
 # budget"): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
 # after training), "budget" trains binary straight-through masks capped at the same 5% in every
-# forward (train_off_ratio), so training optimises the masks that are saved. ESD runs once per setting in ESD_RUNS, each a learning rate
+# forward (the binary strategy's max_off_share), so training optimises the masks that are saved. ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
 # for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py); the
@@ -83,30 +83,28 @@ for setting in $ESD_RUNS; do
   for variant in esd_x esd_u; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
+    train_method=$([ "$variant" = esd_x ] && echo xattn || echo noxattn)
     done_ "$name" && continue
-    timed "$name" train "${name}_$concept" configs/methods/$variant.yaml concept="$concept" lr="$lr" \
-      iterations="$iterations" model.params.eval_config=null >"$OUT/$name.run"
+    timed "$name" train "${name}_$concept" configs/methods/esd_x.yaml train_method="$train_method" \
+      concept="$concept" lr="$lr" iterations="$iterations" lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
     evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
   done
 done
 
-mask_overrides() {  # the overrides of a MASK_VARIANTS entry
-  case "$1" in
-    paper) ;;  # configs/methods/minimalist.yaml as it is: sigmoid masks, binarized after training
-    budget) echo model.params.strategy=binary model.params.train_off_ratio=0.05 ;;
-    *) echo "MASK_VARIANTS: unknown variant '$1' (paper | budget)" >&2; exit 2 ;;
-  esac
-}
 for variant in $MASK_VARIANTS; do
   prefix=$([ "$variant" = paper ] && echo masks || echo "masks_$variant")
-  overrides=$(mask_overrides "$variant")
+  case "$variant" in  # the overrides of a MASK_VARIANTS entry
+    paper) overrides=() ;;  # configs/methods/minimalist.yaml as it is: sigmoid masks, binarized after training
+    budget) overrides=("model.params.strategy={target: unlearn.hooks.strategies.StraightThroughBinaryMask, \
+params: {max_off_share: 0.05}}") ;;
+    *) echo "MASK_VARIANTS: unknown variant '$variant' (paper | budget)" >&2; exit 2 ;;
+  esac
   for kind in style object; do
     concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
     name=${prefix}_$kind
     done_ "$name" && continue
-    # shellcheck disable=SC2086  # overrides: several words
-    timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" $overrides \
-      lightning.trainer.max_steps="$MASK_STEPS" model.params.eval_config=null >"$OUT/$name.run"
+    timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" "${overrides[@]}" \
+      lightning.trainer.max_steps="$MASK_STEPS" lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
     evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
   done
 done
@@ -128,7 +126,8 @@ for steps in 4 1; do
   timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
   timed "$name" train "$name" configs/methods/dmd2.yaml \
     model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
-    lightning.trainer.max_steps="$DMD2_STEPS" "model.params.eval_config={every_n_steps: 500}" >"$OUT/$name.run"
+    lightning.trainer.max_steps="$DMD2_STEPS" configs/eval/toy.yaml lightning.callbacks.toy_benchmark.params.before=false \
+    lightning.callbacks.toy_benchmark.params.every_n_steps=500 >"$OUT/$name.run"
   evaluate "$name" --run "$(cat "$OUT/$name.run")" --concept "$STYLE"
   cp "$(cat "$OUT/$name.run")/eval/progress.md" "$OUT/eval/$name/progress.md"
 done

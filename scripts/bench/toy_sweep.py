@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Erase every concept of one kind in turn and average, as UnlearnCanvas reports a method.
 
-    python scripts/bench/toy_sweep.py --method configs/methods/esd_u.yaml --kind object \\
-        --out scripts/bench/results/toy/sweep_esd_u [--set lr=2e-4] [--concepts star moon]
+    python scripts/bench/toy_sweep.py --method configs/methods/esd_x.yaml --kind object \\
+        --out scripts/bench/results/toy/sweep_esd_u --set train_method=noxattn [lr=2e-4] [--concepts star moon]
 
 For each concept: ``main.py --base <model> <method> concept=<c> <--set ...>`` (its run under
 ``OUT/runs``), then ``scripts/evaluate.py`` on the run's ``erased.safetensors`` (ESD) or
@@ -44,7 +44,7 @@ DRAWN_MIN_ACCURACY = 50.0
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, help="method config, e.g. configs/methods/esd_u.yaml")
+    p.add_argument("--method", required=True, help="method config, e.g. configs/methods/esd_x.yaml")
     p.add_argument("--kind", required=True, choices=["object", "style"])
     p.add_argument("--model", default="configs/models/toy_canvas.yaml")
     p.add_argument("--concepts", nargs="+", default=None, help="default: every concept of --kind")
@@ -92,8 +92,8 @@ def erase(args, concept: str, out_dir: Path, extra: list[str]) -> tuple[Path, fl
     seed = [] if args.train_seed is None else ["--seed", str(args.train_seed)]
     t0 = time.monotonic()
     _run([args.python, "main.py", "--base", args.model, args.method, f"concept={concept}",
-          "model.params.eval_config=null", *args.set, *extra, "--name", name, "--logdir", str(out_dir / "runs"),
-          *seed], out_dir / "runs" / f"{name}.log")
+          "lightning.callbacks.toy_benchmark=null", *args.set, *extra, "--name", name,
+          "--logdir", str(out_dir / "runs"), *seed], out_dir / "runs" / f"{name}.log")
     seconds = time.monotonic() - t0
     return latest_run(out_dir, concept), seconds
 
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times_path.write_text(f"{seconds:.0f}\n")
             evaluate(args, metrics_path, ["--config", args.model, *artifact_args(run_dir)], concept)
         m = json.loads(metrics_path.read_text())
-        row = {"concept": concept, **({"anchor": anchors[concept]} if anchors else {}), **{k: m.get(k) for k in HEADLINE},
+        row = {"concept": concept, **({"anchor": anchors[concept]} if anchors else {}),
+               **{k: m.get(k) for k in HEADLINE},
                "train_s": float(times_path.read_text()) if times_path.is_file() else None,
                "base": metrics_against(base["per_concept"], [concept])}
         if args.heldout_seed is not None:

@@ -126,7 +126,8 @@ def _teacher_of(name: str) -> str:
 def markdown(result: dict[str, Any], images: int) -> str:
     lines = [f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
              f"Erased concepts: style `{result['style']}`, object `{result['object']}`.", "",
-             "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
+             "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s "
+             "| target UA/IRA/CRA |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         target = "/".join(f"≥{t}" for t in r["target"]) if r["target"] else ""

@@ -11,13 +11,18 @@ from unlearn.engine.loading import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
+# The denoising loss of a v-prediction model (SD 2.x 768-v) weighs its samples as v-prediction does.
+V_LOSS = "model.params.loss_fn_config.params.loss_weighting_config.target=unlearn.diffusion.loss_weighting.VWeighting"
+
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true"])
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_training_step_and_sampling_on_cuda(arch, precision, tmp_path):
     folder = BUILDERS[arch](tmp_path / arch, tmp_path / "tokenizer_cache")
-    model = load_model([f"configs/models/{arch}.yaml"], overrides=[
+    # the model config and the denoising training recipe (model configs describe the model only)
+    model = load_model([f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"], overrides=[
         f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", "model.params.gradient_checkpointing=true",
+        *([V_LOSS] if arch == "sd21" else []),
     ]).cuda()
     if precision == "bf16-true":
         model = model.to(torch.bfloat16)

@@ -30,3 +30,24 @@ def tiny_engines(tiny_pipelines):
         ])
         for arch, folder in tiny_pipelines.items()
     }
+
+
+# The denoising loss of a v-prediction model (SD 2.x 768-v) weighs its samples as v-prediction does.
+V_LOSS = "model.params.loss_fn_config.params.loss_weighting_config.target=unlearn.diffusion.loss_weighting.VWeighting"
+
+
+@pytest.fixture(scope="session")
+def tiny_trainable_engines(tiny_pipelines):
+    """`tiny_engines` with the denoising training recipe (``configs/trainer/denoising.yaml``), for the
+    tests that call ``training_step``: the model configs describe the model only. Shared: tests that
+    change one copy it."""
+    from tests.integration.tiny_pipelines import IMAGE_SIZE
+    from unlearn.engine.loading import load_model
+
+    return {
+        arch: load_model([f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"], overrides=[
+            f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", "model.params.gradient_checkpointing=true",
+            *([V_LOSS] if arch == "sd21" else []),
+        ])
+        for arch, folder in tiny_pipelines.items()
+    }

@@ -9,7 +9,6 @@ import pytest
 
 from tests.scripts import load_script
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

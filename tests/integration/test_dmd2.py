@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from unlearn import cli
 from tests.scripts import load_script
+from unlearn import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -22,7 +22,9 @@ def dmd2_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
     return cli.main(["--base", SMOKE, DMD2, "--logdir", str(logdir), "--name", "dmd2",
                      "lightning.trainer.max_steps=4", "model.params.dfake_gen_update_ratio=2",
-                     "model.params.batch_size=2", "model.params.warmup_steps=0"])
+                     "model.params.batch_size=2", "model.params.scheduler_config.params.warmup_steps=0",
+                     # the smoke model without its own training recipe (loss, learning rate)
+                     "model.params.loss_fn_config=null", "model.params.base_learning_rate=null"])
 
 
 def test_main_distils_and_exports_the_student(dmd2_run: Path):
@@ -31,7 +33,7 @@ def test_main_distils_and_exports_the_student(dmd2_run: Path):
     assert ckpt["dmd2"] == {"generator_updates": 2, "critic_updates": 4}  # ratio 2: iterations 0 and 2
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
     state = ckpt["state_dict"]
-    assert any(k.startswith("generator.unet.") for k in state) and any(k.startswith("guidance.critic.") for k in state)
+    assert any(k.startswith("generator.unet.") for k in state) and any(k.startswith("objective.critic.") for k in state)
     # The student under diffusers names, loadable into a plain UNet2DConditionModel.
     with safe_open(str(dmd2_run / "student.safetensors"), framework="pt") as f:
         names, meta = set(f.keys()), f.metadata()

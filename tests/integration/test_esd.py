@@ -13,13 +13,14 @@ from unlearn import cli
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
 ESD_X = str(ROOT / "configs" / "methods" / "esd_x.yaml")
+NO_RECIPE = "model.params.loss_fn_config=null"  # the smoke model without its own training loss
 
 
 @pytest.fixture(scope="module")
 def esd_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
     # overrides right after --base, as the README writes them
-    return cli.main(["--base", SMOKE, ESD_X, "concept=striped", "ddim_steps=4", "iterations=3",
+    return cli.main(["--base", SMOKE, ESD_X, NO_RECIPE, "concept=striped", "ddim_steps=4", "iterations=3",
                      "--logdir", str(logdir)])
 
 
@@ -33,7 +34,8 @@ def test_run_writes_only_cross_attention_weights(esd_run: Path):
     assert ckpt["global_step"] == 3
     assert sum(k.startswith("teacher.") for k in ckpt["state_dict"]) == 20  # frozen originals resume with the run
     assert list((esd_run / "images" / "train").glob("samples_gs-000003.png"))
-    assert "ESDEngine" in next((esd_run / "configs").glob("*-project.yaml")).read_text()
+    project = next((esd_run / "configs").glob("*-project.yaml")).read_text()
+    assert "unlearn.engine.finetune.FineTuneEngine" in project and "unlearn.objectives.esd.ESDObjective" in project
 
 
 def test_sample_script_applies_erased_weights(esd_run: Path, tmp_path: Path):
@@ -53,5 +55,5 @@ def test_sample_script_applies_erased_weights(esd_run: Path, tmp_path: Path):
 
 
 def test_missing_concept_names_the_key(tmp_path: Path, capsys):
-    assert cli.run(["--base", SMOKE, ESD_X, "--logdir", str(tmp_path), "--no-train"]) == 2
+    assert cli.run(["--base", SMOKE, ESD_X, NO_RECIPE, "--logdir", str(tmp_path), "--no-train"]) == 2
     assert "missing mandatory value(s) ['concept']" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -43,7 +43,8 @@ def _unet_inputs(unet) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tens
     if c.addition_embed_type == "text_time":  # SDXL: pooled text (B, P) and time_ids (B, 6)
         pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
         cond["text_embeds"] = torch.randn(2, pooled, generator=g)
-        cond["time_ids"] = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]] * 2, dtype=torch.float32)
+        size = [IMAGE_SIZE, IMAGE_SIZE]
+        cond["time_ids"] = torch.tensor([size + [0, 0] + size] * 2, dtype=torch.float32)
     return x, torch.tensor([999, 411]), cond
 
 
@@ -70,8 +71,9 @@ def test_esd_weights_merge_into_a_diffusers_pipeline(arch, tiny_pipelines, tmp_p
     from unlearn.engine.loading import load_model
 
     folder = tiny_pipelines[arch]
-    run = _run(arch, folder, "esd_x", tmp_path, "concept=a cat", "ddim_steps=3", "model.params.pool_size=2",
-               "model.params.eval_config=null", "model.params.export_diffusers=true")
+    run = _run(arch, folder, "esd_x", tmp_path, "concept=a cat", "ddim_steps=3",
+               "model.params.trajectory_config.params.pool_size=2", "lightning.callbacks.toy_benchmark=null",
+               "model.params.export_diffusers=true")
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     original = _diffusers_out(pipe.unet, x, t, cond)
@@ -95,8 +97,8 @@ def test_minimalist_masks_apply_to_the_loaded_model(arch, tiny_pipelines, tmp_pa
     from unlearn.engine.loading import load_model
 
     folder = tiny_pipelines[arch]
-    run = _run(arch, folder, "minimalist", tmp_path, "concept=striped", "model.params.num_steps=2",
-               "model.params.eval_config=null")
+    run = _run(arch, folder, "minimalist", tmp_path, "concept=striped",
+               "model.params.trajectory_sampler_config.params.num_steps=2", "lightning.callbacks.toy_benchmark=null")
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     original = _diffusers_out(pipe.unet, x, t, cond)
@@ -117,7 +119,8 @@ def test_dmd2_student_loads_into_a_diffusers_unet(arch, tiny_pipelines, tmp_path
 
     folder = tiny_pipelines[arch]
     run = _run(arch, folder, "dmd2", tmp_path, "model.params.dfake_gen_update_ratio=2", "model.params.batch_size=1",
-               "model.params.warmup_steps=0", "model.params.prompts_config.params.prompts=[a cat, a red car]")
+               "model.params.scheduler_config.params.warmup_steps=0",
+               "model.params.prompts_config.params.prompts=[a cat, a red car]")
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     teacher = _diffusers_out(pipe.unet, x, t, cond)

@@ -9,13 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.scripts import load_script
 from unlearn import cli
 from unlearn.hooks import load_masks
-from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
 METHOD = str(ROOT / "configs" / "methods" / "minimalist.yaml")
+# The smoke model without its own training recipe (loss, learning rate), and a 2-step trajectory.
+SMOKE_MODEL = ["model.params.loss_fn_config=null", "model.params.base_learning_rate=null"]
+TWO_STEPS = "model.params.trajectory_sampler_config.params.num_steps=2"
+BENCHMARK = "lightning.callbacks.toy_benchmark.params"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def mask_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
-    return cli.main(["--base", SMOKE, METHOD, "--logdir", str(logdir), "concept=striped",
-                     "lightning.trainer.max_steps=2", "model.params.num_steps=2"])
+    return cli.main(["--base", SMOKE, METHOD, "--logdir", str(logdir), *SMOKE_MODEL, "concept=striped",
+                     "lightning.trainer.max_steps=2", TWO_STEPS])
 
 
 def test_main_trains_masks_and_writes_them(mask_run: Path):
@@ -57,14 +61,18 @@ def test_sample_script_applies_the_masks(mask_run: Path, tmp_path: Path):
 def test_toy_model_runs_the_benchmark_with_the_saved_masks(tmp_path: Path):
     canvas = ("model.params.metadata={objects: [circle, square, triangle, star, cross, heart, moon, arrow], "
               "styles: [solid, striped, dotted, checkered, gradient, outlined, noisy, wavy]}")
-    run = cli.main(["--base", SMOKE, METHOD, "--logdir", str(tmp_path), "concept=striped",
-                    "lightning.trainer.max_steps=1", "model.params.num_steps=2",
+    run = cli.main(["--base", SMOKE, METHOD, "--logdir", str(tmp_path), *SMOKE_MODEL, "concept=striped",
+                    "lightning.trainer.max_steps=1", TWO_STEPS,
                     "lightning.callbacks.image_logger=null",
                     "model.params.image_size=32", canvas,  # the judge sees 32 px images
-                    "model.params.eval_config.images_per_prompt=1", "model.params.eval_config.num_steps=2",
-                    "model.params.eval_config.with_base=true"])
+                    f"{BENCHMARK}.images_per_prompt=1", f"{BENCHMARK}.num_steps=2", f"{BENCHMARK}.before=true"])
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["erased"] == ["striped"] and metrics["n_images"] == 64
-    assert {"UA", "IRA", "CRA", "FD", "base_FD"} <= set(metrics)
+    assert {"UA", "IRA", "CRA", "FD"} <= set(metrics)
     assert metrics["masks_off_share"] == pytest.approx(float(load_masks(run / "masks.safetensors")[1]["off_share"]))
-    assert (run / "eval" / "base" / "metrics.json").is_file() and (run / "eval" / "grid.png").is_file()
+    assert (run / "eval" / "before" / "metrics.json").is_file() and (run / "eval" / "grid.png").is_file()
+    # the model without masks (the old base_FD) beside the masked one
+    before = json.loads((run / "eval" / "before" / "metrics.json").read_text())
+    assert before["erased"] == ["striped"] and before["n_images"] == 64 and "masks_off_share" not in before
+    table = (run / "eval" / "before_after.md").read_text()
+    assert f"| FD | {before['FD']:.2f} | {metrics['FD']:.2f} |" in table

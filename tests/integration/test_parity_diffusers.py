@@ -122,7 +122,8 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
     shutil.copytree(tiny_pipelines[arch], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
 
     single = load_model([f"configs/models/{arch}.yaml"],
-                        overrides=[f"model_path={file}", f"model_config={configs}", f"model.params.image_size={IMAGE_SIZE}"])
+                        overrides=[f"model_path={file}", f"model_config={configs}",
+                                   f"model.params.image_size={IMAGE_SIZE}"])
     expected = engines[arch].state_dict()
     got = single.state_dict()
     assert got.keys() == expected.keys()

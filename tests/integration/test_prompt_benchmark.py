@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.scripts import load_script
 from unlearn.data.prompts import read_prompt_csv
 from unlearn.eval.prompt_benchmark import generate_prompt_images, select_rows
-from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
@@ -102,7 +102,8 @@ def test_images_follow_the_row_seed_and_guidance(prompts_csv, tmp_path):
 def test_unknown_category_lists_the_csv_categories(prompts_csv):
     rows = read_prompt_csv(prompts_csv)
     assert [r.prompt for r in select_rows(rows, ["VIOLENCE"])] == ["a striped circle", "a dotted square"]
-    with pytest.raises(ValueError, match=r"no prompt has them; the CSV's categories: \['sexual', 'shocking', 'violence'\]"):
+    categories = r"\['sexual', 'shocking', 'violence'\]"
+    with pytest.raises(ValueError, match=rf"no prompt has them; the CSV's categories: {categories}"):
         select_rows(rows, ["hate"])
 
 

@@ -37,8 +37,8 @@ def _loss_and_grads(model, batch, autocast_dtype=None):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_engines):
-    model = tiny_engines[arch]  # built with model.params.gradient_checkpointing=true
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_trainable_engines):
+    model = tiny_trainable_engines[arch]  # built with model.params.gradient_checkpointing=true
     assert model.network.unet.is_gradient_checkpointing
     batch = _batch(arch)
     loss_ckpt, grads_ckpt = _loss_and_grads(model, batch)
@@ -56,8 +56,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, tiny_eng
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bf16_autocast_trains_and_samples(arch, tiny_engines):
-    model = tiny_engines[arch]
+def test_bf16_autocast_trains_and_samples(arch, tiny_trainable_engines):
+    model = tiny_trainable_engines[arch]
     batch = _batch(arch)
     loss32, _ = _loss_and_grads(model, batch)
     loss16, grads = _loss_and_grads(model, batch, torch.bfloat16)
@@ -73,9 +73,9 @@ def test_bf16_autocast_trains_and_samples(arch, tiny_engines):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.05), (torch.float16, 0.01)])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_half_precision_weights_sample_like_float32(arch, dtype, tol, tiny_engines):
+def test_half_precision_weights_sample_like_float32(arch, dtype, tol, tiny_trainable_engines):
     """Weights in bf16 / fp16 (Lightning's *-true precision): sampler state and sigmas stay float32."""
-    reference = tiny_engines[arch]
+    reference = tiny_trainable_engines[arch]
     model = copy.deepcopy(reference).to(dtype)
     assert model.network.unet.dtype == dtype and model.denoiser.sigmas.dtype == torch.float32
     assert torch.equal(model.denoiser.sigmas, reference.denoiser.sigmas)  # not rounded to `dtype`
@@ -89,9 +89,9 @@ def test_half_precision_weights_sample_like_float32(arch, dtype, tol, tiny_engin
     assert model.first_stage.vae.dtype == dtype  # upcast for decoding only
 
 
-def test_vae_runs_in_float32_under_fp16_only(tiny_engines):
+def test_vae_runs_in_float32_under_fp16_only(tiny_trainable_engines):
     """SDXL's VAE config asks for force_upcast: fp16 autocast decodes in float32, bf16 does not."""
-    vae = copy.deepcopy(tiny_engines["sdxl"].first_stage)
+    vae = copy.deepcopy(tiny_trainable_engines["sdxl"].first_stage)
     assert vae.upcast
     z = torch.randn(1, 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2, generator=torch.Generator().manual_seed(0))
     reference = vae.decode(z)

@@ -15,10 +15,15 @@ SMOKE = ROOT / "configs" / "toy" / "smoke.yaml"
 DMD2 = ROOT / "configs" / "methods" / "dmd2.yaml"
 
 
+# The smoke model as the teacher: without its own training recipe (loss, learning rate).
+SMOKE_MODEL = ("model.params.loss_fn_config=null", "model.params.base_learning_rate=null")
+
+
 def build_engine(*overrides: str, seed: int = 0):
     """The smoke model distilled by DMD2; batch 2, no warm-up, plus ``overrides``."""
     torch.manual_seed(seed)
-    cfg = load_configs([SMOKE, DMD2], ["model.params.batch_size=2", "model.params.warmup_steps=0", *overrides])
+    cfg = load_configs([SMOKE, DMD2], [*SMOKE_MODEL, "model.params.batch_size=2",
+                                       "model.params.scheduler_config.params.warmup_steps=0", *overrides])
     return instantiate_from_config(cfg.model, _path="model")
 
 

@@ -114,7 +114,8 @@ def test_merge_is_left_to_right_then_overrides(tmp_path):
 
 def test_override_of_unknown_key_suggests_the_closest(tmp_path):
     a = write(tmp_path, "a.yaml", "lightning:\n  trainer:\n    max_steps: 10\nmodel:\n  target: x.Y\n")
-    with pytest.raises(ConfigError, match=r"'lightning\.trainer\.max_step' exists in no config file; did you mean 'lightning\.trainer\.max_steps'"):
+    with pytest.raises(ConfigError, match=r"'lightning\.trainer\.max_step' exists in no config file; "
+                                          r"did you mean 'lightning\.trainer\.max_steps'"):
         load_configs([a], ["lightning.trainer.max_step=3"])
     with pytest.raises(ConfigError, match=r"expected key=value"):
         load_configs([a], ["max_steps"])

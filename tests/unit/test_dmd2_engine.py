@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
+from unlearn.callbacks import ExportArtifacts, ToyBenchmark
+from unlearn.data.canvas import CANVAS
 from unlearn.diffusion.samplers import FewStepSampler
 from unlearn.networks.lora import merged_state_dict
 
 from .dmd2_helpers import build_engine, changed, snapshot, trainer
 
 PROMPTS = ["a striped circle", "a dotted star"]
+OBJECTIVE = "model.params.objective_config.params"
+LORA2 = "{target: unlearn.networks.lora.NetworkCopy, params: {lora_rank: 2}}"
+TOY_META = {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)}
+JUDGE = str(Path(__file__).resolve().parents[2] / "checkpoints" / "toy" / "judge.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +35,20 @@ def test_copies_start_as_the_teacher_and_only_the_teacher_is_frozen(engine):
     with torch.no_grad():
         teacher = engine.denoise(x, sigma, cond)
         assert torch.equal(engine.student_denoise(x, sigma, cond), teacher)
-        assert torch.equal(engine.denoiser(engine.guidance.critic, x, sigma, cond), teacher)
+        assert torch.equal(engine.denoiser(engine.objective.critic, x, sigma, cond), teacher)
     assert not any(p.requires_grad for p in engine.network.parameters())
     assert not any(p.requires_grad for p in engine.conditioner.parameters())
     assert all(p.requires_grad for p in engine.generator.parameters())
-    # The teacher is registered once (as `network`), not again inside the guidance module.
-    assert not any(k.startswith("guidance.teacher") for k in engine.state_dict())
+    # The teacher is registered once (as `network`), not again inside the objective.
+    assert not any(k.startswith("objective.teacher") for k in engine.state_dict())
 
 
 def test_lora_critic_shares_the_teacher_weights():
-    eng = build_engine("model.params.critic_lora_rank=2", "model.params.generator_lora_rank=2")
+    eng = build_engine(f"model.params.critic_copy={LORA2}", f"model.params.generator_copy={LORA2}")
     teacher_w = eng.network.unet.conv_in.weight
-    assert eng.guidance.critic.unet.conv_in.weight is teacher_w  # the same tensor, not a copy
+    assert eng.objective.critic.unet.conv_in.weight is teacher_w  # the same tensor, not a copy
     assert eng.generator.unet.conv_in.weight is teacher_w
-    trainable = [n for n, p in eng.guidance.critic.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in eng.objective.critic.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n for n in trainable)
     n_all = sum(p.numel() for p in eng.parameters())  # shared tensors count once
     n_teacher = sum(p.numel() for p in eng.network.parameters()) + sum(p.numel() for p in eng.conditioner.parameters())
@@ -95,10 +102,10 @@ class Recorder(pl.Callback):
         self.optimizer_steps.append(trainer.optimizers.index(optimizer))
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.g, self.c = snapshot(module.generator), snapshot(module.guidance.critic)
+        self.g, self.c = snapshot(module.generator), snapshot(module.objective.critic)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.history.append((changed(self.g, module.generator), changed(self.c, module.guidance.critic)))
+        self.history.append((changed(self.g, module.generator), changed(self.c, module.objective.critic)))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +115,7 @@ def trained(tmp_path_factory):
     eng = build_engine("model.params.dfake_gen_update_ratio=2")
     teacher = snapshot(eng.network)
     rec = Recorder()
-    tr = trainer(root, max_steps=4, callbacks=[rec])
+    tr = trainer(root, max_steps=4, callbacks=[rec, ExportArtifacts()])
     tr.fit(eng)
     tr.save_checkpoint(root / "four.ckpt")
     return eng, tr, rec, teacher, root
@@ -143,26 +150,26 @@ def test_resume_restores_both_optimizers_and_the_update_counts(trained):
 def test_gan_classifier_trains_on_bottleneck_features(tmp_path):
     real = ("model.params.real_data_config={target: unlearn.data.canvas_datamodule.CanvasDataset, "
             "params: {length: 16, image_size: 16}}")
-    eng = build_engine("model.params.gan_classifier=true", real, "model.params.dfake_gen_update_ratio=1")
-    guidance = eng.guidance
+    eng = build_engine(f"{OBJECTIVE}.gan_classifier=true", real, "model.params.dfake_gen_update_ratio=1")
+    objective = eng.objective
     x, sigma, cond = torch.randn(2, 3, 16, 16), torch.full((2,), 1.0), eng.conditioning_for(PROMPTS)
-    feats = guidance.features.features(eng.denoiser, guidance.critic, x, sigma, cond)
+    feats = objective.features.features(eng.denoiser, objective.critic, x, sigma, cond)
     assert feats.shape == (2, 32, 8, 8)  # the smoke UNet's mid block: widest block at 8 x 8
     with torch.no_grad():  # outside `features` the hook does nothing
-        assert torch.equal(eng.denoiser(guidance.critic, x, sigma, cond), eng.denoise(x, sigma, cond))
-    head = snapshot(guidance.cls_head)
+        assert torch.equal(eng.denoiser(objective.critic, x, sigma, cond), eng.denoise(x, sigma, cond))
+    head = snapshot(objective.cls_head)
     tr = trainer(tmp_path, max_steps=2)
     tr.fit(eng)
-    assert changed(head, guidance.cls_head)
+    assert changed(head, objective.cls_head)
     assert {"train/loss_gan_g", "train/loss_gan_d", "train/d_real"} <= set(tr.logged_metrics)
-    guidance.features.remove()
+    objective.features.remove()
     with pytest.raises(ValueError, match="did not run"):
-        guidance.logits(x, cond)
+        objective.logits(x, cond)
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="real_data_config"):
-        build_engine("model.params.gan_classifier=true")
+    with pytest.raises(ValueError, match="model.params.real_data_config: gan_classifier needs real images"):
+        build_engine(f"{OBJECTIVE}.gan_classifier=true")
     with pytest.raises(ValueError, match="timesteps"):
         build_engine("model.params.generator_timesteps=[249,999]")
 
@@ -183,7 +190,6 @@ def test_sampling_uses_the_student(engine):
 
 
 def test_teacher_weights_and_masks_reach_the_right_networks(tmp_path):
-    from unlearn.engine.dmd2_outputs import erased_concepts
     from unlearn.engine.export import save_erased_weights
     from unlearn.hooks.io import save_masks
     from unlearn.hooks.manager import MaskManager
@@ -198,116 +204,125 @@ def test_teacher_weights_and_masks_reach_the_right_networks(tmp_path):
                        values={k: torch.zeros_like(v) for k, v in manager.mask_values().items()})
     manager.remove()
 
-    eng = build_engine(f"model.params.teacher_weights={erased}", f"model.params.teacher_masks={masks}",
-                       "model.params.eval_config={teacher: true}")
-    for net in (eng.network, eng.generator, eng.guidance.critic):  # the copies were made from the erased teacher
+    eng = build_engine(f"model.params.teacher_weights={erased}", f"model.params.teacher_masks={masks}")
+    for net in (eng.network, eng.generator, eng.objective.critic):  # the copies were made from the erased teacher
         assert not net.unet.get_parameter(name).any()
-    assert erased_concepts(eng) == ["striped"]
+    assert eng.erased_concepts == ["striped"]
     x, sigma, cond = torch.randn(1, 3, 16, 16), torch.full((1,), 2.0), eng.conditioning_for(PROMPTS[:1])
     with torch.no_grad():  # the masks act on the teacher only
         assert not torch.allclose(eng.denoise(x, sigma, cond), eng.student_denoise(x, sigma, cond))
-        assert torch.equal(eng.denoiser(eng.guidance.critic, x, sigma, cond), eng.student_denoise(x, sigma, cond))
+        assert torch.equal(eng.denoiser(eng.objective.critic, x, sigma, cond), eng.student_denoise(x, sigma, cond))
 
 
-def test_train_end_benchmarks_the_student_and_the_teacher(trained, monkeypatch, tmp_path):
+def _benchmark(monkeypatch, eng, fake, **params) -> ToyBenchmark:
+    """A `ToyBenchmark` of ``eng`` (given the toy canvas metadata) whose benchmark is ``fake``."""
     import unlearn.eval.toy_benchmark as toy_benchmark
-    from unlearn.data.canvas import CANVAS
 
-    eng = trained[0]
-    calls = []
+    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake)
+    monkeypatch.setattr(eng, "metadata", TOY_META)
+    return ToyBenchmark(judge=JUDGE, **params)
+
+
+def _at_step(root: Path, step: int) -> SimpleNamespace:
+    """What the callback reads of the trainer at global step ``step``."""
+    return SimpleNamespace(default_root_dir=str(root), is_global_zero=True, global_step=step)
+
+
+def test_train_end_benchmarks_the_student_and_the_teacher(monkeypatch, tmp_path):
+    import json
+
+    calls, images = [], []
 
     def fake_benchmark(model, out_dir, sampler=None, **kwargs):
-        images = model.generate(["a striped circle"], seeds=[0], sampler=sampler)
-        calls.append((type(model).__name__, Path(out_dir), type(sampler).__name__, kwargs["erased"], images.shape))
-        return {"FD": 1.0, "UA": 50.0}
+        images.append(model.generate(["a striped circle"], seeds=[0], sampler=sampler))
+        calls.append((type(model).__name__, Path(out_dir), type(sampler).__name__, kwargs["erased"],
+                      images[-1].shape))
+        metrics = {"FD": float(len(calls)), "UA": 50.0}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
 
-    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
-    monkeypatch.setattr(eng, "run_dir", tmp_path)
-    monkeypatch.setattr(eng, "eval_config", {"erased": "striped", "teacher": True})
-    monkeypatch.setattr(eng, "metadata", {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)})
-    eng.on_train_end()
+    eng = build_engine("model.params.dfake_gen_update_ratio=2")
+    benchmark = _benchmark(monkeypatch, eng, fake_benchmark, concepts="striped", before=True)
+    trainer(tmp_path, max_steps=2, callbacks=[ExportArtifacts(), benchmark]).fit(eng)
     assert (tmp_path / "student.safetensors").is_file()
     shape = (1, 3, 16, 16)
-    assert calls == [("DMD2Engine", tmp_path / "eval", "FewStepSampler", ["striped"], shape),
-                     ("_TeacherView", tmp_path / "eval" / "teacher", "NoneType", ["striped"], shape)]
+    # the teacher (its own sampler) into eval/before/ at the start, the student at the end
+    assert calls == [("DMD2Engine", tmp_path / "eval" / "before", "EulerSampler", ["striped"], shape),
+                     ("DMD2Engine", tmp_path / "eval", "FewStepSampler", ["striped"], shape)]
+    assert torch.equal(images[0], eng.teacher_generate(["a striped circle"], seeds=[0]))
+    assert torch.equal(images[1], eng.generate(["a striped circle"], seeds=[0]))
+    assert not torch.allclose(images[0], images[1], atol=1e-3)
+    table = (tmp_path / "eval" / "before_after.md").read_text()
+    assert "| FD | 1.00 | 2.00 |" in table
 
 
 def test_every_n_steps_benchmarks_the_student_during_training(trained, monkeypatch, tmp_path):
     import json
 
-    import unlearn.eval.toy_benchmark as toy_benchmark
-    from unlearn.data.canvas import CANVAS
-
     eng = trained[0]
     calls = []
 
     def fake_benchmark(model, out_dir, sampler=None, **kwargs):
-        calls.append((Path(out_dir).name, type(sampler).__name__, model.training))
+        modes = []  # the generator's mode while it samples
+        hook = model.generator.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+        try:
+            model.generate(["a striped circle"], seeds=[0], sampler=sampler)
+        finally:
+            hook.remove()
+        calls.append((Path(out_dir).name, type(sampler).__name__, set(modes)))
         return {"FD": 10.0 + len(calls), "UA": 100.0 - 25 * len(calls), "IRA": 50.0, "CRA": float("nan")}
 
-    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
-    monkeypatch.setattr(eng, "run_dir", tmp_path)
-    monkeypatch.setattr(eng, "eval_config", {"teacher": True, "every_n_steps": 2})
-    monkeypatch.setattr(eng, "eval_every", 2)
-    monkeypatch.setattr(eng, "metadata", {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)})
+    benchmark = _benchmark(monkeypatch, eng, fake_benchmark, before=True, every_n_steps=2)
+    benchmark.setup(_at_step(tmp_path, 0), eng, "fit")
     eng.train()
-    for updates in (1, 2, 3, 4):
-        monkeypatch.setattr(eng, "critic_updates", updates)
-        eng.on_train_batch_end(None, None, 0)
+    for step in (1, 2, 3, 4):
+        benchmark.on_train_batch_end(_at_step(tmp_path, step), eng, None, None, 0)
     # the student only (no teacher), in eval mode, at iterations 2 and 4; training mode restored
-    assert calls == [("step_2", "FewStepSampler", False), ("step_4", "FewStepSampler", False)]
-    assert eng.training
+    assert calls == [("step_2", "FewStepSampler", {False}), ("step_4", "FewStepSampler", {False})]
+    assert eng.training and eng.generator.training
     rows = [json.loads(line) for line in (tmp_path / "eval" / "progress.jsonl").read_text().splitlines()]
     assert [(r["step"], r["UA"], r["FD"]) for r in rows] == [(2, 75.0, 11.0), (4, 50.0, 12.0)]
     table = (tmp_path / "eval" / "progress.md").read_text().splitlines()
-    assert table[0] == "| iteration | generator updates | UA | IRA | CRA | FD |"
+    assert table[0] == "| step | UA | IRA | CRA | FD |"
     assert table[3].startswith("| 4 | ") and table[3].endswith("| 50.0 | 50.0 | n/a | 12.0 |")
 
 
 def test_final_student_benchmarked_by_a_progress_evaluation_is_not_benchmarked_again(trained, monkeypatch, tmp_path):
     import json
 
-    import unlearn.eval.toy_benchmark as toy_benchmark
-    from unlearn.data.canvas import CANVAS
-
     eng = trained[0]
     calls = []
 
     def fake_benchmark(model, out_dir, sampler=None, **kwargs):
-        calls.append((type(model).__name__, Path(out_dir).relative_to(tmp_path).as_posix()))
+        calls.append((type(sampler).__name__, Path(out_dir).relative_to(tmp_path).as_posix()))
         metrics = {"FD": 10.0 + len(calls), "UA": 90.0}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
         (Path(out_dir) / "grid.png").write_bytes(b"png %d" % len(calls))
         return metrics
 
-    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
-    monkeypatch.setattr(eng, "run_dir", tmp_path)
-    monkeypatch.setattr(eng, "eval_config", {"teacher": True, "every_n_steps": 2})
-    monkeypatch.setattr(eng, "eval_every", 2)
-    monkeypatch.setattr(eng, "metadata", {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)})
-    monkeypatch.setattr(eng, "critic_updates", 4)
-    eng.on_train_batch_end(None, None, 0)
-    eng.on_train_end()
-    # the final student's files come from its progress benchmark; only the teacher is sampled
-    assert calls == [("DMD2Engine", "eval/step_4"), ("_TeacherView", "eval/teacher")]
+    benchmark = _benchmark(monkeypatch, eng, fake_benchmark, before=False, every_n_steps=2)
+    benchmark.setup(_at_step(tmp_path, 0), eng, "fit")
+    benchmark.on_train_batch_end(_at_step(tmp_path, 4), eng, None, None, 0)
+    benchmark.on_train_end(_at_step(tmp_path, 4), eng)
+    # the final student's files come from its progress benchmark (the teacher: eval/before/ at the start)
+    assert calls == [("FewStepSampler", "eval/step_4")]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == {"FD": 11.0, "UA": 90.0}
     assert (tmp_path / "eval" / "grid.png").read_bytes() == b"png 1"
     # a run ending between progress benchmarks benchmarks its final student
     calls.clear()
-    monkeypatch.setattr(eng, "critic_updates", 5)
-    eng.on_train_end()
-    assert calls == [("DMD2Engine", "eval"), ("_TeacherView", "eval/teacher")]
+    benchmark.on_train_end(_at_step(tmp_path, 5), eng)
+    assert calls == [("FewStepSampler", "eval")]
 
 
 @pytest.mark.parametrize("every", [0, -3, 1.5, True, "10"])
 def test_every_n_steps_must_be_a_positive_integer(every):
-    with pytest.raises(ValueError, match="eval_config.every_n_steps"):
-        build_engine(f"model.params.eval_config={{every_n_steps: {json_value(every)}}}")
+    from unlearn.config import instantiate_from_config
 
-
-def json_value(v):
-    return "true" if v is True else f"'{v}'" if isinstance(v, str) else str(v)
+    with pytest.raises(ValueError, match="lightning.callbacks.toy_benchmark.params.every_n_steps: expected a positive"):
+        instantiate_from_config({"target": "unlearn.callbacks.ToyBenchmark", "params": {"every_n_steps": every}},
+                                _path="lightning.callbacks.toy_benchmark")
 
 
 def test_teacher_generate_samples_the_teacher_not_the_student():

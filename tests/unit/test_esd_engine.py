@@ -1,33 +1,22 @@
-"""ESDEngine on the tiny smoke model: selection, frozen teacher, loss, trajectories, export."""
+"""ESD (FineTuneEngine + ESDObjective) on the tiny smoke model: selection, frozen teacher, loss,
+trajectories, export."""
 
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from unlearn.config import load_configs
+from tests.unit.esd_helpers import make_engine, smoke_params
 from unlearn.data.canvas import CANVAS
-from unlearn.engine.esd import ESDEngine
 from unlearn.engine.export import apply_erased_weights, load_erased_weights
+from unlearn.engine.finetune import FineTuneEngine
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "toy" / "smoke.yaml"
 TOY_META = {"objects": list(CANVAS.objects), "styles": list(CANVAS.styles)}
 
 
-def smoke_params() -> dict:
-    return OmegaConf.to_container(load_configs([SMOKE]).model.params, resolve=True)
-
-
-def make_engine(**kw) -> ESDEngine:
-    torch.manual_seed(0)  # same random base weights in every engine
-    params = {**smoke_params(), "concept": "striped", "ddim_steps": 6, "pool_size": 4, "seed": 0, **kw}
-    return ESDEngine(**params)
-
-
-def train(engine: ESDEngine, steps: int, lr: float = 1e-3, batch=None) -> list[float]:
+def train(engine: FineTuneEngine, steps: int, lr: float = 1e-3, batch=None) -> list[float]:
     opt = torch.optim.Adam(engine.trainable_parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -90,7 +79,6 @@ def test_teacher_stays_frozen_while_student_learns():
 def test_v_prediction_eps_by_hand():
     params = smoke_params()
     params["denoiser_config"]["params"]["scaling_config"] = {"target": "unlearn.diffusion.scalings.VScaling"}
-    params.pop("loss_fn_config")
     engine = make_engine(**params)
     x, sigma = torch.randn(2, 3, 16, 16), engine.denoiser.sigmas[[100, 700]]
     cond = engine.conditioning_for(["striped", ""])
@@ -127,8 +115,10 @@ def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories(
     table = engine._conds()["preserve"]["crossattn"]  # (2, L, D)
     assert torch.equal(batch.preserve["crossattn"][0], table[int(own.prompts[0])])
     # the preserve pool samples with the preserve prompts: same noise and step as a one-trajectory run
-    sampler = engine._make_trajectory_sampler()
-    sigmas = sampler.get_sigmas(engine.ddim_steps)
+    from unlearn.engine.generation import build_sampler
+
+    sampler = build_sampler(engine.trajectory_sampler_config)
+    sigmas = sampler.get_sigmas(engine.pool.num_steps)
     cond, uc = engine._preserve_sampler_conds(own.prompts[:1])
     from unlearn.engine.trajectories import sample_to_steps
     alone = sample_to_steps(sampler, engine.teacher_denoise, own.noise[:1], own.steps[:1].cpu(), sigmas, cond, uc)
@@ -221,23 +211,27 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
     ({"concept": "stripy", "metadata": TOY_META}, "unknown concept 'stripy'; known objects"),
     ({"concept": "striped,,dotted", "separator": ","}, "concept: empty"),
     ({"concept": "striped", "separator": ""}, "separator"),
-    ({"batch_size": 5}, "batch_size"),
-    ({"sampler": "plms"}, "sampler: unknown 'plms'"),
-    ({"eval_config": {"images": 2}}, "eval_config: unknown key"),
-    ({"ddim_steps": 0}, "ddim_steps"),
-    ({"step_range": [3, 3]}, r"model.params.step_range: expected \[lo, hi\] with 0 <= lo < hi <= ddim_steps"),
-    ({"step_range": [0, 7], "ddim_steps": 6}, r"<= ddim_steps \(6\), got \[0, 7\]"),
-    ({"step_range": 5}, r"model.params.step_range: expected \[lo, hi\].*got 5"),
-    ({"null_weight": -0.5}, r"model.params.null_weight: expected a number >= 0, got -0.5"),
-    ({"null_weight": "1"}, r"model.params.null_weight: expected a number >= 0, got '1'"),
-    ({"preserve_weight": -2}, r"model.params.preserve_weight: expected a number >= 0, got -2"),
+    ({"batch_size": 5}, r"model.params.batch_size: expected an integer in \[1, pool_size=4\]"),
+    ({"sampler": {"target": "unlearn.diffusion.samplers.PLMSSampler"}},
+     "model.params.trajectory_sampler_config.target: module 'unlearn.diffusion.samplers' has no attribute "
+     "'PLMSSampler'"),
+    ({"ddim_steps": 0}, "model.params.trajectory_sampler_config.params.num_steps: expected a positive integer"),
+    ({"step_range": [3, 3]}, r"model.params.trajectory_config.params.step_range: expected \[lo, hi\] with "
+                             r"0 <= lo < hi <= the sampler's num_steps"),
+    ({"step_range": [0, 7], "ddim_steps": 6}, r"<= the sampler's num_steps \(6\), got \[0, 7\]"),
+    ({"step_range": 5}, r"model.params.trajectory_config.params.step_range: expected \[lo, hi\].*got 5"),
+    ({"null_weight": -0.5}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got -0.5"),
+    ({"null_weight": "1"}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got '1'"),
+    ({"preserve_weight": -2}, r"model.params.objective_config.params.preserve_weight: expected a number >= 0, "
+                              r"got -2"),
     ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
     ({"preserve": "dotted", "preserve_step_range": [0, 2]},
      r"model.params.preserve_step_range applies to preserve_source: own"),
     ({"preserve": "dotted", "preserve_source": "own", "preserve_step_range": [0, 99]},
      r"model.params.preserve_step_range: expected \[lo, hi\]"),
     ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
-     "model.params.loss_weighting_config"),
+     "model.params.objective_config.params.weighting.target: .*did you mean "
+     "unlearn.diffusion.loss_weighting.VWeighting"),
 ])
 def test_bad_settings_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -259,7 +253,8 @@ def test_toy_and_sd_concepts():
 
 
 def test_before_after_benchmark_wiring(tmp_path, monkeypatch):
-    from unlearn.engine import esd_eval
+    import unlearn.eval.toy_benchmark as toy_benchmark
+    from unlearn.callbacks import ToyBenchmark
 
     calls = []
 
@@ -270,13 +265,29 @@ def test_before_after_benchmark_wiring(tmp_path, monkeypatch):
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
-    monkeypatch.setattr(esd_eval.toy_benchmark, "run_toy_benchmark", fake_benchmark)
-    engine = make_engine(metadata=TOY_META, eval_config={"images_per_prompt": 1, "num_steps": 2})
-    esd_eval.run_before_after(engine, tmp_path / "eval" / "before", "before")
-    esd_eval.run_before_after(engine, tmp_path / "eval", "after")
+    monkeypatch.setattr(toy_benchmark, "run_toy_benchmark", fake_benchmark)
+    engine = make_engine(metadata=TOY_META)
+    judge = str(Path(__file__).resolve().parents[2] / "checkpoints" / "toy" / "judge.safetensors")
+    benchmark = ToyBenchmark(images_per_prompt=1, num_steps=2, judge=judge, before=True)
+    pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path),
+               callbacks=[benchmark]).fit(engine)
     assert calls[0] == (["striped"], 1, (TOY_META["objects"], TOY_META["styles"]))
+    assert json.loads((tmp_path / "eval" / "before" / "metrics.json").read_text())["UA"] == 10.0
     table = (tmp_path / "eval" / "before_after.md").read_text()
     assert "| UA | 10.00 | 20.00 |" in table and "| FD | 1.50 | 1.50 |" in table
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"images": 2}, "cannot build unlearn.callbacks.ToyBenchmark: .*unexpected keyword argument 'images'"),
+    ({"images_per_prompt": 0}, "images_per_prompt: expected a positive integer, got 0"),
+])
+def test_benchmark_settings_are_checked(params, match):
+    from unlearn.config import ConfigError, instantiate_from_config
+
+    with pytest.raises(ConfigError, match=r"lightning.callbacks.toy_benchmark.*" + match):
+        instantiate_from_config({"target": "unlearn.callbacks.ToyBenchmark", "params": params},
+                                _path="lightning.callbacks.toy_benchmark")
 
 
 def test_diffusers_folder_export(tmp_path):

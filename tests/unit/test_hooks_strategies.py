@@ -42,8 +42,8 @@ def test_binary_is_exact_threshold_with_sigmoid_gradient():
     # a budget lowers the threshold: only λ <= τ are off
     capped = StraightThroughBinaryMask(threshold=-1.0)
     assert torch.equal(capped.deterministic(lam.detach()), (lam.detach() > -1.0).float())
-    with pytest.raises(ValueError, match="threshold must be <= 0"):
-        build_strategy({"name": "binary", "threshold": 0.5})
+    with pytest.raises(ValueError, match="threshold: must be <= 0"):
+        build_strategy({"target": "unlearn.hooks.strategies.StraightThroughBinaryMask", "params": {"threshold": 0.5}})
 
 
 def test_hard_concrete_range_exact_zeros_ones_and_determinism():
@@ -79,11 +79,11 @@ def test_hard_concrete_deterministic_and_l0_expectation():
     assert float(hc.off_probability(lam[:1])) == pytest.approx(empirical_off, abs=5e-3)
 
 
-def test_build_strategy_from_name_and_dict():
+def test_build_strategy_from_name_and_target_block():
     assert isinstance(build_strategy("hard_discrete"), HardConcreteMask)
-    hc = build_strategy({"name": "hard_discrete", "beta": 0.5, "zeta": 1.2})
+    hc = build_strategy({"target": "unlearn.hooks.strategies.HardConcreteMask", "params": {"beta": 0.5, "zeta": 1.2}})
     assert (hc.beta, hc.gamma, hc.zeta) == (0.5, -0.1, 1.2)
     with pytest.raises(ValueError, match="unknown mask strategy 'sigmoidal'"):
         build_strategy("sigmoidal")
     with pytest.raises(ValueError, match="gamma < 0 < 1 < zeta"):
-        build_strategy({"name": "hard_discrete", "zeta": 1.0})
+        build_strategy({"target": "unlearn.hooks.strategies.HardConcreteMask", "params": {"zeta": 1.0}})

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tests.unit.mask_helpers import randomize, tiny_network  # noqa: F401
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from unlearn.callbacks import ExportArtifacts
 from unlearn.config import instantiate_from_config, load_configs
 from unlearn.data.prompt_batches import ConceptPromptTriples
 from unlearn.hooks import MaskManager, load_masks
 from unlearn.objectives.minimalist import MinimalistObjective
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMOKE, METHOD = "configs/toy/smoke.yaml", "configs/methods/minimalist.yaml"
 
@@ -70,24 +71,30 @@ def test_prompt_triples_with_an_anchor_concept():
     assert custom[0]["deconcept"] == "a painting by Monet"
 
 
-def _engine(tmp_path, *overrides):
-    cfg = load_configs([SMOKE, METHOD], ["concept=striped", "model.params.num_steps=2", *overrides])
+# The smoke model as the masks' model: without its own training recipe (loss, learning rate).
+SMOKE_MODEL = ["model.params.loss_fn_config=null", "model.params.base_learning_rate=null"]
+TWO_STEPS = "model.params.trajectory_sampler_config.params.num_steps=2"
+BINARY = "model.params.strategy={target: unlearn.hooks.strategies.StraightThroughBinaryMask, params: %s}"
+
+
+def _engine(*overrides):
+    cfg = load_configs([SMOKE, METHOD], ["concept=striped", *SMOKE_MODEL, TWO_STEPS, *overrides])
     torch.manual_seed(0)
-    model = instantiate_from_config(cfg.model, _path="model")
-    model.run_dir = tmp_path
-    return model
+    return instantiate_from_config(cfg.model, _path="model")
 
 
-def _fit(model):
+def _fit(model, root):
+    """One step; the method's export callback writes into ``root`` (the run directory)."""
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=str(root), callbacks=[ExportArtifacts()])
     trainer.fit(model)
 
 
 def test_engine_seed_defaults_to_the_global_seed_that_main_py_sets(tmp_path):
     def engine_after_global_seed(global_seed, *overrides):
         torch.manual_seed(global_seed)  # what main.py's --seed does (seed_everything) before building the model
-        cfg = load_configs([SMOKE, METHOD], ["concept=striped", "model.params.num_steps=2", *overrides])
+        cfg = load_configs([SMOKE, METHOD], ["concept=striped", *SMOKE_MODEL, TWO_STEPS, *overrides])
         return instantiate_from_config(cfg.model, _path="model")
 
     five, six, pinned = (engine_after_global_seed(5), engine_after_global_seed(6),
@@ -101,7 +108,7 @@ def test_engine_seed_defaults_to_the_global_seed_that_main_py_sets(tmp_path):
 def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_the_grads(tmp_path):
     hookers = ("model.params.hooker_configs=[{target: unlearn.hooks.LinearHooker, params: {module_regex: 'to_(k|v)$'}},"
                "{target: unlearn.hooks.AttentionHeadHooker}]")
-    off = _engine(tmp_path / "a", hookers, "model.params.attn_lr=0", "model.params.sparsity_weight=0")
+    off = _engine(hookers, "model.params.attn_lr=0", "model.params.objective_config.params.sparsity_weight=0")
     assert {h.group for h in off.masks.hookers} == {"linear"}
     off.train()  # the frozen model stays in eval mode (no ucg prompt dropout); the masks train
     assert off.masks.training and not off.network.training and not off.conditioner.training
@@ -113,7 +120,7 @@ def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_
     assert [(g["name"], g["initial_lr"]) for g in opt.param_groups] == [("linear", 0.5)]
     assert opt.defaults["weight_decay"] == 0.0
     weights = {k: v.clone() for k, v in off.network.state_dict().items()}
-    _fit(off)
+    _fit(off, tmp_path / "a")
     assert all(torch.equal(v, weights[k]) for k, v in off.network.state_dict().items())  # base stays frozen
     assert all(not torch.equal(lam.detach(), torch.full_like(lam, 3.0)) for lam in off.masks.masks().values())
     values, meta = load_masks(tmp_path / "a" / "masks.safetensors")
@@ -121,33 +128,36 @@ def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_
     assert float(meta["off_share"]) == pytest.approx(round(0.05 * sum(v.numel() for v in values.values()))
                                                      / sum(v.numel() for v in values.values()))
 
-    on = _engine(tmp_path / "b", hookers, "model.params.attn_lr=0", "model.params.sparsity_weight=2.0")
-    _fit(on)
+    on = _engine(hookers, "model.params.attn_lr=0", "model.params.objective_config.params.sparsity_weight=2.0")
+    _fit(on, tmp_path / "b")
     n = on.masks.num_units()
     for (key, lam_off), lam_on in zip(off.masks.masks().items(), on.masks.masks().values()):
         s = torch.sigmoid(torch.full_like(lam_on, 3.0))  # the gradient was taken at λ = init
         assert torch.allclose(lam_on.grad - lam_off.grad, -2.0 * s * (1 - s) / n, atol=1e-7), key
 
 
-def test_engine_refuses_bad_settings(tmp_path):
+def test_engine_refuses_bad_settings():
     with pytest.raises(ValueError, match="dpmpp_2m"):
-        _engine(tmp_path, "model.params.sampler=dpmpp_2m")
+        _engine("model.params.trajectory_sampler_config.target=unlearn.diffusion.samplers.DPMPP2MSampler")
     with pytest.raises(ValueError, match="continues2binary needs a binarize block"):
-        _engine(tmp_path, "model.params.strategy=continues2binary", "model.params.binarize=null")
+        _engine("model.params.strategy=continues2binary", "model.params.binarize=null")
     with pytest.raises(ValueError, match="every mask group in hooker_configs has learning rate 0"):
-        _engine(tmp_path, "model.params.linear_lr=0")
-    with pytest.raises(ValueError, match="train_off_ratio caps the binary strategy"):
-        _engine(tmp_path, "model.params.train_off_ratio=0.05")
-    with pytest.raises(ValueError, match=r"train_off_ratio: expected a share in \[0, 1\)"):
-        _engine(tmp_path, "model.params.strategy=binary", "model.params.train_off_ratio=1.5")
+        _engine("model.params.linear_lr=0")
+    # the off-share cap is the binary strategy's own setting: no other strategy takes it
+    with pytest.raises(ValueError, match="model.params.strategy: cannot build unlearn.hooks.strategies.SigmoidMask"):
+        _engine("model.params.strategy={target: unlearn.hooks.strategies.SigmoidMask, params: {max_off_share: 0.05}}")
+    with pytest.raises(ValueError, match=r"model.params.strategy.params.max_off_share: expected a share in \[0, 1\)"):
+        _engine(BINARY % "{max_off_share: 1.5}")
     with pytest.raises(ValueError, match="model.params.deconcept_anchor: 'circle' is a toy object, 'striped' a toy "
                                          "style; anchor to another style"):
-        _engine(tmp_path, "model.params.deconcept_anchor=circle")
-    assert _engine(tmp_path, "model.params.deconcept_anchor=dotted").prompts[0]["deconcept"].count("dotted") == 1
+        _engine("model.params.deconcept_anchor=circle")
+    with pytest.raises(ValueError, match="model.params.base_learning_rate: MaskErasureEngine does not use it"):
+        _engine("model.params.base_learning_rate=1e-3")  # the masks' rates are per group
+    assert _engine("model.params.deconcept_anchor=dotted").prompts[0]["deconcept"].count("dotted") == 1
 
 
 def test_engine_caps_the_binary_masks_of_every_training_step(tmp_path):
-    model = _engine(tmp_path, "model.params.strategy=binary", "model.params.train_off_ratio=0.25")
+    model = _engine(BINARY % "{max_off_share: 0.25}")
     with torch.no_grad():  # 40% of the units below 0: the cap lets only the lowest 25% be off
         for lam in model.masks.masks().values():
             lam.copy_(torch.linspace(-2.0, 3.0, lam.numel()))
@@ -160,12 +170,12 @@ def test_engine_caps_the_binary_masks_of_every_training_step(tmp_path):
         return real_step(*args, **kwargs)
 
     model.trajectory_step = spy
-    _fit(model)
+    _fit(model, tmp_path)
     assert seen and all(abs(s - 0.25) < 0.02 for s in seen), seen
 
 
 def test_erase_target_can_negate_the_concept(tmp_path):
-    model = _engine(tmp_path, "model.params.target_negation_scale=1.5")
+    model = _engine("model.params.target_negation_scale=1.5")
     seen = []
     real_step = model.trajectory_step
 
@@ -174,7 +184,7 @@ def test_erase_target_can_negate_the_concept(tmp_path):
         return real_step(cond, uc, sigmas, seeds, sampler)
 
     model.trajectory_step = spy
-    _fit(model)
+    _fit(model, tmp_path)
     item = model.prompts[0]  # the one step's batch: n = 1 (concept, keep) pair
     (cond_target, uc_target, sampler), (_, uc_masked, masked_sampler) = seen[:2]
     assert type(sampler.guider).__name__ == "NegatedConceptCFG" and sampler.guider.negation_scale == 1.5
@@ -188,6 +198,6 @@ def test_erase_target_can_negate_the_concept(tmp_path):
         assert torch.equal(uc_target[key], torch.cat([empty[key], empty[key], negated[key], empty[key]]))
         assert torch.equal(uc_masked[key], torch.cat([empty[key]] * 2))
     with pytest.raises(ValueError, match="target_negation_scale: expected a number >= 0, got -1"):
-        _engine(tmp_path, "model.params.target_negation_scale=-1")
+        _engine("model.params.target_negation_scale=-1")
     with pytest.raises(ValueError, match="target_negation_scale: expected a number >= 0, got 'strong'"):
-        _engine(tmp_path, "model.params.target_negation_scale=strong")
+        _engine("model.params.target_negation_scale=strong")

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.unit.mask_helpers import randomize, tiny_inputs, tiny_network  # noqa: F401
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 from unlearn.diffusion.denoiser import DiscreteDenoiser
 from unlearn.diffusion.samplers import EulerAncestralSampler, EulerSampler
 from unlearn.engine.trajectory_checkpoint import checkpointed_trajectory_backward, run_trajectory
 from unlearn.hooks import MaskManager
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DISC = {"target": "unlearn.diffusion.discretization.LegacyDDPMDiscretization"}
 CFG = {"target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": 2.0}}
@@ -113,7 +113,7 @@ def test_memory_does_not_grow_with_the_number_of_steps(checkpointed):
         sigmas = sampler.get_sigmas(n)
         step = make_step(sigmas, seeds=list(range(n)))
 
-        def run():
+        def run(step=step, n=n):
             if checkpointed:
                 checkpointed_trajectory_backward(step, x, n, loss_fn)
             else:

@@ -50,8 +50,8 @@ def test_sweep_averages_saved_runs_without_training_again(tmp_path):
         _write(tmp_path / "eval" / concept / "metrics.json", {"UA": ua, "IRA": ira, "CRA": cra, "FD": fd})
         (tmp_path / "eval" / concept / "train_s.txt").write_text(f"{secs}\n")
     # --python false: any training or evaluation call would fail the test
-    result = sweep.main(["--method", "configs/methods/esd_u.yaml", "--kind", "object", "--concepts", "circle", "star",
-                         "--out", str(tmp_path), "--python", "false"])
+    result = sweep.main(["--method", "configs/methods/esd_x.yaml", "--set", "train_method=noxattn", "--kind", "object",
+                         "--concepts", "circle", "star", "--out", str(tmp_path), "--python", "false"])
     assert result["mean"] == pytest.approx({"UA": 40.0, "IRA": 85.0, "CRA": 45.0, "FD": 40.0, "train_s": 50.0})
     # the base against circle: UA 0, IRA mean(80, 90), CRA mean(60, 40); against star: UA 20, IRA 95
     assert result["concepts"][0]["base"] == pytest.approx({"UA": 0.0, "IRA": 85.0, "CRA": 50.0})
@@ -86,8 +86,8 @@ def test_sweep_adds_a_mean_over_the_concepts_the_base_model_draws(tmp_path):
 def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
     sweep = load_script("bench/toy_sweep.py")
     with pytest.raises(ValueError, match=r"\['striped'\] are not objects"):
-        sweep.main(["--method", "configs/methods/esd_u.yaml", "--kind", "object", "--concepts", "striped",
-                    "--out", str(tmp_path)])
+        sweep.main(["--method", "configs/methods/esd_x.yaml", "--set", "train_method=noxattn", "--kind", "object",
+                    "--concepts", "striped", "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="no_such.yaml"):
         sweep.main(["--method", "configs/methods/no_such.yaml", "--kind", "object", "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="erased.safetensors or masks.safetensors"):

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from tests.scripts import load_script
 
 
-
 def _table():
     return load_script("bench/toy_table.py")
 
@@ -26,7 +25,8 @@ def _metrics(out: Path, name: str, **values):
 def test_table_rows_figures_and_teacher_ratios(tmp_path):
     per_concept = [{"concept": c, "kind": "style", "n": 4, "accuracy": a}
                    for c, a in (("striped", 95.0), ("solid", 90.0), ("dotted", 92.0))]
-    per_concept += [{"concept": c, "kind": "object", "n": 6, "accuracy": a} for c, a in (("circle", 80.0), ("star", 84.0))]
+    per_concept += [{"concept": c, "kind": "object", "n": 6, "accuracy": a}
+                    for c, a in (("circle", 80.0), ("star", 84.0))]
     _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0, per_concept=per_concept)
     _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
     _metrics(tmp_path, "esd_x_lr1e-3", UA=99.0, IRA=60.0, CRA=97.0, FD=14.0)
@@ -58,7 +58,8 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
     assert "| ESD-x (xattn), lr 1e-3, 1000 it | striped | 100.0 | 82.5 |" in md
     assert "| ESD-x (xattn), lr 5e-5, 1000 it | striped | 50.0 | 90.0 |" in md
-    assert "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |" in md
+    assert ("| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 "
+            "| ≥90/≥80/≥90 |") in md
     assert "| minimalist masks (4.2% off) | striped |" in md
     # Each student is compared with the ESD-x run of its own setting.
     assert "| DMD2 4-step student of ESD-x, lr 5e-5 | ESD-x (xattn), lr 5e-5 | 1.25 | -2.5 |" in md  # 15/12, 93-95.5

@@ -1,9 +1,11 @@
-"""Lightning callbacks: image logging, a `last.ckpt` kept current at the end of training and on interrupt,
-and a stop (or skip) at a non-finite loss."""
+"""Lightning callbacks: a method's exports and toy benchmark, image logging, a `last.ckpt` kept
+current at the end of training and on interrupt, and a stop (or skip) at a non-finite loss."""
 
+from unlearn.callbacks.export import ExportArtifacts
 from unlearn.callbacks.image_logger import ImageLogger, save_grid
 from unlearn.callbacks.last_checkpoint import CheckpointAtTrainEnd, CheckpointOnException
 from unlearn.callbacks.non_finite import NonFiniteLoss, NonFiniteLossError
+from unlearn.callbacks.toy_benchmark import ToyBenchmark
 
-__all__ = ["CheckpointAtTrainEnd", "CheckpointOnException", "ImageLogger", "NonFiniteLoss", "NonFiniteLossError",
-           "save_grid"]
+__all__ = ["CheckpointAtTrainEnd", "CheckpointOnException", "ExportArtifacts", "ImageLogger", "NonFiniteLoss",
+           "NonFiniteLossError", "ToyBenchmark", "save_grid"]

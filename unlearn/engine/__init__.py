@@ -1,1 +1,3 @@
-"""LightningModules: diffusion training and sampling, erasure, distillation."""
+"""LightningModules: `DiffusionEngine` (a text-to-image model: training, sampling) and the method
+engines on the shared `ErasureEngine` lifecycle: `FineTuneEngine` (prediction-matching methods:
+ESD), `MaskErasureEngine` (minimalist masks), `DMD2Engine` (distillation)."""

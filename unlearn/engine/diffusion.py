@@ -8,7 +8,8 @@ first stage). This is also how the toy world's base model is trained.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -144,7 +145,7 @@ class DiffusionEngine(pl.LightningModule):
         z = self.encode_first_stage(batch[self.input_key])
         cond = self.condition(batch)
         loss = self.loss_fn(self.network, self.denoiser, z, cond).mean()
-        self.loss_terms = {"loss": loss}  # read by unlearn.callbacks.NonFiniteLoss to name a non-finite term
+        self.loss_terms = {"loss": loss.detach()}  # read by unlearn.callbacks.NonFiniteLoss to name a non-finite term
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=z.shape[0])
         return loss
 

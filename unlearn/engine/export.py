@@ -15,8 +15,9 @@ In unlearn, `apply_erased_weights` checks every name and shape first, and
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -50,8 +51,8 @@ def sampler_config(
     return cfg
 
 
-def build_sampler(cfg: dict):
-    return instantiate_from_config(cfg, _path="sampler_config")
+def build_sampler(cfg: dict, path: str = "sampler_config"):
+    return instantiate_from_config(cfg, _path=path)
 
 
 def conditioning_batch(input_keys: Sequence[str], prompts: Sequence[str], image_size: int) -> dict[str, Any]:

@@ -3,109 +3,101 @@
 Sparse learnable masks λ on selected units of the frozen network (Linear outputs,
 attention heads, feed-forward channels, norm channels; `unlearn.hooks`) are trained end to
 end through the whole generation: every step runs the masked model and the original
-(masks disabled, same network) through ``num_steps`` sampler steps from the same noise,
-and `MinimalistObjective` compares their final latents. The gradient through the
-trajectory is computed with step-wise checkpointing (`trajectory_checkpoint`): memory
-stays at one step's activations whatever ``num_steps``.
+(masks disabled, same network) through the trajectory sampler's steps from the same noise,
+and the objective (``objective_config``, a `TrajectoryObjective`: `MinimalistObjective`)
+compares their final latents. The gradient through the trajectory is computed with
+step-wise checkpointing (`trajectory_checkpoint`): memory stays at one step's activations
+whatever the number of steps.
 
 Optimization is manual (``automatic_optimization = False``): the backward pass is the
 two-phase walk over the trajectory, which cannot be expressed as one ``loss.backward()``.
 Gradients reach λ only; the base model's weights are frozen and never change. Use fp32 or
 ``bf16-mixed`` precision (fp16 loss scaling is not applied to the trajectory backward).
 
-After training the masks are binarized (`unlearn.hooks.binarize`), saved to
-``<run_dir>/masks.safetensors`` and, for a toy-canvas model with an ``eval_config``, the
-toy benchmark runs with the saved masks applied (``<run_dir>/eval/metrics.json``).
+`export` binarizes the masks (`unlearn.hooks.binarize`) and saves them to
+``masks.safetensors``; `as_erased` applies the same binarized masks for the benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from unlearn.config import non_negative_number, optional_seed
+from unlearn.config import ConfigError, non_negative_number
 from unlearn.data.prompt_batches import ConceptPromptTriples
 from unlearn.diffusion.guiders import NegatedConceptCFG
 from unlearn.diffusion.samplers import DPMPP2MSampler
 from unlearn.engine import generation
-from unlearn.engine.diffusion import DiffusionEngine
-from unlearn.engine.optim import build_optimizer, build_scheduler
+from unlearn.engine.erasure import ErasureEngine
 from unlearn.engine.trajectory_checkpoint import checkpointed_trajectory_backward, run_trajectory
-from unlearn.hooks import MaskManager, apply_masks, binarize, load_masks, save_masks
+from unlearn.hooks import MaskManager, binarize, save_masks
 from unlearn.hooks.binarize import BINARIZE_MODES
-from unlearn.objectives.minimalist import MinimalistObjective
+from unlearn.hooks.io import register_mask_values
+from unlearn.objectives.base import TrajectoryObjective
 
 log = logging.getLogger(__name__)
 
 MASK_GROUPS = ("attn", "ff", "norm", "linear")
-# AdamW without weight decay: decay would pull every λ towards 0, i.e. every mask towards 0.5.
-DEFAULT_MASK_OPTIMIZER = {"target": "torch.optim.AdamW", "params": {"weight_decay": 0.0}}
 
 
-class MaskErasureEngine(DiffusionEngine):
+class MaskErasureEngine(ErasureEngine):
     """A `DiffusionEngine` whose network carries trainable concept-erasure masks.
 
-    Args (besides `DiffusionEngine`'s):
+    Args (besides `DiffusionEngine`'s model arguments and ``seed``, which seeds the prompt
+    draws and the noise and mask samples of every step, with the global step):
         hooker_configs: mask hooker blocks (`unlearn.hooks.LinearHooker`, ...), each with
             its module filter; ``strategy``, ``init_value`` and ``masked_noise_std`` below
             are their defaults.
         concept: the concept to erase.
-        strategy: ``sigmoid``, ``hard_discrete``, ``binary`` or ``continues2binary``.
+        objective_config: the loss, a `TrajectoryObjective` block (`MinimalistObjective`).
+        trajectory_sampler_config: the trajectory trained through, a sampler target block with
+            ``num_steps`` and its ``guider_config`` (Euler, Euler ancestral, Heun or DDIM;
+            multistep samplers are refused); the model's discretization is filled in.
+        strategy: ``sigmoid``, ``hard_discrete``, ``binary``, ``continues2binary``, or a
+            strategy target block (e.g. the binary one with ``max_off_share``).
         init_value: initial λ (3.0: σ(3) ≈ 0.95).
         masked_noise_std: noise std on the masked-out part (0: none).
-        beta: weight of the preserve term; sparsity_weight: weight of the regulariser.
         attn_lr, ff_lr, n_lr, linear_lr: learning rate of each mask group; 0 switches the
             group off (its hookers are not built: no masks, nothing trained).
-        num_steps, sampler, guidance_scale: the trajectory trained through (Euler, Euler
-            ancestral, Heun or DDIM; multistep samplers are refused).
         concept_prompts, deconcept_prompts, keep_prompts: see `ConceptPromptTriples`
             (toy-canvas defaults). batch_size: triples per step; prompts_per_epoch.
         deconcept_anchor: a concept of the same kind whose prompts are the erase targets
             (concept ablation: "a striped circle" -> "a striped square"); None: the paper's
             deconcept prompts (the concept removed).
         binarize: ``{mode: global | local | threshold, off_ratio: share switched off}``
-            applied after training, or None to save the deterministic masks as they are.
+            applied before export, or None to save the deterministic masks as they are.
         target_negation_scale: s_n > 0 draws the original model's erase target for p_deconcept
             with the concept itself negated (`NegatedConceptCFG`: plain CFG of p_deconcept
             minus s_n times the concept's own direction, the prompt being the concept name).
             The paper's target (0) is whatever the original draws without the concept word,
-            and that can be the concept: on the toy model the deconcept prompts of circle
-            draw a circle for 17.7% of seeds (s_n = 1: 2.1%; ``scripts/bench/target_leak.py``),
-            and the masks learn to keep those circles. A full negative prompt (the concept
-            prompt as ``uc``) would negate its style too. Keep prompts' targets are unchanged.
-            On the toy objects it erased less (mean UA 68.0 against 82.8 at 5% off,
-            ``scripts/bench/README.md``).
-        train_off_ratio: with strategy ``binary``, at most this share of units is off in
-            every training forward (the lowest λ, `MaskManager.cap_off_share`); set it to
-            ``binarize.off_ratio`` with global binarization and training optimises the very
-            masks that are saved. None: no cap (units with λ <= 0 are off).
-        eval_config: toy benchmark after training: ``{judge, images_per_prompt,
-            batch_size, num_steps, guidance_scale, sampler, with_base}``; None skips it.
-        seed: seeds the prompt draws and the noise and mask samples of every step (with the
-            global step); None: ``torch.initial_seed()``, main.py's ``--seed`` (default 23), as ESD
-            does. Mask runs before this default drew from seed 0 (``model.params.seed=0``).
+            which can still be the concept; a full negative prompt (the concept prompt as
+            ``uc``) would negate its style too. Keep prompts' targets are unchanged.
     """
+
+    default_optimizer_config = {"target": "torch.optim.AdamW", "params": {"weight_decay": 0.0}}
+    uses_base_learning_rate = False
+    learning_rate_keys = "the masks have a learning rate per group (attn_lr, ff_lr, n_lr, linear_lr)"
+    export_name = "masks.safetensors"
 
     def __init__(
         self,
         hooker_configs: Sequence[dict],
         concept: str,
-        strategy: str | dict = "sigmoid",
+        objective_config: dict,
+        trajectory_sampler_config: dict,
+        strategy: Any = "sigmoid",
         init_value: float = 3.0,
         masked_noise_std: float = 0.0,
-        beta: float = 1.0,
-        sparsity_weight: float = 0.1,
         attn_lr: float = 0.5,
         ff_lr: float = 0.5,
         n_lr: float = 0.5,
         linear_lr: float = 0.5,
-        num_steps: int = 10,
-        sampler: str = "euler",
-        guidance_scale: float = 3.0,
         concept_prompts: Sequence[str] | None = None,
         deconcept_prompts: Sequence[str] | None = None,
         keep_prompts: Sequence[str] | None = None,
@@ -113,48 +105,28 @@ class MaskErasureEngine(DiffusionEngine):
         batch_size: int = 1,
         prompts_per_epoch: int = 1000,
         binarize: dict | None = None,
-        train_off_ratio: float | None = None,
         target_negation_scale: float = 0.0,
-        eval_config: dict | None = None,
-        seed: int | None = None,
         **engine_kwargs: Any,
     ):
         super().__init__(**engine_kwargs)
         self.automatic_optimization = False
-        self.run_dir: Path | None = None  # set by unlearn.cli
-        for module in (self.network, self.conditioner, self.first_stage):
-            if module is not None:
-                module.requires_grad_(False)
         self.concept = concept
-        self.group_lrs = {"attn": float(attn_lr), "ff": float(ff_lr), "norm": float(n_lr), "linear": float(linear_lr)}
+        self.objective: TrajectoryObjective = self.build_objective(objective_config, TrajectoryObjective)
+        self.group_lrs = {"attn": attn_lr, "ff": ff_lr, "norm": n_lr, "linear": linear_lr}
         for group, lr in self.group_lrs.items():
-            if lr < 0:
-                raise ValueError(f"model.params.{'n' if group == 'norm' else group}_lr must be >= 0, got {lr}")
-        if num_steps < 1 or batch_size < 1:
-            raise ValueError(f"model.params.num_steps and batch_size must be >= 1, got {num_steps}, {batch_size}")
-        self.num_steps, self.sampler_name, self.guidance_scale = int(num_steps), sampler, float(guidance_scale)
-        self.objective = MinimalistObjective(beta=beta, sparsity_weight=sparsity_weight)
+            self.group_lrs[group] = non_negative_number(lr, f"model.params.{'n' if group == 'norm' else group}_lr")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"model.params.batch_size: expected a positive integer, got {batch_size!r}")
         self.binarize_config = _check_binarize(binarize)
-        self.eval_config = dict(eval_config) if eval_config else None
-        # main.py seeds the global RNG before it builds the model, so --seed reaches the masks too
-        seed = optional_seed(seed, "model.params.seed")
-        self.seed = (torch.initial_seed() if seed is None else seed) % 2**63
-
         self.masks = self._build_masks(hooker_configs, strategy, init_value, masked_noise_std)
         if self.binarize_config is None and any(h.strategy.requires_binarization for h in self.masks.hookers):
-            raise ValueError("model.params.binarize: strategy continues2binary needs a binarize block "
-                             "({mode: global, off_ratio: 0.05})")
-        self.train_off_ratio = None if train_off_ratio is None else float(train_off_ratio)
-        if self.train_off_ratio is not None:
-            if any(h.strategy.name != "binary" for h in self.masks.hookers):
-                raise ValueError(f"model.params.train_off_ratio caps the binary strategy's masks; strategy is "
-                                 f"{self.masks.strategies()}, use strategy: binary or train_off_ratio: null")
-            if not 0.0 <= self.train_off_ratio < 1.0:
-                raise ValueError(f"model.params.train_off_ratio: expected a share in [0, 1), got {train_off_ratio}")
+            raise ConfigError("model.params.binarize: strategy continues2binary needs a binarize block "
+                              "({mode: global, off_ratio: 0.05})")
+        self.masks.off_budget()  # one max_off_share for every hooker, or a ValueError now
         self.target_negation_scale = non_negative_number(target_negation_scale, "model.params.target_negation_scale")
         if self.target_negation_scale > 0 and self.conditioner is None:
-            raise ValueError("model.params.target_negation_scale needs a text-conditioned model (it negates the "
-                             "concept prompt in the erase target); this model has no conditioner")
+            raise ConfigError("model.params.target_negation_scale needs a text-conditioned model (it negates the "
+                              "concept prompt in the erase target); this model has no conditioner")
         self.masks.register(self.network)
         log.info("masks on %d units: %s", self.masks.num_units(),
                  {g: len(v["modules"]) for g, v in self.masks.describe().items()})
@@ -162,21 +134,35 @@ class MaskErasureEngine(DiffusionEngine):
                                             length=prompts_per_epoch, seed=self.seed, anchor=deconcept_anchor,
                                             anchor_name="model.params.deconcept_anchor")
         self.deconcept_anchor = deconcept_anchor
-        self.batch_size = int(batch_size)
-        self._frozen_parts_eval()
-        self._trajectory_sampler = self.make_sampler(sampler, self.num_steps, self.guidance_scale)
+        self.batch_size = batch_size
+        self.trajectory_sampler_config = generation.sampler_config(
+            trajectory_sampler_config, self.discretization_config_of_sampler(), None)
+        self._trajectory_sampler = self._build_trajectory_sampler()
         if isinstance(self._trajectory_sampler, DPMPP2MSampler):
-            raise ValueError("model.params.sampler: multistep samplers (dpmpp_2m) carry state between steps and "
-                             "cannot be checkpointed step by step; use euler, euler_a, heun or ddim")
+            raise ConfigError("model.params.trajectory_sampler_config: multistep samplers (dpmpp_2m) carry state "
+                              "between steps and cannot be checkpointed step by step; use euler, euler_a, heun "
+                              "or ddim")
+        self.num_steps = self._trajectory_sampler.num_steps
+        if self.num_steps is None:
+            raise ConfigError("model.params.trajectory_sampler_config.params.num_steps: missing (the steps trained "
+                              "through)")
         # The original model's erase/preserve targets: the same sampler, or with the concept negated.
         self._target_sampler = self._trajectory_sampler
         if self.target_negation_scale > 0:
-            self._target_sampler = self.make_sampler(sampler, self.num_steps, self.guidance_scale)
-            self._target_sampler.guider = NegatedConceptCFG(self.guidance_scale, self.target_negation_scale)
+            self._target_sampler = self._build_trajectory_sampler()
+            scale = getattr(self._trajectory_sampler.guider, "scale", 1.0)
+            self._target_sampler.guider = NegatedConceptCFG(scale, self.target_negation_scale)
+
+    def discretization_config_of_sampler(self) -> dict | None:
+        base = self.sampler_config or {}
+        return (base.get("params") or {}).get("discretization_config") or self.discretization_config
+
+    def _build_trajectory_sampler(self):
+        return generation.build_sampler(self.trajectory_sampler_config, "model.params.trajectory_sampler_config")
 
     def _build_masks(self, configs, strategy, init_value, masked_noise_std) -> MaskManager:
         if not configs:
-            raise ValueError("model.params.hooker_configs: give at least one mask hooker block")
+            raise ConfigError("model.params.hooker_configs: give at least one mask hooker block")
         built = MaskManager.from_configs(configs, path="model.params.hooker_configs", strategy=strategy,
                                          init_value=init_value, masked_noise_std=masked_noise_std)
         kept = [h for h in built.hookers if self.group_lrs[h.group] > 0]
@@ -184,24 +170,8 @@ class MaskErasureEngine(DiffusionEngine):
             if self.group_lrs[h.group] == 0:
                 log.info("mask group %r has learning rate 0: its %s is switched off", h.group, type(h).__name__)
         if not kept:
-            raise ValueError("model.params: every mask group in hooker_configs has learning rate 0; nothing to train")
+            raise ConfigError("model.params: every mask group in hooker_configs has learning rate 0; nothing to train")
         return MaskManager(kept)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._frozen_parts_eval()
-        return self
-
-    def _frozen_parts_eval(self) -> None:
-        # The frozen model always runs in eval mode (no dropout, no conditioner ucg dropout);
-        # only the masks follow the mode (stochastic samples while training).
-        for module in (self.network, self.conditioner, self.first_stage):
-            if module is not None:
-                module.eval()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning restores recorded per-module modes around validation and sanity checks.
-        self._frozen_parts_eval()
 
     # ------------------------------------------------------------------ data / optim
     def train_dataloader(self) -> DataLoader:
@@ -210,22 +180,14 @@ class MaskErasureEngine(DiffusionEngine):
     def trainable_parameters(self):
         return [p for ps in self.masks.groups().values() for p in ps]
 
-    def configure_optimizers(self):
-        groups = [{"params": ps, "lr": self.group_lrs[g], "name": g} for g, ps in self.masks.groups().items()]
-        optimizer = build_optimizer(groups, max(g["lr"] for g in groups),
-                                    self.optimizer_config or DEFAULT_MASK_OPTIMIZER)
-        scheduler = build_scheduler(optimizer, self.scheduler_config)
-        return [optimizer] if scheduler is None else ([optimizer], [scheduler])
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": ps, "lr": self.group_lrs[g], "name": g} for g, ps in self.masks.groups().items()]
 
     def on_fit_start(self) -> None:
         precision = str(getattr(self.trainer, "precision", "32"))
         if precision.startswith("16"):
-            raise ValueError(f"lightning.trainer.precision={precision}: the trajectory backward does not apply "
-                             "fp16 loss scaling; use 32 or bf16-mixed")
-        if self.eval_config and self.canvas_concepts is not None:
-            judge = Path(self.eval_config.get("judge", "checkpoints/toy/judge.safetensors"))
-            if not judge.is_file():
-                raise FileNotFoundError(f"model.params.eval_config.judge: no such file: {judge}")
+            raise ConfigError(f"lightning.trainer.precision={precision}: the trajectory backward does not apply "
+                              "fp16 loss scaling; use 32 or bf16-mixed")
 
     # --------------------------------------------------------------------- training
     def _step_seeds(self) -> list[int]:
@@ -254,8 +216,7 @@ class MaskErasureEngine(DiffusionEngine):
         opt.zero_grad(set_to_none=True)
         concept, deconcept, keep = list(batch["concept"]), list(batch["deconcept"]), list(batch["keep"])
         n = len(concept)
-        if self.train_off_ratio is not None:
-            self.masks.cap_off_share(self.train_off_ratio)
+        self.masks.apply_off_budget()
         seeds = self._step_seeds()
         with torch.no_grad():
             cond_masked = self.conditioning_for(concept + keep)
@@ -283,7 +244,7 @@ class MaskErasureEngine(DiffusionEngine):
             self.trajectory_step(cond_masked, uc, sigmas, seeds), x0, self.num_steps, loss_fn
         )
         reg = self.objective.regulariser(self.masks)
-        if reg.requires_grad and self.objective.sparsity_weight > 0:
+        if reg.requires_grad and reg.detach().abs() > 0:
             reg.backward()
         self._sync_gradients()
         opt.step()
@@ -294,6 +255,7 @@ class MaskErasureEngine(DiffusionEngine):
         total = loss + reg.detach()
         with torch.no_grad():
             off = self.masks.expected_off_share()
+        self.loss_terms = {"loss": total, **logs, "sparsity": reg.detach()}
         self.log_dict({"train/loss": total, "train/loss_erase": logs["loss_erase"],
                        "train/loss_preserve": logs["loss_preserve"], "train/sparsity": reg.detach(),
                        "train/expected_off_share": off}, prog_bar=False, on_step=True, batch_size=n)
@@ -321,22 +283,15 @@ class MaskErasureEngine(DiffusionEngine):
             original = self.generate(prompts, **kw)
         return {"masked": masked, "original": original}
 
-    # ------------------------------------------------------------------ after training
-    def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        run_dir = Path(self.run_dir or self.trainer.default_root_dir)
-        path = self.finalize_masks(run_dir / "masks.safetensors")
-        if self.eval_config and self.canvas_concepts is not None:
-            self.evaluate_masks(path, run_dir / "eval")
-        elif self.eval_config:
-            log.info("eval_config is set but the model has no canvas metadata (objects, styles): skipping "
-                        "the toy benchmark")
+    # ------------------------------------------------------------------ outputs
+    @property
+    def erased_concepts(self) -> list[str]:
+        return [self.concept]
 
-    def finalize_masks(self, path: str | Path) -> Path:
-        """Binarize (if configured), save to ``path`` and log the share of units switched off."""
+    def final_masks(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(values, metadata) of the masks as exported: binarized if configured, else deterministic."""
         meta: dict[str, Any] = {"concept": self.concept, "num_steps": self.num_steps, "global_step": self.global_step,
-                                "train_off_ratio": self.train_off_ratio,
+                                "max_off_share": self.masks.off_budget(),
                                 "target_negation_scale": self.target_negation_scale,
                                 "deconcept_anchor": self.deconcept_anchor}
         if self.binarize_config is not None:
@@ -348,42 +303,40 @@ class MaskErasureEngine(DiffusionEngine):
             values = {k: v.detach() for k, v in self.masks.mask_values(sample=False).items()}
             share = sum(int((v == 0).sum()) for v in values.values()) / max(self.masks.num_units(), 1)
             meta.update(binarize_mode="none", off_share=share)
-        path = save_masks(self.masks, path, values=values, metadata=meta)
-        log.info("masks: %.2f%% of %d masked units switched off; saved to %s", 100 * share,
+        return values, meta
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Binarize (if configured), save ``masks.safetensors`` and log the share of units switched off."""
+        values, meta = self.final_masks()
+        path = save_masks(self.masks, Path(out_dir) / self.export_name, values=values, metadata=meta)
+        log.info("masks: %.2f%% of %d masked units switched off; saved to %s", 100 * meta["off_share"],
                  self.masks.num_units(), path)
-        if self.logger is not None:
-            self.logger.log_metrics({"masks/off_share": share}, step=self.global_step)
+        if self.logger is not None and self._trainer is not None:
+            self.logger.log_metrics({"masks/off_share": meta["off_share"]}, step=self.global_step)
         return path
 
-    def evaluate_masks(self, masks_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-        """The toy benchmark with the saved masks applied (and, if ``with_base``, without)."""
-        from unlearn.eval.report import write_metrics_json
-        from unlearn.eval.toy_benchmark import run_toy_benchmark
+    def benchmark_extras(self) -> dict[str, Any]:
+        return {"masks_off_share": float(self.final_masks()[1]["off_share"])}
 
-        cfg = dict(self.eval_config or {})
-        sampler = self.make_sampler(cfg.get("sampler"), cfg.get("num_steps"), cfg.get("guidance_scale"))
-        kw = dict(judge=cfg.get("judge", "checkpoints/toy/judge.safetensors"), sampler=sampler,
-                  images_per_prompt=int(cfg.get("images_per_prompt", 4)), batch_size=int(cfg.get("batch_size", 64)),
-                  model_concepts=self.canvas_concepts)
-        base = None
-        self.masks.remove()  # evaluate the saved (binarized) masks, not the training ones
+    @contextlib.contextmanager
+    def as_original(self) -> Iterator[None]:
+        with self.masks.disabled():
+            yield
+
+    @contextlib.contextmanager
+    def as_erased(self) -> Iterator[None]:
+        """The exported (binarized) masks instead of the training ones."""
+        values, _ = self.final_masks()
+        self.masks.remove()
         try:
-            if cfg.get("with_base"):
-                base = run_toy_benchmark(self, erased=[self.concept], out_dir=Path(out_dir) / "base", **kw)
-            applied = apply_masks(self.network, masks_path)
+            modules = {group: entry["modules"] for group, entry in self.masks.describe().items()}
+            applied = register_mask_values(self.network, modules, values)
             try:
-                metrics = run_toy_benchmark(self, erased=[self.concept], out_dir=out_dir, **kw)
+                yield
             finally:
                 applied.remove()
         finally:
             self.masks.register(self.network)
-        _, meta = load_masks(masks_path)
-        metrics["masks_off_share"] = float(meta["off_share"])
-        if base is not None:
-            metrics["base_FD"] = base.get("FD")
-            log.info("FD %.3f with the masks, %.3f for the base model", metrics.get("FD"), base.get("FD"))
-        write_metrics_json(metrics, Path(out_dir) / "metrics.json")
-        return metrics
 
 
 def _check_binarize(cfg: dict | None) -> dict | None:
@@ -392,13 +345,13 @@ def _check_binarize(cfg: dict | None) -> dict | None:
     cfg = dict(cfg)
     unknown = set(cfg) - {"mode", "off_ratio"}
     if unknown:
-        raise ValueError(f"model.params.binarize: unknown keys {sorted(unknown)}; expected mode and off_ratio")
+        raise ConfigError(f"model.params.binarize: unknown keys {sorted(unknown)}; expected mode and off_ratio")
     mode = cfg.setdefault("mode", "global")
     if mode not in BINARIZE_MODES:
-        raise ValueError(f"model.params.binarize.mode: expected one of {BINARIZE_MODES}, got {mode!r}")
+        raise ConfigError(f"model.params.binarize.mode: expected one of {BINARIZE_MODES}, got {mode!r}")
     if mode != "threshold":
         ratio = cfg.get("off_ratio")
         if ratio is None or not 0.0 <= float(ratio) < 1.0:
-            raise ValueError("model.params.binarize.off_ratio: the share of units switched off, in [0, 1); "
-                             f"got {ratio!r}")
+            raise ConfigError("model.params.binarize.off_ratio: the share of units switched off, in [0, 1); "
+                              f"got {ratio!r}")
     return cfg

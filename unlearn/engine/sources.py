@@ -120,7 +120,8 @@ def check_model_source(cfg: DictConfig) -> None:
         )
     root = Path(str(config_dir)).expanduser()
     if not root.is_dir():
-        hub = " (it looks like a Hugging Face Hub id; pass a local folder)" if looks_like_hub_id(str(config_dir)) else ""
+        hub_id = looks_like_hub_id(str(config_dir))
+        hub = " (it looks like a Hugging Face Hub id; pass a local folder)" if hub_id else ""
         raise FileNotFoundError(f"{MODEL_CONFIG}: no such folder: {str(config_dir)!r}{hub}")
     missing = _missing_parts(root, subfolders, need_weights=False)
     if missing:

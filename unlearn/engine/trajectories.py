@@ -26,9 +26,9 @@ loss's forwards. Memory: P latents (and their P noises).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, MutableMapping
+from typing import Any
 
 import torch
 
@@ -107,7 +107,7 @@ def check_step_range(step_range: Any, num_steps: int, name: str = "step_range") 
     if (values is None or len(values) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
             or not 0 <= values[0] < values[1] <= num_steps):
-        raise ValueError(f"{name}: expected [lo, hi] with 0 <= lo < hi <= ddim_steps ({num_steps}), "
+        raise ValueError(f"{name}: expected [lo, hi] with 0 <= lo < hi <= the sampler's num_steps ({num_steps}), "
                          f"got {step_range!r}")
     return int(values[0]), int(values[1])
 
@@ -115,20 +115,22 @@ def check_step_range(step_range: Any, num_steps: int, name: str = "step_range") 
 class TrajectoryPool:
     """Batched frozen-model trajectories, each stopped at its own random step and used once.
 
+    Built from the engine's ``trajectory_config`` block; the engine adds the runtime arguments.
+
     Args:
-        sampler: the sampler with its guider (CFG at ``start_guidance``) already set.
-        num_steps: N, the sampler's step count (ESD's ``ddim_steps``); t ~ U{0, ..., N-1}.
         pool_size: trajectories generated per refill, in one batch.
-        num_prompts: trajectories draw their prompt uniformly from ``range(num_prompts)``.
-        seed: seeds the CPU generator of noise, prompts and steps (device independent).
-        step_range: (lo, hi): t ~ U{lo, ..., hi-1} instead (None: every step).
+        step_range: [lo, hi]: t ~ U{lo, ..., hi-1} of the sampler's N steps (None: every step).
+        sampler: (runtime) the frozen sampler with its guider (CFG) and ``num_steps`` N set.
+        num_prompts: (runtime) trajectories draw their prompt uniformly from ``range(num_prompts)``.
+        seed: (runtime) seeds the CPU generator of noise, prompts and steps (device independent).
     """
 
-    def __init__(self, sampler: Sampler, num_steps: int, pool_size: int, num_prompts: int, seed: int = 0,
-                 step_range: tuple[int, int] | None = None):
+    def __init__(self, sampler: Sampler, num_prompts: int, seed: int = 0, pool_size: int = 8,
+                 step_range: Sequence[int] | None = None):
+        num_steps = getattr(sampler, "num_steps", None)
         if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"ddim_steps: expected a positive integer, got {num_steps!r}")
-        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"sampler: the trajectory sampler needs num_steps (a positive integer), got {num_steps!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size: expected a positive integer, got {pool_size!r}")
         if num_prompts < 1:
             raise ValueError("num_prompts: expected at least one prompt")
@@ -145,6 +147,10 @@ class TrajectoryPool:
         self.sigmas: torch.Tensor | None = None  # (N + 1,)
         self.cursor = 0
         self.refills = 0
+
+    def manual_seed(self, seed: int) -> None:
+        """Reseed before anything is drawn (e.g. per DDP rank, known only once training starts)."""
+        self.generator.manual_seed(int(seed))
 
     @property
     def remaining(self) -> int:

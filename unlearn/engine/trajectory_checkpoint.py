@@ -24,7 +24,8 @@ not supported; Euler, Euler-ancestral, Heun and DDIM are.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["write_metrics_json", "write_metrics_markdown", "metrics_markdown", "save_image_grid", "to_uint8_images"]
+from unlearn.eval.metrics import HEADLINE
+
+__all__ = ["before_after_table", "progress_table", "write_metrics_json", "write_metrics_markdown", "metrics_markdown",
+           "save_image_grid", "to_uint8_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,28 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             erased = "yes" if r["erased"] else ""
             lines.append(f"| {r['concept']} | {r['kind']} | {erased} | {r['n']} | {_fmt(r['accuracy'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+
+
+def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """Markdown: one row per headline metric (UA, IRA, CRA, FD), columns before / after."""
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    for key in HEADLINE:
+        lines.append(f"| {key} | {_fmt_number((before or {}).get(key))} | {_fmt_number(after.get(key))} |")
+    return "\n".join(lines)
+
+
+def progress_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one row per evaluated training step (``{"step": n, "UA": ..., ...}``)."""
+    table = ["| step | " + " | ".join(HEADLINE) + " |", "|---" * (1 + len(HEADLINE)) + "|"]
+    table += [f"| {r['step']} | " + " | ".join(
+        f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in HEADLINE) + " |" for r in rows]
+    return "\n".join(table)
 
 
 def write_metrics_markdown(metrics: dict[str, Any], path: str | Path) -> Path:

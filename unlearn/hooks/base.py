@@ -53,7 +53,7 @@ class MaskHooker(nn.Module, ABC):
         exclude_regex: modules matching this pattern are left out.
         module_names: an explicit list of module names instead of the patterns.
         strategy: a strategy name (``sigmoid``, ``hard_discrete``, ``binary``,
-            ``continues2binary``, ``fixed``), a ``{name: ..., **kwargs}`` dict or a
+            ``continues2binary``, ``fixed``), a ``target``/``params`` block or a
             `MaskStrategy`.
         init_value: initial λ (3.0: σ(3) ≈ 0.95, every unit almost fully on).
         masked_noise_std: if > 0, units are replaced in proportion to their closed share by

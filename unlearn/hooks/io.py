@@ -18,8 +18,9 @@ or naming a module this model lacks, is a ValueError that names the module and t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from unlearn.checkpoint import read_safetensors
 from unlearn.config import get_obj_from_str
 from unlearn.hooks.manager import HOOKER_GROUPS, MaskManager, model_fingerprint
 
-__all__ = ["MASK_FORMAT", "save_masks", "load_masks", "apply_masks"]
+__all__ = ["MASK_FORMAT", "save_masks", "load_masks", "apply_masks", "register_mask_values"]
 
 MASK_FORMAT = "unlearn.masks/1"
 
@@ -92,42 +93,57 @@ def apply_masks(model: nn.Module, path: str | Path, strict: bool = True) -> Mask
     ``strict`` the architecture fingerprint must match too. Returns the registered manager;
     ``manager.remove()`` restores the model exactly.
     """
-    from unlearn.hooks.base import MaskHooker
-
     path = Path(path)
     values, meta = load_masks(path)
     modules: dict[str, list[str]] = json.loads(meta["modules"])
     made_for = f"{meta.get('model_class')} (fingerprint {meta.get('model_fingerprint')})"
-    hookers: list[MaskHooker] = []
-    for group, names in modules.items():
-        if group not in HOOKER_GROUPS:
-            raise ValueError(f"masks: {path}: unknown mask group {group!r}; known: {sorted(HOOKER_GROUPS)}")
-        hooker = get_obj_from_str(HOOKER_GROUPS[group])(module_names=names, strategy="fixed", init_value=1.0)
-        for name in names:
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise ValueError(
-                    f"masks: {path} masks module {name!r}, which this {type(model).__name__} does not have; the "
-                    f"file was made for {made_for}"
-                ) from None
-            if not hooker.is_target(module):
-                raise ValueError(f"masks: {path} masks {group} units of module {name!r}, which is a "
-                                 f"{type(module).__name__} here; the file was made for {made_for}")
-            n, got = hooker.num_units(module), values[f"{group}:{name}"].numel()
-            if n != got:
-                raise ValueError(f"masks: {path}: module {name!r} has {n} {hooker.unit_name}s here but its mask "
-                                 f"has {got}; the file was made for {made_for}")
-        hookers.append(hooker)
     fingerprint = model_fingerprint(model)
+    if strict:  # every module is checked first, so a wrong module is named before the fingerprint
+        _fixed_hookers(model, modules, values, f"masks: {path}", f"; the file was made for {made_for}")
     if strict and meta.get("model_fingerprint") != fingerprint:
         raise ValueError(
             f"masks: {path} was made for {made_for}, but this is a {type(model).__name__} with fingerprint "
             f"{fingerprint} (every masked module exists; pass strict=False to apply the masks anyway)"
         )
+    return register_mask_values(model, modules, values, what=f"masks: {path}",
+                                made_for=f"; the file was made for {made_for}")
+
+
+def register_mask_values(model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor],
+                         what: str = "masks", made_for: str = "") -> MaskManager:
+    """Register fixed masks ``values`` (``{"group:module": (units,)}``) on the ``modules``
+    (``{group: [module names]}``) of ``model``; returns the registered manager."""
+    hookers = _fixed_hookers(model, modules, values, what, made_for)
     manager = MaskManager(hookers).register(model)
     with torch.no_grad():
         for hooker in hookers:
             for name, lam in hooker.masks().items():
                 lam.copy_(values[f"{hooker.group}:{name}"].to(lam.device))
     return manager
+
+
+def _fixed_hookers(model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor],
+                   what: str, made_for: str) -> list:
+    from unlearn.hooks.base import MaskHooker
+
+    hookers: list[MaskHooker] = []
+    for group, names in modules.items():
+        if group not in HOOKER_GROUPS:
+            raise ValueError(f"{what}: unknown mask group {group!r}; known: {sorted(HOOKER_GROUPS)}")
+        hooker = get_obj_from_str(HOOKER_GROUPS[group])(module_names=list(names), strategy="fixed", init_value=1.0)
+        for name in names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(
+                    f"{what} masks module {name!r}, which this {type(model).__name__} does not have{made_for}"
+                ) from None
+            if not hooker.is_target(module):
+                raise ValueError(f"{what} masks {group} units of module {name!r}, which is a "
+                                 f"{type(module).__name__} here{made_for}")
+            n, got = hooker.num_units(module), values[f"{group}:{name}"].numel()
+            if n != got:
+                raise ValueError(f"{what}: module {name!r} has {n} {hooker.unit_name}s here but its mask "
+                                 f"has {got}{made_for}")
+        hookers.append(hooker)
+    return hookers

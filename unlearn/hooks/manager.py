@@ -143,6 +143,21 @@ class MaskManager(nn.Module):
             h.strategy.threshold = tau
         return tau
 
+    def off_budget(self) -> float | None:
+        """The ``max_off_share`` of the hookers' binary strategies (one value for all), or None."""
+        budgets = {getattr(h.strategy, "max_off_share", None) for h in self.hookers}
+        if budgets == {None}:
+            return None
+        if len(budgets) > 1:
+            raise ValueError(f"strategy: every hooker needs the same max_off_share, got {sorted(map(str, budgets))}")
+        return budgets.pop()
+
+    def apply_off_budget(self) -> float | None:
+        """`cap_off_share` at the strategies' ``max_off_share`` (call it whenever λ changed);
+        returns τ, or None without a budget."""
+        budget = self.off_budget()
+        return None if budget is None else self.cap_off_share(budget)
+
     def masks(self) -> dict[str, nn.Parameter]:
         """{"group:module": λ} over every hooker."""
         return {f"{h.group}:{name}": lam for h in self.hookers for name, lam in h.masks().items()}

@@ -105,14 +105,24 @@ class ContinuousToBinaryMask(SigmoidMask):
 
 
 class StraightThroughBinaryMask(MaskStrategy):
-    """``threshold`` τ <= 0: units with λ <= τ are off (0 by default)."""
+    """``threshold`` τ <= 0: units with λ <= τ are off (0 by default).
+
+    ``max_off_share``: at most this share of all masked units is off in every training forward
+    (the lowest λ; `MaskManager.apply_off_budget` lowers τ before each step). Set it to the
+    binarization's ``off_ratio`` with global binarization and training optimises the very masks
+    that are saved. None: no cap.
+    """
 
     name = "binary"
 
-    def __init__(self, threshold: float = 0.0):
+    def __init__(self, threshold: float = 0.0, max_off_share: float | None = None):
         if threshold > 0:
-            raise ValueError(f"binary: threshold must be <= 0 (a unit with λ <= 0 is always off), got {threshold}")
+            raise ValueError(f"threshold: must be <= 0 (a unit with λ <= 0 is always off), got {threshold}")
+        if max_off_share is not None and (isinstance(max_off_share, bool) or not isinstance(max_off_share, (int, float))
+                                          or not 0.0 <= max_off_share < 1.0):
+            raise ValueError(f"max_off_share: expected a share in [0, 1) or null, got {max_off_share!r}")
         self.threshold = float(threshold)
+        self.max_off_share = None if max_off_share is None else float(max_off_share)
 
     def sample(self, lam, u):
         soft = torch.sigmoid(lam)
@@ -174,16 +184,17 @@ STRATEGIES: dict[str, type[MaskStrategy]] = {
 
 
 def build_strategy(strategy: str | dict | MaskStrategy, path: str = "strategy") -> MaskStrategy:
-    """A strategy from its name (``"hard_discrete"``), a ``{name: ..., **kwargs}`` dict or itself."""
+    """A strategy from its short name (``"hard_discrete"``), a ``target``/``params`` block or itself."""
     if isinstance(strategy, MaskStrategy):
         return strategy
-    kwargs: dict = {}
     if isinstance(strategy, dict):
-        kwargs = dict(strategy)
-        strategy = kwargs.pop("name", None)
+        from unlearn.config import instantiate_from_config
+
+        built = instantiate_from_config(strategy, _path=path)
+        if not isinstance(built, MaskStrategy):
+            raise ValueError(f"{path}: {type(built).__name__} is not a MaskStrategy")
+        return built
     if strategy not in STRATEGIES:
-        raise ValueError(f"{path}: unknown mask strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    try:
-        return STRATEGIES[strategy](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{path}: bad arguments for mask strategy {strategy!r}: {err}") from err
+        raise ValueError(f"{path}: unknown mask strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
+                         "or give a target block")
+    return STRATEGIES[strategy]()

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_LORA_TARGETS", "full_copy", "lora_copy", "merged_state_dict", "unet_of"]
+__all__ = ["DEFAULT_LORA_TARGETS", "NetworkCopy", "full_copy", "lora_copy", "merged_state_dict", "unet_of"]
 
 # The modules DMD2 puts LoRA on (official sd_unified_model.py, SDXL generator).
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -75,6 +75,23 @@ def lora_copy(
     for name, p in clone.named_parameters():
         p.requires_grad_(".lora_" in name)
     return clone
+
+
+class NetworkCopy:
+    """How a distillation method copies its teacher (a config block): ``lora_rank`` None gives a
+    full trainable copy (`full_copy`), an integer a LoRA copy over the shared weights
+    (`lora_copy`, with ``lora_alpha`` and ``target_modules``)."""
+
+    def __init__(self, lora_rank: int | None = None, lora_alpha: float | None = None,
+                 target_modules: Sequence[str] = DEFAULT_LORA_TARGETS):
+        if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
+            raise ValueError(f"lora_rank: expected a positive integer or null (a full copy), got {lora_rank!r}")
+        self.lora_rank, self.lora_alpha, self.target_modules = lora_rank, lora_alpha, list(target_modules)
+
+    def __call__(self, network: nn.Module, adapter_name: str = "default") -> nn.Module:
+        if self.lora_rank is None:
+            return full_copy(network)
+        return lora_copy(network, self.lora_rank, self.lora_alpha, self.target_modules, adapter_name=adapter_name)
 
 
 def _tuner_layer_class() -> tuple[type, ...]:

@@ -1,16 +1,37 @@
-"""Erasure and distillation objectives, one per file, sharing `ErasureObjective`'s call shape."""
+"""Erasure and distillation objectives, one per file, each subclassing its role's contract
+in `unlearn.objectives.base`: `PredictionObjective` (ESD), `TrajectoryObjective`
+(minimalist masks), `DistillationObjective` (DMD2)."""
 
-from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds, repeat_batch
+from unlearn.objectives.base import (
+    Cond,
+    DistillationObjective,
+    EpsFn,
+    ErasureBatch,
+    ObjectiveOutput,
+    PredictionObjective,
+    TrajectoryObjective,
+    batched_calls,
+    cat_conds,
+    repeat_batch,
+)
+from unlearn.objectives.dmd2 import DMD2Objective
 from unlearn.objectives.esd import ESDObjective, esd_target, preserve_target
+from unlearn.objectives.minimalist import MinimalistObjective
 
 __all__ = [
+    "Cond",
     "EpsFn",
     "ErasureBatch",
-    "ErasureObjective",
     "ObjectiveOutput",
+    "PredictionObjective",
+    "TrajectoryObjective",
+    "DistillationObjective",
+    "batched_calls",
     "cat_conds",
     "repeat_batch",
+    "DMD2Objective",
     "ESDObjective",
+    "MinimalistObjective",
     "esd_target",
     "preserve_target",
 ]

@@ -1,22 +1,42 @@
-"""The call shape every erasure objective shares.
+"""The contracts of erasure and distillation objectives: one per role, one call shape each.
 
-An objective compares a trainable model (the *student*) with its frozen original (the
-*teacher*) on noisy latents. Both are given as eps predictors
-``eps(x, sigma, cond) -> (B, C, H, W)`` (``Denoiser.predict_eps`` bound to a network), so
-objectives work on eps-, v- and x0-parameterised models alike. The engine builds an
-`ErasureBatch` of latents and condition dicts; the objective returns the loss and the
-values to log.
+An objective is built by the engine from its ``objective_config`` target block; what only
+exists at run time (networks, the denoiser) the engine passes as keyword arguments. Each
+returns an `ObjectiveOutput`: the loss and the named terms to log.
+
+* `PredictionObjective` (ESD, concept ablation): a trainable model (the *student*) is
+  compared with its frozen original (the *teacher*) on noisy latents x_t. Both come as eps
+  predictors ``eps(x, sigma, cond) -> (B, C, H, W)`` (``Denoiser.predict_eps`` bound to a
+  network), so objectives work on eps-, v- and x0-parameterised models alike; the engine
+  fills an `ErasureBatch` with the latents and the conditions of each prompt role.
+* `TrajectoryObjective` (minimalist masks): compares the final latents of the masked and the
+  original model's sampling trajectories, plus a regulariser on the masks.
+* `DistillationObjective` (DMD2): the scores of a frozen teacher and a trainable critic give
+  the generator's loss and the critic's own loss.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["EpsFn", "Cond", "ErasureBatch", "ObjectiveOutput", "ErasureObjective", "cat_conds", "repeat_batch"]
+__all__ = [
+    "EpsFn",
+    "Cond",
+    "ErasureBatch",
+    "ObjectiveOutput",
+    "PredictionObjective",
+    "TrajectoryObjective",
+    "DistillationObjective",
+    "batched_calls",
+    "cat_conds",
+    "repeat_batch",
+]
 
 Cond = Mapping[str, Any]
 EpsFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -24,10 +44,11 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 @dataclass
 class ErasureBatch:
-    """Inputs of one training step; every condition dict has batch size B.
+    """Inputs of one training step, by prompt role; every condition dict has batch size B.
 
     Attributes:
-        x: (B, C, H, W) noisy latents in sigma space (x = x0 + sigma * eps).
+        x: (B, C, H, W) noisy latents in sigma space (x = x0 + sigma * eps), from the frozen
+            model's trajectories of ``erase_from`` if given, else of ``concept``.
         sigma: (B,) their noise levels.
         concept: c, the prompt of the concept being erased.
         null: the empty prompt (the unconditional branch).
@@ -46,6 +67,13 @@ class ErasureBatch:
     preserve_x: torch.Tensor | None = None
     preserve_sigma: torch.Tensor | None = None
 
+    @property
+    def preserve_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, sigma) the preserve prompt is checked on: its own trajectories' or the concept's."""
+        if self.preserve_x is not None and self.preserve_sigma is not None:
+            return self.preserve_x, self.preserve_sigma
+        return self.x, self.sigma
+
 
 @dataclass
 class ObjectiveOutput:
@@ -55,15 +83,64 @@ class ObjectiveOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class ErasureObjective(ABC):
+class PredictionObjective(ABC):
     """Contract: ``objective(student, teacher, batch) -> ObjectiveOutput``.
 
-    ``teacher`` is called without grad; ``student`` with grad. Implementations batch
-    their prompts so each model runs once per step where possible.
+    ``teacher`` is called without grad; ``student`` with grad. Implementations batch their
+    prompt roles (`batched_calls`) so each model runs once per step.
     """
+
+    name: str = ""
 
     @abstractmethod
     def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput: ...
+
+    def metadata(self) -> dict[str, Any]:
+        """Settings recorded in the exported weights' metadata."""
+        return {}
+
+
+class TrajectoryObjective(ABC):
+    """Contract: ``trajectory_loss(x_masked, x_target, n_erase)`` on final latents (B, C, H, W),
+    differentiated through the sampler by the engine, and ``regulariser(masks)`` on the masks
+    alone (already weighted; a scalar)."""
+
+    @abstractmethod
+    def trajectory_loss(self, x_masked: torch.Tensor, x_target: torch.Tensor, n_erase: int) -> ObjectiveOutput: ...
+
+    @abstractmethod
+    def regulariser(self, masks: nn.Module) -> torch.Tensor: ...
+
+
+class DistillationObjective(nn.Module, ABC):
+    """Contract: ``generator_loss(x_hat, cond, uc)`` on generator samples x̂ (B, C, H, W) and
+    ``critic_loss(x_hat, cond, real)`` on sg(x̂) (``real``: (images, their cond) or None).
+    The module owns its trainable parts (``trainable_parameters``)."""
+
+    @abstractmethod
+    def generator_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None) -> ObjectiveOutput: ...
+
+    @abstractmethod
+    def critic_loss(self, x_hat: torch.Tensor, cond: Cond,
+                    real: tuple[torch.Tensor, Cond] | None = None) -> ObjectiveOutput: ...
+
+    @property
+    def needs_real_images(self) -> bool:
+        """Whether ``critic_loss`` needs ``real`` (e.g. a GAN head)."""
+        return False
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def batched_calls(eps_fn: EpsFn, calls: Mapping[str, tuple[torch.Tensor, torch.Tensor, Cond]]
+                  ) -> dict[str, torch.Tensor]:
+    """``{role: eps_fn(x, sigma, cond)}`` for ``calls = {role: (x, sigma, cond)}`` in one batched
+    call, concatenated in the order of ``calls``."""
+    sizes = [x.shape[0] for x, _, _ in calls.values()]
+    out = eps_fn(torch.cat([x for x, _, _ in calls.values()]), torch.cat([s for _, s, _ in calls.values()]),
+                 cat_conds([c for _, _, c in calls.values()]))
+    return dict(zip(calls, out.split(sizes)))
 
 
 def cat_conds(conds: Sequence[Cond]) -> dict[str, Any]:

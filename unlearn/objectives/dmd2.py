@@ -1,5 +1,6 @@
-"""The losses of DMD2 (Yin et al., "Improved Distribution Matching Distillation for Fast
-Image Synthesis", NeurIPS 2024), as pure functions of tensors.
+"""DMD2's objective (Yin et al., "Improved Distribution Matching Distillation for Fast Image
+Synthesis", NeurIPS 2024): its losses as pure functions of tensors, and `DMD2Objective`,
+which owns the scores they are computed from.
 
 Notation (sigma space, x_t = x + sigma * eps):
 
@@ -14,14 +15,32 @@ applies it through a surrogate loss 0.5 * ||x̂ - sg(x̂ - grad)||² (mean over 
 whose gradient is grad / numel(x̂). The critic learns the generator's distribution with
 the ordinary eps-prediction loss; the optional GAN terms (DMD2, Sec. 4.3) are
 non-saturating softplus losses on a classifier head over the critic's features.
+
+`DMD2Objective` (official ``SDGuidance``) computes every score in the engine's sigma space
+with the engine's denoiser (so eps-, v- and x0-models all work): noise levels are DDPM
+timesteps t mapped to sigma by the `DiscreteDenoiser`, x_t = x + sigma * eps. The teacher is
+registered once, as the engine's ``network``; the objective only holds a reference to it
+(`ModuleRef`), so the teacher appears once in state dicts, is moved by the engine, and never
+gets an optimizer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from unlearn.config import non_negative_number
+from unlearn.diffusion.guiders import VanillaCFG
+from unlearn.diffusion.parameterization import append_dims
+from unlearn.networks.classifier_head import BottleneckFeatures, ClassifierHead, widest_block
+from unlearn.objectives.base import Cond, DistillationObjective, ObjectiveOutput
 
 __all__ = [
+    "DMD2Objective",
+    "ModuleRef",
     "distribution_matching_grad",
     "distribution_matching_loss",
     "fake_score_loss",
@@ -66,3 +85,170 @@ def gan_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 def gan_critic_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Classifier loss softplus(-D(x_real)) + softplus(D(sg(x̂))); logits: (B,) each -> scalar."""
     return F.softplus(-logits_real.float()).mean() + F.softplus(logits_fake.float()).mean()
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """A reference to a module owned elsewhere, which `nn.Module` does not register as a child."""
+
+    module: nn.Module
+
+
+class DMD2Objective(DistillationObjective):
+    """Teacher + critic (+ classifier head): the scores and losses of DMD2.
+
+    Args (from ``objective_config``):
+        real_guidance_scale / fake_guidance_scale: CFG scales of μ_real (teacher) / μ_fake (critic).
+        min_step / max_step: DDPM timestep range of the distribution-matching noise (inclusive);
+            None: 2% and 98% of the denoiser's T.
+        dm_loss_weight: weight of the DM loss in the generator loss.
+        gan_classifier: add the classifier head on the critic's ``gan_feature_module`` output;
+            the critic loss then needs real images. ``gan_loss_weight`` weighs the generator's
+            softplus(-D(x̂)), ``gan_critic_loss_weight`` the classifier's loss.
+        gan_feature_module: module of the critic whose output feeds the classifier head.
+        gan_feature_channels: that module's output channels (default: the UNet's widest block).
+        gan_max_step: the classifier sees x + sigma_t eps with t uniform in [0, gan_max_step]
+            (0: the clean image at the smallest training sigma, DMD2's ``cls_on_clean_image``).
+    Runtime arguments (from the engine): ``teacher`` (frozen, held by reference), ``critic``
+    (the trainable fake-score network, initialised from the teacher), ``denoiser`` (the
+    engine's `DiscreteDenoiser`).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        critic: nn.Module,
+        denoiser: nn.Module,
+        real_guidance_scale: float = 1.75,
+        fake_guidance_scale: float = 1.0,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        dm_loss_weight: float = 1.0,
+        gan_classifier: bool = False,
+        gan_loss_weight: float = 1e-3,
+        gan_critic_loss_weight: float = 1e-2,
+        gan_feature_module: str = "unet.mid_block",
+        gan_feature_channels: int | None = None,
+        gan_max_step: int = 0,
+    ):
+        super().__init__()
+        if not hasattr(denoiser, "idx_to_sigma"):
+            raise ValueError("denoiser_config: DMD2 needs a DiscreteDenoiser (DDPM timesteps), "
+                             f"got {type(denoiser).__name__}")
+        T = int(denoiser.num_idx)
+        min_step = int(0.02 * T) if min_step is None else min_step
+        max_step = int(0.98 * T) if max_step is None else max_step
+        if not 0 <= min_step <= max_step < T:
+            raise ValueError(f"min_step: need 0 <= min_step <= max_step < {T}, got {min_step}, {max_step}")
+        if not 0 <= gan_max_step < T:
+            raise ValueError(f"gan_max_step: expected an integer in [0, {T}), got {gan_max_step}")
+        self.teacher_ref = ModuleRef(teacher)
+        self.critic = critic
+        self.denoiser_ref = ModuleRef(denoiser)  # the engine owns the denoiser too
+        self.real_cfg = VanillaCFG(real_guidance_scale)
+        self.fake_cfg = VanillaCFG(fake_guidance_scale)
+        self.num_timesteps, self.min_step, self.max_step, self.gan_max_step = T, min_step, max_step, gan_max_step
+        self.dm_loss_weight = non_negative_number(dm_loss_weight, "dm_loss_weight")
+        self.gan_loss_weight = non_negative_number(gan_loss_weight, "gan_loss_weight")
+        self.gan_critic_loss_weight = non_negative_number(gan_critic_loss_weight, "gan_critic_loss_weight")
+        self.features: BottleneckFeatures | None = None
+        self.cls_head: ClassifierHead | None = None
+        if gan_classifier:
+            self.features = BottleneckFeatures(critic, gan_feature_module)
+            self.cls_head = ClassifierHead(gan_feature_channels or widest_block(critic))
+
+    @property
+    def gan_classifier(self) -> bool:
+        return self.cls_head is not None
+
+    @property
+    def needs_real_images(self) -> bool:
+        return self.gan_classifier
+
+    # ------------------------------------------------------------------ scores
+    @property
+    def teacher(self) -> nn.Module:
+        return self.teacher_ref.module
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.denoiser_ref.module
+
+    def sigmas(self, t: torch.Tensor) -> torch.Tensor:
+        """DDPM timesteps (B,) long -> training sigmas (B,)."""
+        return self.denoiser.idx_to_sigma(t)
+
+    def _random_t(self, n: int, low: int, high: int, device: torch.device) -> torch.Tensor:
+        return torch.randint(low, high + 1, (n,)).to(device)  # drawn on the CPU: device-independent
+
+    def _guided_x0(self, network: nn.Module, cfg: VanillaCFG, x: torch.Tensor, sigma: torch.Tensor,
+                   cond: Cond, uc: Cond | None) -> torch.Tensor:
+        x_in, sigma_in, cond_in = cfg.prepare_inputs(x, sigma, cond, uc)
+        return cfg(self.denoiser(network, x_in, sigma_in, cond_in), sigma).float()
+
+    @torch.no_grad()
+    def real_x0(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond | None) -> torch.Tensor:
+        """μ_real: the teacher's guided x0 at (x, sigma); (B, C, H, W), float32."""
+        return self._guided_x0(self.teacher, self.real_cfg, x, sigma, cond, uc)
+
+    @torch.no_grad()
+    def fake_x0(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond | None) -> torch.Tensor:
+        """μ_fake: the critic's x0 at (x, sigma); (B, C, H, W), float32."""
+        return self._guided_x0(self.critic, self.fake_cfg, x, sigma, cond, uc)
+
+    def logits(self, x0: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Realism logits (B,) of clean images x0 (B, C, H, W), noised to t <= gan_max_step."""
+        if self.features is None or self.cls_head is None:
+            raise ValueError("gan_classifier is off: the objective has no classifier head")
+        sigma = self.sigmas(self._random_t(x0.shape[0], 0, self.gan_max_step, x0.device))
+        x_t = x0 + append_dims(sigma, x0.ndim) * torch.randn_like(x0)
+        feats = self.features.features(self.denoiser, self.critic, x_t, sigma, cond)
+        return self.cls_head(feats)
+
+    # ------------------------------------------------------------------ losses
+    def distribution_matching_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None
+                                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DM loss of generator samples x̂ (B, C, H, W), t uniform in [min_step, max_step]."""
+        t = self._random_t(x_hat.shape[0], self.min_step, self.max_step, x_hat.device)
+        sigma = self.sigmas(t)  # (B,)
+        x_t = x_hat.detach() + append_dims(sigma, x_hat.ndim) * torch.randn_like(x_hat)
+        x0_real = self.real_x0(x_t, sigma, cond, uc)
+        x0_fake = self.fake_x0(x_t, sigma, cond, uc)
+        grad = distribution_matching_grad(x_hat, x0_real, x0_fake)
+        loss = distribution_matching_loss(x_hat, grad)
+        return loss, {"loss_dm": loss.detach(), "dm_grad_norm": grad.norm().detach()}
+
+    def critic_denoising_loss(self, x_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The critic's eps loss on sg(x̂) (B, C, H, W), t uniform in [0, T)."""
+        x0 = x_hat.detach()
+        sigma = self.sigmas(self._random_t(x0.shape[0], 0, self.num_timesteps - 1, x0.device))
+        eps = torch.randn_like(x0)
+        x_t = x0 + append_dims(sigma, x0.ndim) * eps
+        return fake_score_loss(self.denoiser.predict_eps(self.critic, x_t, sigma, cond), eps)
+
+    def generator_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None) -> ObjectiveOutput:
+        """dm_loss_weight · DM loss (+ gan_loss_weight · softplus(-D(x̂)) with the GAN head)."""
+        loss_dm, logs = self.distribution_matching_loss(x_hat, cond, uc)
+        loss = self.dm_loss_weight * loss_dm
+        if self.gan_classifier:
+            loss_gan = gan_generator_loss(self.logits(x_hat, cond))
+            loss = loss + self.gan_loss_weight * loss_gan
+            logs["loss_gan_g"] = loss_gan.detach()
+        return ObjectiveOutput(loss, logs)
+
+    def critic_loss(self, x_hat: torch.Tensor, cond: Cond,
+                    real: tuple[torch.Tensor, Cond] | None = None) -> ObjectiveOutput:
+        """The critic's denoising loss on sg(x̂) (+ gan_critic_loss_weight · the classifier's loss
+        on ``real`` images against sg(x̂))."""
+        loss = self.critic_denoising_loss(x_hat.detach(), cond)
+        logs = {"loss_fake": loss.detach()}
+        if self.gan_classifier:
+            if real is None:
+                raise ValueError("gan_classifier: the critic loss needs real images")
+            logits_real = self.logits(real[0].detach(), real[1])
+            logits_fake = self.logits(x_hat.detach(), cond)
+            loss_d = gan_critic_loss(logits_real, logits_fake)
+            loss = loss + self.gan_critic_loss_weight * loss_d
+            logs.update(loss_gan_d=loss_d.detach(), d_real=torch.sigmoid(logits_real).mean().detach(),
+                        d_fake=torch.sigmoid(logits_fake).mean().detach())
+        return ObjectiveOutput(loss, logs)

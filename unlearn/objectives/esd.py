@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from unlearn.config import non_negative_number
 from unlearn.diffusion.loss_weighting import LossWeighting
-from unlearn.objectives.base import EpsFn, ErasureBatch, ErasureObjective, ObjectiveOutput, cat_conds
+from unlearn.objectives.base import EpsFn, ErasureBatch, ObjectiveOutput, PredictionObjective, batched_calls
 
 __all__ = ["ANCHORS", "esd_target", "preserve_target", "ESDObjective"]
 
@@ -80,8 +80,8 @@ def preserve_target(e_null: torch.Tensor, e_keep: torch.Tensor, guidance: float 
     return e_null + guidance * (e_keep - e_null)
 
 
-class ESDObjective(ErasureObjective):
-    """The ESD loss over an `ErasureBatch`, with the teacher's prompts in one batched call.
+class ESDObjective(PredictionObjective):
+    """The ESD loss over an `ErasureBatch`, with the teacher's prompt roles in one batched call.
 
     Args:
         negative_guidance: eta.
@@ -90,14 +90,18 @@ class ESDObjective(ErasureObjective):
         preserve_guidance: eta_p of the preserve target.
         preserve_weight: weight of the preserve term in the loss.
         null_weight: weight of the null-anchor term (0: the paper, no such term).
-        weighting: x0-space weighting lambda(sigma) of every sample (see the module docstring);
-            None: the paper's plain eps MSE.
+        weighting: x0-space weighting lambda(sigma) of every sample (see the module docstring),
+            a `LossWeighting` target block; None: the paper's plain eps MSE.
     """
 
+    name = "esd"
+
     def __init__(self, negative_guidance: float = 1.0, anchor: str = "null", preserve_guidance: float = 1.0,
-                 preserve_weight: float = 1.0, weighting: LossWeighting | None = None, null_weight: float = 0.0):
+                 preserve_weight: float = 1.0, null_weight: float = 0.0, weighting: LossWeighting | None = None):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
+        if weighting is not None and not isinstance(weighting, LossWeighting):
+            raise ValueError(f"weighting: expected a LossWeighting target block, got {weighting!r}")
         self.negative_guidance = float(negative_guidance)
         self.anchor = anchor
         self.preserve_guidance = float(preserve_guidance)
@@ -115,49 +119,48 @@ class ESDObjective(ErasureObjective):
 
     def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput:
         x, sigma = batch.x, batch.sigma  # (B, C, H, W), (B,)
-        erase_roles = [batch.null, batch.concept] + ([batch.erase_from] if batch.erase_from is not None else [])
-        teacher_calls = [(x, sigma, c) for c in erase_roles]
+        px, ps = batch.preserve_latents
         own_preserve = batch.preserve is not None and batch.preserve_x is not None
-        if batch.preserve is not None:
-            if own_preserve:  # p's own latents need their own null prediction for the target
-                px, ps = batch.preserve_x, batch.preserve_sigma
-                teacher_calls += [(px, ps, batch.null), (px, ps, batch.preserve)]
-            else:
-                px, ps = x, sigma
-                teacher_calls.append((x, sigma, batch.preserve))
-        with torch.no_grad():
-            eps = [e.float() for e in _batched(teacher, teacher_calls)]
-        e_null, e_concept = eps[0], eps[1]
+        teacher_calls = {"null": (x, sigma, batch.null), "concept": (x, sigma, batch.concept)}
         if batch.erase_from is not None:
-            e_anchor = eps[2]
-        else:
-            e_anchor = e_concept if self.anchor == "concept" else e_null
-        target = esd_target(e_null, e_concept, self.negative_guidance, e_anchor)
-
-        student_calls = [(x, sigma, batch.erase_from if batch.erase_from is not None else batch.concept)]
+            teacher_calls["erase_from"] = (x, sigma, batch.erase_from)
+        if own_preserve:  # p's own latents need their own null prediction for the target
+            teacher_calls["preserve_null"] = (px, ps, batch.null)
         if batch.preserve is not None:
-            student_calls.append((px, ps, batch.preserve))
+            teacher_calls["preserve"] = (px, ps, batch.preserve)
+        with torch.no_grad():
+            eps = {role: e.float() for role, e in batched_calls(teacher, teacher_calls).items()}
+        if batch.erase_from is not None:
+            e_anchor = eps["erase_from"]
+        else:
+            e_anchor = eps["concept"] if self.anchor == "concept" else eps["null"]
+        target = esd_target(eps["null"], eps["concept"], self.negative_guidance, e_anchor)
+
+        student_calls = {"erase": (x, sigma, batch.erase_from if batch.erase_from is not None else batch.concept)}
+        if batch.preserve is not None:
+            student_calls["preserve"] = (px, ps, batch.preserve)
         if self.null_weight > 0:
-            student_calls.append((x, sigma, batch.null))
-        pred = [p.float() for p in _batched(student, student_calls)]
-        loss_erase = self._mse(pred[0], target, sigma)
+            student_calls["null"] = (x, sigma, batch.null)
+        pred = {role: p.float() for role, p in batched_calls(student, student_calls).items()}
+        loss_erase = self._mse(pred["erase"], target, sigma)
         loss = loss_erase
         logs = {"loss_erase": loss_erase.detach()}
         if batch.preserve is not None:
-            e_null_p = eps[-2] if own_preserve else e_null
-            loss_preserve = self._mse(pred[1], preserve_target(e_null_p, eps[-1], self.preserve_guidance), ps)
+            e_null_p = eps["preserve_null"] if own_preserve else eps["null"]
+            loss_preserve = self._mse(pred["preserve"], preserve_target(e_null_p, eps["preserve"],
+                                                                        self.preserve_guidance), ps)
             loss = loss + self.preserve_weight * loss_preserve
             logs["loss_preserve"] = loss_preserve.detach()
         if self.null_weight > 0:
-            loss_null = self._mse(pred[-1], e_null, sigma)
+            loss_null = self._mse(pred["null"], eps["null"], sigma)
             loss = loss + self.null_weight * loss_null
             logs["loss_null"] = loss_null.detach()
         return ObjectiveOutput(loss=loss, logs=logs)
 
-
-def _batched(eps_fn: EpsFn, calls: list[tuple[torch.Tensor, torch.Tensor, Any]]) -> list[torch.Tensor]:
-    """``[eps_fn(x, sigma, cond) for x, sigma, cond in calls]`` as one batched call."""
-    sizes = [x.shape[0] for x, _, _ in calls]
-    out = eps_fn(torch.cat([x for x, _, _ in calls]), torch.cat([s for _, s, _ in calls]),
-                 cat_conds([c for _, _, c in calls]))
-    return list(out.split(sizes))
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "negative_guidance": self.negative_guidance, "anchor": self.anchor,
+            "preserve_guidance": self.preserve_guidance, "preserve_weight": self.preserve_weight,
+            "null_weight": self.null_weight,
+            "loss_weighting": type(self.weighting).__name__ if self.weighting else "eps",
+        }

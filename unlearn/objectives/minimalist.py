@@ -24,13 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearn.config import non_negative_number
 from unlearn.hooks.manager import MaskManager
-from unlearn.objectives.base import ObjectiveOutput
+from unlearn.objectives.base import ObjectiveOutput, TrajectoryObjective
 
 __all__ = ["MinimalistObjective"]
 
 
-class MinimalistObjective:
+class MinimalistObjective(TrajectoryObjective):
     """Erase + β·preserve on final latents, and the sparsity regulariser on the masks.
 
     Args:
@@ -39,10 +40,8 @@ class MinimalistObjective:
     """
 
     def __init__(self, beta: float = 1.0, sparsity_weight: float = 0.1):
-        if beta < 0 or sparsity_weight < 0:
-            raise ValueError(f"beta and sparsity_weight must be >= 0, got {beta} and {sparsity_weight}")
-        self.beta = float(beta)
-        self.sparsity_weight = float(sparsity_weight)
+        self.beta = non_negative_number(beta, "beta")
+        self.sparsity_weight = non_negative_number(sparsity_weight, "sparsity_weight")
 
     def trajectory_loss(self, x_masked: torch.Tensor, x_target: torch.Tensor, n_erase: int) -> ObjectiveOutput:
         """x_masked, x_target: (n_erase + n_keep, C, H, W); the first ``n_erase`` rows are the

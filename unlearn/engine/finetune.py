@@ -1,0 +1,342 @@
+"""`FineTuneEngine`: erase by fine-tuning part of the network against its frozen original.
+
+The engine of prediction-matching methods: ESD (Gandikota et al., ICCV 2023; the
+objective `unlearn.objectives.esd.ESDObjective`) and methods of the same shape. What differs
+between them is the objective (``objective_config``, a `PredictionObjective`); this engine
+supplies what they share:
+
+1. What is trained: the parameters ``selector_config`` picks (ESD's ``train_method``,
+   `unlearn.selection.TrainMethod`); everything else has ``requires_grad=False``. The frozen
+   original is the same network with the original values of those parameters swapped in
+   (`FrozenCopy`): no second copy of the model.
+2. Where x_t comes from: the frozen model's sampler (``trajectory_sampler_config``, CFG and
+   step count included) stopped at a random step, from a trajectory source
+   (``trajectory_config``, by default a `TrajectoryPool` that samples ``pool_size``
+   trajectories in one batch and hands each out once; see `unlearn.engine.trajectories`).
+3. The prompt roles of an `ErasureBatch`: the concept's prompts (from ``concept`` and
+   ``template``, `unlearn.data.prompts.concept_prompts`), the empty prompt, ``erase_from``
+   (x_t is then sampled from it) and ``preserve`` prompts, checked on the concept's x_t or on
+   their own trajectories (``preserve_source: own``).
+4. `export` writes ``erased.safetensors``: the changed parameters under diffusers UNet names
+   (`unlearn.engine.export`), and with ``export_diffusers`` the whole UNet (``unet/``).
+
+Training data is made here: `train_dataloader` yields iteration indices, so the method
+config sets ``data: null`` and ``lightning.trainer.max_steps`` is the number of iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from unlearn.config import ConfigError, instantiate_from_config
+from unlearn.data.canvas import CanvasSpec
+from unlearn.data.prompts import concept_prompts, split_concepts
+from unlearn.engine import generation
+from unlearn.engine.erasure import ErasureEngine
+from unlearn.engine.export import save_erased_weights
+from unlearn.engine.teacher import FrozenCopy
+from unlearn.engine.trajectories import TrajectoryBatch, check_step_range
+from unlearn.objectives.base import ErasureBatch, PredictionObjective
+from unlearn.selection import ParameterSelector, selection_root
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FineTuneEngine"]
+
+PRESERVE_SOURCES: tuple[str, ...] = ("concept", "own")
+DEFAULT_TRAJECTORIES = {"target": "unlearn.engine.trajectories.TrajectoryPool"}
+DEFAULT_SELECTOR = {"target": "unlearn.selection.TrainMethod", "params": {"train_method": "xattn"}}
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+    """Rows ``idx`` (n,) of a condition table whose tensors have one row per prompt."""
+    return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
+
+
+class FineTuneEngine(ErasureEngine):
+    """A prediction-matching erasure method on any text-conditional `DiffusionEngine` model.
+
+    Args (besides `DiffusionEngine`'s model arguments and ``seed``):
+        objective_config: the method's loss, a `PredictionObjective` block (e.g. ESD's).
+        concept: what to erase (a phrase, several joined by ``separator``, or a list).
+        selector_config: which parameters are trained, a `ParameterSelector` block.
+        trajectory_sampler_config: the frozen sampler that makes x_t, a sampler target block
+            with ``num_steps`` and its ``guider_config`` (CFG); the model's discretization
+            is filled in when the block has none.
+        trajectory_config: the source of x_t (`TrajectoryPool` params ``pool_size``,
+            ``step_range``: [lo, hi] to take x_t only after lo..hi-1 sampler steps).
+        separator: splits ``concept`` (and ``preserve``) into several; null: one concept.
+        template / prompt_templates / prompt_csv: concept → prompts (`unlearn.data.prompts`).
+        erase_from: prompt c_from to erase the concept from (official ``--erase_from``).
+        preserve: prompt(s) to keep. preserve_source: where they are checked: ``concept``
+            (the erased concept's x_t) or ``own`` (x_t from their own frozen trajectories, a
+            second trajectory source; doubles the sampling cost per iteration).
+        preserve_step_range: with ``preserve_source: own``, [lo, hi] of the steps the preserve
+            prompts' x_t are taken after; None: ``step_range``'s.
+        batch_size: trajectories per iteration (1 like the reference).
+        train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
+        export_diffusers: also write ``<run_dir>/unet/`` with ``save_pretrained``.
+    """
+
+    default_optimizer_config = {"target": "torch.optim.Adam", "params": {}}  # the ESD reference uses plain Adam
+    network_follows_train_mode = True
+    export_name = "erased.safetensors"
+
+    def __init__(
+        self,
+        objective_config: dict,
+        concept: str | Sequence[str],
+        trajectory_sampler_config: dict,
+        selector_config: dict | None = None,
+        trajectory_config: dict | None = None,
+        separator: str | None = None,
+        template: str = "auto",
+        prompt_templates: Sequence[str] | None = None,
+        prompt_csv: str | None = None,
+        erase_from: str | None = None,
+        preserve: str | Sequence[str] | None = None,
+        preserve_source: str = "concept",
+        preserve_step_range: Sequence[int] | None = None,
+        batch_size: int = 1,
+        train_image_size: int | None = None,
+        export_diffusers: bool = False,
+        **engine_kwargs: Any,
+    ):
+        super().__init__(**engine_kwargs)
+        net_params = (engine_kwargs.get("network_config") or {}).get("params") or {}
+        self._base_weights = (engine_kwargs.get("ckpt_path") or net_params.get("pretrained_path")
+                              or net_params.get("single_file") or "")
+        if self.conditioner is None:
+            raise ConfigError(f"{type(self).__name__} needs a text-conditional model: "
+                              "model.params.conditioner_config is missing")
+        self.objective: PredictionObjective = self.build_objective(objective_config, PredictionObjective)
+        self.selector: ParameterSelector = instantiate_from_config(
+            selector_config or DEFAULT_SELECTOR, _path="model.params.selector_config")
+        if not isinstance(self.selector, ParameterSelector):
+            raise ConfigError(f"model.params.selector_config: {type(self.selector).__name__} is not a "
+                              "ParameterSelector")
+        self.concepts = split_concepts(concept, separator)
+        self.separator = separator
+        canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
+        self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
+        self.erase_from = erase_from
+        self.preserve = split_concepts(preserve, separator) if preserve else []
+        if preserve_source not in PRESERVE_SOURCES:
+            raise ConfigError(f"model.params.preserve_source: expected one of {list(PRESERVE_SOURCES)}, "
+                              f"got {preserve_source!r}")
+        self.preserve_source = preserve_source
+        if preserve_step_range is not None and preserve_source != "own":
+            raise ConfigError("model.params.preserve_step_range applies to preserve_source: own (with preserve_source: "
+                              f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
+                              "or preserve_step_range=null")
+        self.trajectory_sampler_config = generation.sampler_config(
+            trajectory_sampler_config, self._sampler_discretization(), None)
+        self.pool = self._trajectory_source(trajectory_config, len(self.prompts), stream=0)
+        self.step_range = self.pool.step_range
+        self.preserve_step_range = (self.step_range if preserve_step_range is None else check_step_range(
+            preserve_step_range, self.pool.num_steps, "model.params.preserve_step_range"))
+        self.preserve_pool = None
+        if self.preserve and self.preserve_source == "own":
+            self.preserve_pool = self._trajectory_source(trajectory_config, len(self.preserve), stream=1,
+                                                         step_range=list(self.preserve_step_range))
+        pool_size = self.pool.pool_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
+            raise ConfigError(f"model.params.batch_size: expected an integer in [1, pool_size={self.pool.pool_size}], "
+                              f"got {batch_size!r}")
+        self.batch_size = batch_size
+        self.train_image_size = int(train_image_size or self.image_size)
+        self.export_diffusers = bool(export_diffusers)
+        if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
+            raise ConfigError("model.params.export_diffusers: the network has no diffusers UNet to save_pretrained")
+        self._cond_table: dict[str, dict[str, Any]] | None = None
+
+        root, prefix = selection_root(self.network)
+        self.selected = self.selector(root)  # diffusers UNet names
+        params = dict(self.network.named_parameters())
+        for name in self.selected:
+            params[prefix + name].requires_grad_(True)
+        self.teacher = FrozenCopy(self.network, [prefix + n for n in self.selected])
+        self._prefix = prefix
+        n_train = sum(params[prefix + n].numel() for n in self.selected)
+        n_all = sum(p.numel() for p in self.network.parameters())
+        log.info("%s %s: training %d tensors, %d of %d network parameters (%.2f%%); %d prompt(s): %s",
+                 self.objective.name or type(self.objective).__name__, self.selector.name, len(self.selected),
+                 n_train, n_all, 100 * n_train / max(n_all, 1), len(self.prompts), self.prompts[:4])
+
+    # ------------------------------------------------------------ components
+    def _sampler_discretization(self) -> dict | None:
+        base = self.sampler_config or {}
+        return (base.get("params") or {}).get("discretization_config") or self.discretization_config
+
+    def _pool_seed(self, stream: int) -> int:
+        # One stream per rank (under DDP every rank draws its own trajectories) and per source.
+        return (int(self.seed) + 1_000_003 * self.global_rank + 7_919 * stream) % 2**63
+
+    def _trajectory_source(self, config: dict | None, num_prompts: int, stream: int, **runtime: Any):
+        sampler = generation.build_sampler(self.trajectory_sampler_config, "model.params.trajectory_sampler_config")
+        return instantiate_from_config(config or DEFAULT_TRAJECTORIES, _path="model.params.trajectory_config",
+                                       sampler=sampler, num_prompts=num_prompts, seed=self._pool_seed(stream),
+                                       **runtime)
+
+    def on_fit_start(self) -> None:
+        # The rank is known only now; nothing has been drawn yet.
+        self.pool.manual_seed(self._pool_seed(0))
+        if self.preserve_pool is not None:
+            self.preserve_pool.manual_seed(self._pool_seed(1))
+
+    # ------------------------------------------------------------ model calls
+    def _teacher_network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        return self.teacher(self.network, x, t, cond)
+
+    def teacher_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """x0 estimate of the original model; x: (B, C, H, W), sigma: (B,)."""
+        return self.denoiser(self._teacher_network, x, sigma, cond)
+
+    def teacher_eps(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """eps estimate of the original model, in eval mode and without grad."""
+        with torch.no_grad(), _eval_mode(self.network):
+            return self.denoiser.predict_eps(self._teacher_network, x, sigma, cond)
+
+    def student_eps(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        """eps estimate of the model being trained (with grad)."""
+        return self.denoiser.predict_eps(self.network, x, sigma, cond)
+
+    # ------------------------------------------------------------ prompts and x_t
+    def _conds(self) -> dict[str, dict[str, Any]]:
+        """Embeddings of every prompt role, computed once (frozen conditioner, no ucg dropout)."""
+        if self._cond_table is None or next(iter(self._cond_table["concept"].values())).device != self.device:
+            with torch.no_grad():
+                self._cond_table = {"concept": self.conditioning_for(self.prompts),
+                                    "null": self.unconditional_for([""])}
+                if self.erase_from is not None:
+                    self._cond_table["erase_from"] = self.conditioning_for([self.erase_from])
+                if self.preserve:
+                    self._cond_table["preserve"] = self.conditioning_for(self.preserve)
+        return self._cond_table
+
+    def _sampler_conds(self, prompt_idx: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        table, zeros = self._conds(), torch.zeros_like(prompt_idx)
+        cond = _pick(table["erase_from"], zeros) if self.erase_from is not None else _pick(table["concept"], prompt_idx)
+        return cond, _pick(table["null"], zeros)
+
+    def _preserve_sampler_conds(self, prompt_idx: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        table = self._conds()
+        return _pick(table["preserve"], prompt_idx), _pick(table["null"], torch.zeros_like(prompt_idx))
+
+    @property
+    def train_latent_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape_for(self.train_image_size)
+
+    def _take(self, pool, conds_for) -> TrajectoryBatch:
+        with _eval_mode(self.network):
+            return pool.take(self.batch_size, self.teacher_denoise, conds_for, self.train_latent_shape, self.device)
+
+    def erasure_batch(self) -> tuple[ErasureBatch, torch.Tensor]:
+        """The next `ErasureBatch` (and the sampler steps t of its samples)."""
+        traj = self._take(self.pool, self._sampler_conds)
+        table, n = self._conds(), traj.x.shape[0]
+        zeros = torch.zeros(n, dtype=torch.long)
+        preserve = preserve_x = preserve_sigma = None
+        if self.preserve_pool is not None:
+            own = self._take(self.preserve_pool, self._preserve_sampler_conds)
+            preserve = _pick(table["preserve"], own.prompt)
+            preserve_x, preserve_sigma = own.x.float(), own.sigma.float()
+        elif self.preserve:
+            pick = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
+            preserve = _pick(table["preserve"], pick)
+        batch = ErasureBatch(
+            x=traj.x.float(), sigma=traj.sigma.float(), concept=_pick(table["concept"], traj.prompt),
+            null=_pick(table["null"], zeros),
+            erase_from=_pick(table["erase_from"], zeros) if self.erase_from is not None else None,
+            preserve=preserve, preserve_x=preserve_x, preserve_sigma=preserve_sigma,
+        )
+        return batch, traj.step
+
+    # ------------------------------------------------------------ training
+    def train_dataloader(self) -> DataLoader:
+        steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
+        if steps is None or steps < 1:
+            raise ConfigError("lightning.trainer.max_steps: the method runs that many iterations; set it "
+                              "(the ESD config's iterations=...)")
+        return DataLoader(range(steps), batch_size=None, num_workers=0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        erase, steps = self.erasure_batch()
+        out = self.objective(self.student_eps, self.teacher_eps, erase)
+        self.log_losses(out, erase.x.shape[0], t_step=steps.float().mean())
+        return out.loss
+
+    # ------------------------------------------------------------ outputs
+    @property
+    def erased_concepts(self) -> list[str]:
+        return list(self.concepts)
+
+    def erased_state_dict(self) -> dict[str, torch.Tensor]:
+        """The selected parameters under diffusers UNet names (detached, on the CPU)."""
+        params = dict(self.network.named_parameters())
+        return {n: params[self._prefix + n].detach().cpu().contiguous() for n in self.selected}
+
+    def erased_metadata(self) -> dict[str, Any]:
+        net = self.network
+        sampler = self.pool.sampler
+        return {
+            "method": self.objective.name or type(self.objective).__name__, "train_method": self.selector.name,
+            "concept": (self.separator or ",").join(self.concepts), "separator": self.separator,
+            "prompts": " | ".join(self.prompts), "erase_from": self.erase_from,
+            **self.objective.metadata(),
+            "preserve": " | ".join(self.preserve), "preserve_source": self.preserve_source,
+            "start_guidance": getattr(sampler.guider, "scale", 1.0), "ddim_steps": self.pool.num_steps,
+            "step_range": list(self.step_range), "preserve_step_range": list(self.preserve_step_range),
+            "iterations": self.global_step if self._trainer is not None else 0,
+            "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,
+        }
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write ``erased.safetensors`` (and ``unet/`` when ``export_diffusers``) to ``out_dir``."""
+        out_dir = Path(out_dir)
+        path = save_erased_weights(out_dir / self.export_name, self.erased_state_dict(), self.erased_metadata())
+        log.info("wrote %s (%d tensors)", path, len(self.selected))
+        if self.export_diffusers:
+            self.network.unet.save_pretrained(str(out_dir / "unet"))
+            log.info("wrote %s", out_dir / "unet")
+        return path
+
+    @contextlib.contextmanager
+    def as_original(self) -> Iterator[None]:
+        """The original values of the trained parameters, swapped in (and back out)."""
+        params = dict(self.network.named_parameters())
+        trained = {name: params[name].detach().clone() for name in self.teacher.names}
+        with torch.no_grad():
+            for name, value in self.teacher.tensors().items():
+                params[name].copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in trained.items():
+                    params[name].copy_(value)
+
+    @torch.no_grad()
+    def log_images(self, batch: Any, n: int = 8) -> dict[str, torch.Tensor]:
+        """Samples of the concept prompts (and preserve prompts), seeds 0..n-1."""
+        prompts = [(self.prompts + self.preserve)[i % len(self.prompts + self.preserve)] for i in range(n)]
+        return {"samples": self.generate(prompts, seeds=range(n), num_steps=self.log_num_steps,
+                                         guidance_scale=self.log_guidance_scale)}
