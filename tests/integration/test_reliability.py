@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -297,7 +298,7 @@ def test_esd_with_a_huge_learning_rate_stops_and_exports_nothing(tmp_path: Path,
     rc = cli.run(["--base", *ESD, "-l", str(tmp_path), "lr=1e6", "iterations=5", "ddim_steps=4",
                   "lightning.callbacks.toy_benchmark=null", *QUIET])
     assert rc == 3
-    assert error_line(capsys).startswith("error: non-finite loss at step ")
+    assert re.match(r"error: non-finite (loss|gradient) at step \d+: ", error_line(capsys))
     run = next(tmp_path.iterdir())
     assert not (run / "erased.safetensors").exists()
     for path in (run / "checkpoints").glob("*.ckpt"):

@@ -76,6 +76,22 @@ def test_skip_stops_after_max_skips():
     assert torch.equal(module.layer.weight, module.weights[1])
 
 
+class NanGradient(Tiny):
+    """A finite loss whose gradient is NaN at ``nan_steps`` (sqrt at 0), with no loss_terms."""
+
+    def training_step(self, batch, batch_idx):
+        self.weights[self.global_step] = self.layer.weight.detach().clone()
+        shift = 0.0 if self.global_step in self.nan_steps else 1.0
+        return (self.layer.weight * 0 + shift).abs().sqrt().sum() + self.layer(batch).pow(2).mean()
+
+
+def test_a_non_finite_gradient_under_a_finite_loss_names_the_parameter():
+    module = NanGradient(nan_steps={1})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 1: layer\.weight \(the loss is finite"):
+        fit(module, NonFiniteLoss())
+    assert torch.equal(module.layer.weight, module.weights[1])
+
+
 def test_params_are_checked():
     with pytest.raises(ValueError, match=r"lightning\.callbacks\.non_finite\.params\.policy: expected one of"):
         NonFiniteLoss(policy="halt")

@@ -73,12 +73,14 @@ class NonFiniteLoss(pl.Callback):
         grads_bad = _grad_scaler(trainer) is None and not _all_finite([p.grad for p in params])
         if bad_loss is None and not grads_bad:
             return
-        what = bad_loss or _bad_term(pl_module) or f"the gradient of {_first_bad_param(pl_module, params)}"
+        what = bad_loss or _bad_term(pl_module)
+        kind = "loss" if what else "gradient"
+        what = what or f"{_first_bad_param(pl_module, params)} (the loss is finite)"
         if self.policy == "stop":
-            self._stop(trainer, what)
+            self._stop(trainer, what, kind)
         self.skipped += 1
         if self.skipped > self.max_skips:
-            self._stop(trainer, what, f"after skipping {self.max_skips} steps (max_skips)")
+            self._stop(trainer, what, kind, f"after skipping {self.max_skips} steps (max_skips)")
         for p in params:
             p.grad = None  # the optimizer leaves parameters without a gradient unchanged
         log.warning("step %d: %s is not finite: skipped the optimizer step (%d of max_skips %d)",
@@ -91,9 +93,9 @@ class NonFiniteLoss(pl.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
     # ---------------------------------------------------------------- helpers
-    def _stop(self, trainer: pl.Trainer, what: str, why: str = "") -> None:
+    def _stop(self, trainer: pl.Trainer, what: str, kind: str = "loss", why: str = "") -> None:
         how = why or "(lightning.callbacks.non_finite.params.policy=skip skips such steps)"
-        raise NonFiniteLossError(f"non-finite loss at step {trainer.global_step}: {what}; stopped before the "
+        raise NonFiniteLossError(f"non-finite {kind} at step {trainer.global_step}: {what}; stopped before the "
                                  f"optimizer step, so the weights are those of step {trainer.global_step} {how}")
 
 
