@@ -97,23 +97,25 @@ def apply_masks(model: nn.Module, path: str | Path, strict: bool = True) -> Mask
     values, meta = load_masks(path)
     modules: dict[str, list[str]] = json.loads(meta["modules"])
     made_for = f"{meta.get('model_class')} (fingerprint {meta.get('model_fingerprint')})"
+    # every module is checked first, so a wrong module is named before the fingerprint
+    hookers = _fixed_hookers(model, modules, values, f"masks: {path}", f"; the file was made for {made_for}")
     fingerprint = model_fingerprint(model)
-    if strict:  # every module is checked first, so a wrong module is named before the fingerprint
-        _fixed_hookers(model, modules, values, f"masks: {path}", f"; the file was made for {made_for}")
     if strict and meta.get("model_fingerprint") != fingerprint:
         raise ValueError(
             f"masks: {path} was made for {made_for}, but this is a {type(model).__name__} with fingerprint "
             f"{fingerprint} (every masked module exists; pass strict=False to apply the masks anyway)"
         )
-    return register_mask_values(model, modules, values, what=f"masks: {path}",
-                                made_for=f"; the file was made for {made_for}")
+    return _register_fixed(model, hookers, values)
 
 
 def register_mask_values(model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor],
                          what: str = "masks", made_for: str = "") -> MaskManager:
     """Register fixed masks ``values`` (``{"group:module": (units,)}``) on the ``modules``
     (``{group: [module names]}``) of ``model``; returns the registered manager."""
-    hookers = _fixed_hookers(model, modules, values, what, made_for)
+    return _register_fixed(model, _fixed_hookers(model, modules, values, what, made_for), values)
+
+
+def _register_fixed(model: nn.Module, hookers: list, values: Mapping[str, torch.Tensor]) -> MaskManager:
     manager = MaskManager(hookers).register(model)
     with torch.no_grad():
         for hooker in hookers:
