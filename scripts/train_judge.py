@@ -36,7 +36,10 @@ def write_card(path: Path, args: argparse.Namespace, n_params: int, train_s: flo
     size_kb = args.out.stat().st_size / 1024
     reproduce = (f"python scripts/train_judge.py --out {args.out} --steps {args.steps} "
                  f"--batch-size {args.batch_size} --seed {args.seed}")
-    path.write_text(
+    from unlearn.atomic import atomic_write_text
+
+    atomic_write_text(
+        path,
         f"""# Canvas judge
 
 Object and style classifier of the toy canvas world (`unlearn.data.canvas`), the stand-in
@@ -53,7 +56,8 @@ for UnlearnCanvas's classifiers. Load with `unlearn.eval.judge.load_judge`.
   object {100 * acc['object_acc']:.2f}%, style {100 * acc['style_acc']:.2f}%, joint {100 * acc['joint_acc']:.2f}%
 
 Reproduce: `{reproduce}`
-"""
+""",
+        "judge card",
     )
 
 

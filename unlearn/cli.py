@@ -174,8 +174,6 @@ def prepare(argv: Sequence[str] | None = None):
     except OSError:
         discard_attempt(paths)
         raise
-    if hasattr(model, "run_dir"):
-        model.run_dir = paths.run_dir
     return trainer, model, data, paths, config, opts
 
 

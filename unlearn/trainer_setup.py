@@ -124,12 +124,12 @@ def _build(cls: type, params: Mapping[str, Any], path: str) -> Any:
         raise
 
 
-def build_callbacks(lightning_cfg: Mapping[str, Any], ckpt_dir: Path, run_dir: Path) -> list:
+def build_callbacks(lightning_cfg: Mapping[str, Any], ckpt_dir: Path) -> list:
     """ModelCheckpoint (``lightning.modelcheckpoint.params``), ``last.ckpt`` on exception and at
     the end, the default callbacks and ``lightning.callbacks`` (``name: null`` switches one off)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from unlearn.callbacks import CheckpointAtTrainEnd, CheckpointOnException, ImageLogger
+    from unlearn.callbacks import CheckpointAtTrainEnd, CheckpointOnException
 
     ckpt_params = {"dirpath": str(ckpt_dir), "filename": "{epoch:06}-{step:09}", "save_last": True,
                    "every_n_train_steps": None, "save_top_k": -1,
@@ -141,10 +141,7 @@ def build_callbacks(lightning_cfg: Mapping[str, Any], ckpt_dir: Path, run_dir: P
     for name, cfg in dict(lightning_cfg.get("callbacks") or {}).items():
         if cfg is None:  # a later config may switch a callback off with `name: null`
             continue
-        cb = instantiate_from_config(cfg, _path=f"lightning.callbacks.{name}")
-        if isinstance(cb, ImageLogger):
-            cb.run_dir = run_dir
-        callbacks.append(cb)
+        callbacks.append(instantiate_from_config(cfg, _path=f"lightning.callbacks.{name}"))
     return callbacks
 
 
@@ -170,6 +167,6 @@ def build_trainer(config: DictConfig, run_dir: Path, ckpt_dir: Path, version: st
     kwargs.setdefault("default_root_dir", str(run_dir))
     kwargs.setdefault("log_every_n_steps", 10)
     kwargs["plugins"] = list(kwargs.get("plugins") or []) + [checkpoint_io]
-    kwargs["callbacks"] = build_callbacks(lightning_cfg, ckpt_dir, run_dir)
+    kwargs["callbacks"] = build_callbacks(lightning_cfg, ckpt_dir)
     kwargs["logger"] = build_logger(lightning_cfg, run_dir, version)
     return _build(pl.Trainer, kwargs, "lightning.trainer")

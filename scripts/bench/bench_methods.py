@@ -403,9 +403,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out_dir: Path, gpu: str) -> None:
+    from unlearn.atomic import atomic_write_text
+
     name = slug(gpu)
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown_table(results))
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(results, indent=2) + "\n", "results")
+    atomic_write_text(out_dir / f"{name}.md", markdown_table(results), "results")
 
 
 if __name__ == "__main__":

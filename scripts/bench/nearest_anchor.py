@@ -33,6 +33,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from unlearn.atomic import atomic_write_text
 from unlearn.scripting import add_trajectory_arguments, canvas_spec_of, json_output, run_script
 
 if TYPE_CHECKING:
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
               "steps": args.steps, "guidance_scale": args.guidance_scale, "seeds": args.seeds,
               "images_per_concept": len(slots), "distances": distances, "anchors": anchors}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result, list(concepts)))
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n", "anchors")
+    atomic_write_text(out.with_suffix(".md"), markdown(result, list(concepts)), "anchors")
     print(markdown(result, list(concepts)))
     return result
 

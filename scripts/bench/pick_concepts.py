@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from unlearn.atomic import atomic_write_text
 from unlearn.scripting import json_output, run_script
 
 PLAIN_STYLE = "solid"
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         "base_accuracy": {r["concept"]: r["accuracy"] for r in per_concept},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(choice, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(choice, indent=2) + "\n", "concepts")
     print(choice["style"], choice["object"])
     return choice
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unlearn.atomic import atomic_write_text
 from unlearn.eval.metrics import HEADLINE
 from unlearn.scripting import run_script
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             extra = [f"model.params.deconcept_anchor={anchors[concept]}"] if anchors else []
             run_dir, seconds = erase(args, concept, out_dir, extra)
             times_path.parent.mkdir(parents=True, exist_ok=True)
-            times_path.write_text(f"{seconds:.0f}\n")
+            atomic_write_text(times_path, f"{seconds:.0f}\n", "training time")
             evaluate(args, metrics_path, ["--config", args.model, *artifact_args(run_dir)], concept)
         m = json.loads(metrics_path.read_text())
         row = {"concept": concept, **({"anchor": anchors[concept]} if anchors else {}),
@@ -252,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.heldout_seed is not None:
         result.update(heldout_seed=args.heldout_seed, heldout_mean=mean_row([r["heldout"] for r in rows]),
                       heldout_base_mean=mean_row([r["heldout_base"] for r in rows]), heldout_base_FD=heldout_base["FD"])
-    (out_dir / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "sweep.md").write_text(markdown(result))
+    atomic_write_text(out_dir / "sweep.json", json.dumps(result, indent=2) + "\n", "sweep")
+    atomic_write_text(out_dir / "sweep.md", markdown(result), "sweep")
     print(markdown(result))
     return result
 

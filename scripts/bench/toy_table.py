@@ -19,6 +19,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from unlearn.atomic import atomic_write_text
 from unlearn.eval.metrics import metrics_against
 
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
@@ -164,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     result = collect(args.out, args.style, args.object)
     if not result["rows"]:
         raise SystemExit(f"no metrics.json under {args.out / 'eval'}; run scripts/bench/toy_methods.sh first")
-    (args.out / "toy_methods.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / "toy_methods.json", json.dumps(result, indent=2) + "\n", "table")
     md = markdown(result, args.images)
-    (args.out / "toy_methods.md").write_text(md)
+    atomic_write_text(args.out / "toy_methods.md", md, "table")
     print(md)
 
 

@@ -36,12 +36,10 @@ class ImageLogger(pl.Callback):
         self.log_first_step = log_first_step
         self.log_on_train_end = log_on_train_end
         self.subdir = subdir
-        self.run_dir: Path | None = None
         self._last_batch: Any = None
 
     def _folder(self, trainer: pl.Trainer) -> Path:
-        root = self.run_dir or Path(trainer.default_root_dir)
-        return root / self.subdir / "train"
+        return Path(trainer.default_root_dir) / self.subdir / "train"
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if not trainer.is_global_zero or not hasattr(pl_module, "log_images") or batch is None:

@@ -30,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from unlearn.atomic import atomic_write_text
 from unlearn.eval.metrics import HEADLINE
 from unlearn.eval.report import before_after_table, progress_table, write_metrics_json
 
@@ -94,7 +95,7 @@ class ToyBenchmark(pl.Callback):
             return
         with pl_module.as_erased():
             metrics = self.evaluate(pl_module, self._folder(trainer) / f"step_{step}")
-        self._append_progress(self._folder(trainer), step, metrics, pl_module)
+        self._append_progress(self._folder(trainer), step, metrics)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._active and trainer.is_global_zero):
@@ -112,7 +113,7 @@ class ToyBenchmark(pl.Callback):
         before_path = folder / "before" / "metrics.json"
         before = json.loads(before_path.read_text()) if before_path.is_file() else None
         table = before_after_table(before, after)
-        (folder / "before_after.md").write_text(table + "\n")
+        atomic_write_text(folder / "before_after.md", table + "\n", "benchmark table")
         log.info("toy benchmark, erased %s:\n%s", ", ".join(after.get("erased", [])) or "nothing", table)
         if pl_module.logger is not None:
             pl_module.logger.log_metrics({f"eval/{k}": float(after[k]) for k in HEADLINE
@@ -142,11 +143,11 @@ class ToyBenchmark(pl.Callback):
             write_metrics_json(metrics, Path(out_dir) / "metrics.json")
         return metrics
 
-    def _append_progress(self, folder: Path, step: int, metrics: dict[str, Any], pl_module) -> None:
+    def _append_progress(self, folder: Path, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "progress.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        rows = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines() if line.strip()]
-        (folder / "progress.md").write_text(progress_table(rows) + "\n")
+        jsonl = folder / "progress.jsonl"
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.is_file() else []
+        rows = [r for r in rows if r["step"] != step] + [row]  # a resumed run may evaluate a step again
+        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in rows), "benchmark progress")
+        atomic_write_text(folder / "progress.md", progress_table(rows) + "\n", "benchmark progress")
         log.info("toy benchmark at step %d: %s", step, ", ".join(f"{k} {row[k]:.2f}" for k in HEADLINE if k in row))

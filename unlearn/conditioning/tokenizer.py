@@ -14,9 +14,10 @@ import gzip
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from unlearn.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPTokenizer
@@ -53,19 +54,13 @@ def _vocab_and_merges() -> tuple[list[str], list[str]]:
     return vocab, merges
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # Several processes (DDP ranks) may build the cache at once: write then rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def _write_files(folder: Path) -> None:
     vocab, merges = _vocab_and_merges()
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
-    _atomic_write(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    # Several processes (DDP ranks) may build the cache at once: each file is written then renamed.
+    atomic_write_text(folder / "vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
+                      "tokenizer vocabulary")
+    atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n", "tokenizer merges")
     logger.info("wrote the CLIP BPE vocabulary (%d tokens) to %s", len(vocab), folder)
 
 

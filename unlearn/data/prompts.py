@@ -218,9 +218,10 @@ def canvas_prompt_rows(
 
 def write_prompt_csv(rows: Sequence[PromptRow], path: str | Path) -> Path:
     """Write ``rows`` with the I2P columns, so `read_prompt_csv` (and ``evaluate.py --prompts``) reads them back."""
+    from unlearn.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path, "prompt CSV") as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in rows:

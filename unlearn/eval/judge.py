@@ -98,12 +98,10 @@ class CanvasJudge(nn.Module):
 
 def save_judge(judge: CanvasJudge, path: str | Path) -> Path:
     """Write weights and config to one safetensors file; returns the path."""
-    from safetensors.torch import save_file
+    from unlearn.atomic import save_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": _FORMAT, "config": json.dumps(judge.config())})
+    path = save_safetensors(judge.state_dict(), path, {"format": _FORMAT, "config": json.dumps(judge.config())},
+                            what="judge")
     logger.info("saved judge to %s", path)
     return path
 

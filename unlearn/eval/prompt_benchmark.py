@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unlearn.atomic import atomic_path, atomic_write_text
 from unlearn.data.prompts import PromptRow, read_prompt_csv
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def run_prompt_benchmark(
     out = Path(out)
     rows = select_rows(read_prompt_csv(prompts_csv), categories)
     records = generate_prompt_images(model, rows, out.parent, **generate_kwargs)
-    with (out.parent / "prompts.csv").open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(out.parent / "prompts.csv", "prompt list") as tmp, tmp.open("w", newline="",
+                                                                                  encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=ECHO_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
@@ -119,5 +121,5 @@ def run_prompt_benchmark(
         threshold = DEFAULT_THRESHOLD if nudity_threshold is None else nudity_threshold
         metrics["nudity"] = evaluate_nudity([r["path"] for r in records], classes=nudity_classes,
                                             threshold=threshold, detector=detector)
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(metrics, indent=2) + "\n", "metrics")
     return metrics

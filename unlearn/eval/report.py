@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from unlearn.atomic import atomic_path, atomic_write_text
 from unlearn.eval.metrics import HEADLINE
 
 __all__ = ["before_after_table", "progress_table", "write_metrics_json", "write_metrics_markdown", "metrics_markdown",
@@ -35,9 +36,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_metrics_json(metrics: dict[str, Any], path: str | Path) -> Path:
     """Write ``metrics`` as indented JSON (NaN -> null); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+    path = atomic_write_text(path, json.dumps(_jsonable(metrics), indent=2) + "\n", "metrics")
     logger.info("wrote %s", path)
     return path
 
@@ -91,9 +90,7 @@ def progress_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_metrics_markdown(metrics: dict[str, Any], path: str | Path) -> Path:
     """Write ``metrics_markdown(metrics)`` to ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(metrics_markdown(metrics))
+    path = atomic_write_text(path, metrics_markdown(metrics), "metrics table")
     logger.info("wrote %s", path)
     return path
 
@@ -156,7 +153,7 @@ def save_image_grid(
         for o, name in enumerate(objects):
             draw.text((2, top + pad + o * (ch + pad) + ch // 2 - 5), name, fill="black", font=font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    with atomic_path(path, "image grid") as tmp:
+        grid.save(tmp, format="PNG")
     logger.info("wrote %s", path)
     return path
