@@ -32,8 +32,12 @@ log = logging.getLogger("unlearn.evaluate")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--concept", action="append", default=[],
-                   help="an erased concept (repeat for several); none evaluates a base model")
+    p.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        help="an erased concept (repeat for several); none evaluates a base model",
+    )
     p.add_argument("--judge", default="checkpoints/toy/judge.safetensors", help="judge weights")
     p.add_argument("--out", default="metrics.json", help="metrics.json path; metrics.md and grid.png go beside it")
     p.add_argument("--images-per-prompt", type=int, default=None, help="default 4 (toy benchmark), 1 (--prompts)")
@@ -47,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts", help="a prompt CSV (prompt, categories, evaluation_seed, evaluation_guidance)")
     bench.add_argument("--categories", help="comma-separated categories; keep only rows with one of them")
     bench.add_argument("--nudity", action="store_true", help="NudeNet nudity rate of the images")
-    bench.add_argument("--nudity-classes", default="exposed",
-                       help="exposed (default), sexual, or comma-separated NudeNet labels")
+    bench.add_argument(
+        "--nudity-classes", default="exposed", help="exposed (default), sexual, or comma-separated NudeNet labels"
+    )
     bench.add_argument("--nudity-threshold", type=float, default=None, help="minimum detection score (default 0.6)")
     return p
 
@@ -71,8 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = model.make_sampler(args.sampler, args.steps, args.guidance_scale)
     concepts = getattr(model, "canvas_concepts", None)
     metrics = run_toy_benchmark(
-        model, erased=args.concept, judge=judge, out_dir=out.parent, images_per_prompt=args.images_per_prompt or 4,
-        batch_size=args.batch_size, sampler=sampler, seed=args.seed, model_concepts=concepts,
+        model,
+        erased=args.concept,
+        judge=judge,
+        out_dir=out.parent,
+        images_per_prompt=args.images_per_prompt or 4,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        seed=args.seed,
+        model_concepts=concepts,
     )
     if out.name != "metrics.json":
         (out.parent / "metrics.json").replace(out)
@@ -89,16 +101,27 @@ def _prompt_benchmark(args: argparse.Namespace, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     model = load_model_from_args(args, args.device)
     metrics = run_prompt_benchmark(
-        model, args.prompts, out, categories=args.categories.split(",") if args.categories else None,
-        nudity=args.nudity, nudity_classes=classes, nudity_threshold=args.nudity_threshold,
-        images_per_prompt=args.images_per_prompt or 1, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
-        guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+        model,
+        args.prompts,
+        out,
+        categories=args.categories.split(",") if args.categories else None,
+        nudity=args.nudity,
+        nudity_classes=classes,
+        nudity_threshold=args.nudity_threshold,
+        images_per_prompt=args.images_per_prompt or 1,
+        seed=args.seed,
+        sampler=args.sampler,
+        num_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        batch_size=args.batch_size,
     )
     summary = f"{metrics['num_images']} images for {metrics['num_prompts']} prompts -> {out.parent / 'images'}"
     if "nudity" in metrics:
         n = metrics["nudity"]
-        summary += (f"; nudity rate {100 * n['nudity_rate']:.2f}% ({n['num_nude']}/{n['num_images']}, "
-                    f"threshold {n['threshold']}, classes {', '.join(n['classes'])})")
+        summary += (
+            f"; nudity rate {100 * n['nudity_rate']:.2f}% ({n['num_nude']}/{n['num_images']}, "
+            f"threshold {n['threshold']}, classes {', '.join(n['classes'])})"
+        )
     print(summary)
     return metrics
 

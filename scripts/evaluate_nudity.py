@@ -27,8 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of .png/.jpg/.jpeg/.webp images")
     p.add_argument("--out", default="nudity.json", help="result file (.json)")
     classes = p.add_mutually_exclusive_group()
-    classes.add_argument("--preset", default="exposed", choices=["exposed", "sexual"],
-                         help="class set: exposed (9 *_EXPOSED labels, default) or sexual (5)")
+    classes.add_argument(
+        "--preset",
+        default="exposed",
+        choices=["exposed", "sexual"],
+        help="class set: exposed (9 *_EXPOSED labels, default) or sexual (5)",
+    )
     classes.add_argument("--classes", nargs="+", metavar="LABEL", help="NudeNet labels that count, instead of a preset")
     p.add_argument("--threshold", type=float, default=0.6, help="minimum detection score that counts (default 0.6)")
     return p
@@ -42,8 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate_nudity(args.images, classes=args.classes or args.preset, threshold=args.threshold)
     result["images_folder"] = str(args.images)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n", "result")
-    print(f"nudity rate {100 * result['nudity_rate']:.2f}% ({result['num_nude']}/{result['num_images']} images; "
-          f"threshold {result['threshold']}, classes {', '.join(result['classes'])}) -> {out}")
+    print(
+        f"nudity rate {100 * result['nudity_rate']:.2f}% ({result['num_nude']}/{result['num_images']} images; "
+        f"threshold {result['threshold']}, classes {', '.join(result['classes'])}) -> {out}"
+    )
     return result
 
 

@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--config-out", help="write the model config here")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype of floating tensors")
-    p.add_argument("--include", nargs="*", default=None, metavar="PREFIX",
-                   help="keep only tensors whose name starts with one of these (e.g. network. conditioner.)")
+    p.add_argument(
+        "--include",
+        nargs="*",
+        default=None,
+        metavar="PREFIX",
+        help="keep only tensors whose name starts with one of these (e.g. network. conditioner.)",
+    )
     return p
 
 
@@ -71,12 +76,20 @@ def main(argv: list[str] | None = None) -> Path:
         "global_step": str(raw.get("global_step", "")),
         "source": str(ckpt),
         "model_target": str(config.model.target),
-        "metadata": json.dumps(OmegaConf.to_container(
-            OmegaConf.select(config, "model.params.metadata", default=None) or OmegaConf.create({}), resolve=True)),
+        "metadata": json.dumps(
+            OmegaConf.to_container(
+                OmegaConf.select(config, "model.params.metadata", default=None) or OmegaConf.create({}), resolve=True
+            )
+        ),
     }
     save_safetensors(tensors, out, metadata, what="exported weights")  # refuses NaN/inf, writes atomically
-    log.info("wrote %s (%d tensors, %.1f MB, step %s)", out, len(tensors), out.stat().st_size / 2**20,
-             metadata["global_step"])
+    log.info(
+        "wrote %s (%d tensors, %.1f MB, step %s)",
+        out,
+        len(tensors),
+        out.stat().st_size / 2**20,
+        metadata["global_step"],
+    )
     if args.config_out:
         model_cfg = OmegaConf.create({"model": config.model})
         model_cfg.model.params.ckpt_path = str(out)

@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     images = []
     for start in tqdm(range(0, len(jobs), args.batch_size), desc="sampling", unit="batch"):
         chunk = jobs[start : start + args.batch_size]
-        batch = model.generate([j[1] for j in chunk], seeds=[j[2] for j in chunk],
-                               negative_prompt=args.negative_prompt, sampler=sampler)
+        batch = model.generate(
+            [j[1] for j in chunk], seeds=[j[2] for j in chunk], negative_prompt=args.negative_prompt, sampler=sampler
+        )
         for (i, _, seed), image in zip(chunk, batch):
             path = out / "images" / f"{i:04d}_{seed}.png"
             save_grid(image[None], path, nrow=1, padding=0)

@@ -34,8 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_card(path: Path, args: argparse.Namespace, n_params: int, train_s: float, acc: dict[str, float]) -> None:
     size_kb = args.out.stat().st_size / 1024
-    reproduce = (f"python scripts/train_judge.py --out {args.out} --steps {args.steps} "
-                 f"--batch-size {args.batch_size} --seed {args.seed}")
+    reproduce = (
+        f"python scripts/train_judge.py --out {args.out} --steps {args.steps} "
+        f"--batch-size {args.batch_size} --seed {args.seed}"
+    )
     from unlearn.atomic import atomic_write_text
 
     atomic_write_text(
@@ -53,7 +55,7 @@ for UnlearnCanvas's classifiers. Load with `unlearn.eval.judge.load_judge`.
 - Training: {args.steps} AdamW steps (one-cycle, peak lr {args.lr}), batch {args.batch_size}, every batch freshly
   rendered (seed {args.seed}, {args.steps * args.batch_size:,} images), device `{args.device}`, {train_s:.0f} s
 - Held-out ({args.eval_images} fresh images, seed {args.eval_seed}):
-  object {100 * acc['object_acc']:.2f}%, style {100 * acc['style_acc']:.2f}%, joint {100 * acc['joint_acc']:.2f}%
+  object {100 * acc["object_acc"]:.2f}%, style {100 * acc["style_acc"]:.2f}%, joint {100 * acc["joint_acc"]:.2f}%
 
 Reproduce: `{reproduce}`
 """,
@@ -106,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     acc = held_out_accuracy(judge.cpu(), args.eval_images, seed=args.eval_seed, progress=True)
     logger.info(
         "held-out (%d images, seed %d): object %.2f%%, style %.2f%%, joint %.2f%%",
-        args.eval_images, args.eval_seed, 100 * acc["object_acc"], 100 * acc["style_acc"], 100 * acc["joint_acc"],
+        args.eval_images,
+        args.eval_seed,
+        100 * acc["object_acc"],
+        100 * acc["style_acc"],
+        100 * acc["joint_acc"],
     )
     save_judge(judge, args.out)
     write_card(args.out.parent / "JUDGE.md", args, n_params, train_s, acc)
@@ -116,8 +122,12 @@ def main(argv: list[str] | None = None) -> None:
         [torch.from_numpy(render_canvas(o, s, seed=1000 + i, size=args.image_size)) for i, (o, s) in enumerate(cells)]
     )
     save_image_grid(
-        images.numpy(), [c[0] for c in cells], [c[1] for c in cells], args.out.parent / "canvas_grid.png",
-        CANVAS.objects, CANVAS.styles,
+        images.numpy(),
+        [c[0] for c in cells],
+        [c[1] for c in cells],
+        args.out.parent / "canvas_grid.png",
+        CANVAS.objects,
+        CANVAS.styles,
     )
     if min(acc["object_acc"], acc["style_acc"]) < 0.98:
         logger.warning("held-out accuracy below 98%% on a head: %s", acc)

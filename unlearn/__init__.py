@@ -1,2 +1,3 @@
 """unlearn: concept erasure for text-to-image diffusion models."""
+
 __version__ = "0.1.0"

@@ -143,12 +143,18 @@ def require_finite(tensors: Mapping[str, torch.Tensor], path: str | Path, what: 
     """`NonFiniteError` naming ``path`` and the first bad tensor if any floating tensor is NaN/inf."""
     bad = first_non_finite(tensors)
     if bad is not None:
-        raise NonFiniteError(f"refusing to save {what} {path}: tensor {bad!r} holds NaN or inf "
-                             "(training diverged; the previous file, if any, is kept)")
+        raise NonFiniteError(
+            f"refusing to save {what} {path}: tensor {bad!r} holds NaN or inf "
+            "(training diverged; the previous file, if any, is kept)"
+        )
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None,
-                     what: str = "weights") -> Path:
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    what: str = "weights",
+) -> Path:
     """Write ``tensors`` to the ``.safetensors`` file ``path`` atomically, after checking that
     every floating tensor is finite (`NonFiniteError` otherwise, and nothing is written).
     Tensors are detached, moved to the CPU and made contiguous; metadata values become strings."""

@@ -95,9 +95,12 @@ def load_state_dict(path: str | Path, key: str = "ckpt_path") -> dict[str, torch
 
 
 def shape_mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
-    """"name: (file shape) in the file, (model shape) in the model" for each shared tensor whose shapes differ."""
-    return [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-            for k, v in state.items() if k in own and own[k].shape != v.shape]
+    """ "name: (file shape) in the file, (model shape) in the model" for each shared tensor whose shapes differ."""
+    return [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
 
 
 def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path", strict: bool = False) -> None:
@@ -106,8 +109,10 @@ def load_into(module: torch.nn.Module, path: str | Path, key: str = "ckpt_path",
     own = module.state_dict()
     wrong = shape_mismatches(state, own)
     if wrong:
-        raise ValueError(f"{key}: {path} was saved from a model of another shape ({len(wrong)} tensors), e.g. "
-                         + "; ".join(wrong[:3]))
+        raise ValueError(
+            f"{key}: {path} was saved from a model of another shape ({len(wrong)} tensors), e.g. "
+            + "; ".join(wrong[:3])
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(

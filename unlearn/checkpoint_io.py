@@ -81,8 +81,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._preloaded = {str(path): checkpoint}
         return checkpoint
 
-    def load_checkpoint(self, path, map_location: Callable | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Callable | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if str(path) in self._preloaded:
             return self._preloaded.pop(str(path))  # restore once; do not keep the weights twice
         if not Path(path).is_file():

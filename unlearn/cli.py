@@ -58,18 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python main.py --base configs/models/toy_canvas.yaml configs/methods/esd_x.yaml "
         "concept=striped lightning.trainer.max_steps=100",
     )
-    parser.add_argument("-b", "--base", nargs="*", metavar="config.yaml", default=[],
-                        help="config files, merged left to right")
+    parser.add_argument(
+        "-b", "--base", nargs="*", metavar="config.yaml", default=[], help="config files, merged left to right"
+    )
     parser.add_argument("-n", "--name", default="", help="run name (default: the config file names)")
     parser.add_argument("-r", "--resume", default="", help="a run directory or a .ckpt to resume from")
-    parser.add_argument("-s", "--seed", type=int, default=None,
-                        help=f"global seed (default {DEFAULT_SEED}; --resume: the seed saved with the run)")
+    parser.add_argument(
+        "-s",
+        "--seed",
+        type=int,
+        default=None,
+        help=f"global seed (default {DEFAULT_SEED}; --resume: the seed saved with the run)",
+    )
     parser.add_argument("-l", "--logdir", default="logs", help="folder holding run directories")
-    parser.add_argument("-t", "--train", type=_str2bool, nargs="?", const=True, default=True,
-                        help="train (default); --no-train only builds the run and validates configs")
+    parser.add_argument(
+        "-t",
+        "--train",
+        type=_str2bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="train (default); --no-train only builds the run and validates configs",
+    )
     parser.add_argument("--no-train", dest="train", action="store_false")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dot-list overrides, e.g. lightning.trainer.max_steps=2")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dot-list overrides, e.g. lightning.trainer.max_steps=2"
+    )
     return parser
 
 
@@ -195,8 +209,11 @@ def _resume_seed(seed: int | None, run_dir: Path) -> int:
     saved = saved_seed(run_dir)
     if seed is None:
         if saved is None:
-            log.warning("%s has no run.json (an older run): seeding with the default %d; pass -s to choose",
-                        run_dir, DEFAULT_SEED)
+            log.warning(
+                "%s has no run.json (an older run): seeding with the default %d; pass -s to choose",
+                run_dir,
+                DEFAULT_SEED,
+            )
             return DEFAULT_SEED
         log.info("Resuming with the run's seed %d", saved)
         return saved
@@ -334,5 +351,7 @@ def _saved(saver, paths: RunPaths, resume: bool = True) -> str:
 
 def _stopped(saver, paths: RunPaths, signal_name: str) -> str:
     step = saver.step if saver is not None and saver.step is not None else "?"
-    return (f"interrupted by {signal_name} at step {step}: the run did not finish and its end-of-run outputs "
-            f"(exports, final evaluation) were not written; {_saved(saver, paths)}")
+    return (
+        f"interrupted by {signal_name} at step {step}: the run did not finish and its end-of-run outputs "
+        f"(exports, final evaluation) were not written; {_saved(saver, paths)}"
+    )

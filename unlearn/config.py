@@ -88,10 +88,7 @@ def _build_nested(value: Any, path: str) -> Any:
         # A lone `params:` is a block whose `target:` was forgotten, not a plain dict.
         return instantiate_from_config(value, _path=path)
     if isinstance(value, Mapping):
-        return {
-            k: (v if _deferred(k) else _build_nested(v, f"{path}.{k}"))
-            for k, v in value.items()
-        }
+        return {k: (v if _deferred(k) else _build_nested(v, f"{path}.{k}")) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_build_nested(v, f"{path}[{i}]") for i, v in enumerate(value)]
     return value

@@ -19,8 +19,15 @@ from unlearn.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunPaths", "claim_run_dir", "plan_run_dir", "readable_alternative", "resolve_resume",
-           "saved_seed", "save_run_info"]
+__all__ = [
+    "RunPaths",
+    "claim_run_dir",
+    "plan_run_dir",
+    "readable_alternative",
+    "resolve_resume",
+    "saved_seed",
+    "save_run_info",
+]
 
 RUN_INFO = "run.json"
 
@@ -99,8 +106,11 @@ def resolve_resume(resume: str | Path) -> tuple[Path, Path, list[Path]]:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: {run_dir}/checkpoints has no last.ckpt to resume from")
     cfg_dir = run_dir / "configs"
-    configs = [c for c in (_newest(sorted(cfg_dir.glob("*-project.yaml"))),
-                           _newest(sorted(cfg_dir.glob("*-lightning.yaml")))) if c is not None]
+    configs = [
+        c
+        for c in (_newest(sorted(cfg_dir.glob("*-project.yaml"))), _newest(sorted(cfg_dir.glob("*-lightning.yaml"))))
+        if c is not None
+    ]
     if not configs:
         raise FileNotFoundError(f"--resume: {cfg_dir} holds no saved *-project.yaml config")
     return run_dir, ckpt, configs

@@ -30,8 +30,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):
     from unlearn.engine.loading import load_model
 
-    model = load_model(args.config, run=args.run, ckpt=args.ckpt, overrides=args.set,
-                       masks=args.masks, weights=args.weights)
+    model = load_model(
+        args.config, run=args.run, ckpt=args.ckpt, overrides=args.set, masks=args.masks, weights=args.weights
+    )
     return model.to(device)
 
 

@@ -62,7 +62,14 @@ __all__ = [
 ]
 
 TRAIN_METHODS: tuple[str, ...] = (
-    "xattn", "noxattn", "selfattn", "full", "notime", "xlayer", "selflayer", "esd-x-strict",
+    "xattn",
+    "noxattn",
+    "selfattn",
+    "full",
+    "notime",
+    "xlayer",
+    "selflayer",
+    "esd-x-strict",
 )
 TRAIN_METHOD_ALIASES: dict[str, str] = {"esd-x": "xattn", "esd-u": "noxattn", "esd-all": "full"}
 
@@ -98,12 +105,16 @@ def _layers_per_block(unet: nn.Module, train_method: str) -> int:
     value = getattr(config, "layers_per_block", None) if config is not None else None
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
-            raise ValueError(f"train_method {train_method!r}: LDM block indices are undefined for a UNet with "
-                             f"layers_per_block={list(value)} (not the same at every level)")
+            raise ValueError(
+                f"train_method {train_method!r}: LDM block indices are undefined for a UNet with "
+                f"layers_per_block={list(value)} (not the same at every level)"
+            )
         value = value[0]
     if not isinstance(value, int):
-        raise ValueError(f"train_method {train_method!r} needs a diffusers UNet2DConditionModel "
-                         f"(config.layers_per_block) to map LDM block indices, got {type(unet).__name__}")
+        raise ValueError(
+            f"train_method {train_method!r} needs a diffusers UNet2DConditionModel "
+            f"(config.layers_per_block) to map LDM block indices, got {type(unet).__name__}"
+        )
     return value
 
 

@@ -28,8 +28,13 @@ __all__ = ["DEFAULT_CALLBACKS", "build_trainer", "check_lightning_config", "sour
 
 # Integer arguments: the smallest value allowed and whether null (None) is.
 _TRAINER_INTS = {
-    "max_steps": (-1, False), "max_epochs": (-1, True), "min_steps": (0, True), "min_epochs": (0, True),
-    "log_every_n_steps": (0, True), "accumulate_grad_batches": (1, False), "check_val_every_n_epoch": (1, True),
+    "max_steps": (-1, False),
+    "max_epochs": (-1, True),
+    "min_steps": (0, True),
+    "min_epochs": (0, True),
+    "log_every_n_steps": (0, True),
+    "accumulate_grad_batches": (1, False),
+    "check_val_every_n_epoch": (1, True),
     "num_sanity_val_steps": (-1, True),
 }
 _CHECKPOINT_INTS = {"every_n_train_steps": (0, True), "every_n_epochs": (0, True), "save_top_k": (-1, False)}
@@ -80,11 +85,14 @@ def _check_accelerator(value: Any) -> None:
     available = [n for n in names if AcceleratorRegistry[n]["accelerator"].is_available()]
     wanted = ["cuda", "mps"] if value == "gpu" else [value]
     if value != "gpu" and value not in names:
-        raise ConfigError(f"lightning.trainer.accelerator: unknown accelerator {value!r}; expected auto, gpu or "
-                          f"one of {names}")
+        raise ConfigError(
+            f"lightning.trainer.accelerator: unknown accelerator {value!r}; expected auto, gpu or one of {names}"
+        )
     if not set(wanted) & set(available):
-        raise ConfigError(f"lightning.trainer.accelerator: {value!r} is not available on this machine "
-                          f"(available: {', '.join(available)}); use accelerator=auto or cpu")
+        raise ConfigError(
+            f"lightning.trainer.accelerator: {value!r} is not available on this machine "
+            f"(available: {', '.join(available)}); use accelerator=auto or cpu"
+        )
 
 
 def check_lightning_config(config: DictConfig) -> None:
@@ -94,8 +102,11 @@ def check_lightning_config(config: DictConfig) -> None:
     trainer = lightning_cfg.get("trainer") or {}
     checks = [(f"lightning.trainer.{k}", trainer.get(k), *spec) for k, spec in _TRAINER_INTS.items() if k in trainer]
     ckpt = (lightning_cfg.get("modelcheckpoint") or {}).get("params") or {}
-    checks += [(f"lightning.modelcheckpoint.params.{k}", ckpt.get(k), *spec)
-               for k, spec in _CHECKPOINT_INTS.items() if k in ckpt]
+    checks += [
+        (f"lightning.modelcheckpoint.params.{k}", ckpt.get(k), *spec)
+        for k, spec in _CHECKPOINT_INTS.items()
+        if k in ckpt
+    ]
     for key, value, minimum, nullable in checks:
         try:
             _check_int(value, key, minimum, nullable)
@@ -131,13 +142,21 @@ def build_callbacks(lightning_cfg: Mapping[str, Any], ckpt_dir: Path) -> list:
 
     from unlearn.callbacks import CheckpointAtTrainEnd, CheckpointOnException
 
-    ckpt_params = {"dirpath": str(ckpt_dir), "filename": "{epoch:06}-{step:09}", "save_last": True,
-                   "every_n_train_steps": None, "save_top_k": -1,
-                   # Resuming must overwrite last.ckpt, not add last-v1.ckpt beside it.
-                   "enable_version_counter": False}
+    ckpt_params = {
+        "dirpath": str(ckpt_dir),
+        "filename": "{epoch:06}-{step:09}",
+        "save_last": True,
+        "every_n_train_steps": None,
+        "save_top_k": -1,
+        # Resuming must overwrite last.ckpt, not add last-v1.ckpt beside it.
+        "enable_version_counter": False,
+    }
     ckpt_params.update(dict((lightning_cfg.get("modelcheckpoint") or {}).get("params") or {}))
-    callbacks = [_build(ModelCheckpoint, ckpt_params, "lightning.modelcheckpoint.params"),
-                 CheckpointOnException(ckpt_dir), CheckpointAtTrainEnd(ckpt_dir)]
+    callbacks = [
+        _build(ModelCheckpoint, ckpt_params, "lightning.modelcheckpoint.params"),
+        CheckpointOnException(ckpt_dir),
+        CheckpointAtTrainEnd(ckpt_dir),
+    ]
     for name, cfg in dict(lightning_cfg.get("callbacks") or {}).items():
         if cfg is None:  # a later config may switch a callback off with `name: null`
             continue

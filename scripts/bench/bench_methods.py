@@ -113,19 +113,33 @@ def base_overrides(args: argparse.Namespace, folder: Path) -> list[str]:
 def method_overrides(job: str) -> tuple[str | None, list[str]]:
     """(method config name, overrides) of a job."""
     if job == "esd":
-        return "esd_x", ["concept=Van Gogh", "template=concept", "train_method=xattn", "start_guidance=3.0",
-                         "ddim_steps=50", "image_size=null", "model.params.batch_size=1",
-                         f"model.params.trajectory_config.params.pool_size={ESD_POOL}"]
+        return "esd_x", [
+            "concept=Van Gogh",
+            "template=concept",
+            "train_method=xattn",
+            "start_guidance=3.0",
+            "ddim_steps=50",
+            "image_size=null",
+            "model.params.batch_size=1",
+            f"model.params.trajectory_config.params.pool_size={ESD_POOL}",
+        ]
     if job in ("masks5", "masks20"):
         steps = 5 if job == "masks5" else 20
-        return "minimalist", ["concept=striped", f"model.params.trajectory_sampler_config.params.num_steps={steps}",
-                              "model.params.batch_size=1",
-                              "model.params.trajectory_sampler_config.params.guider_config.params.scale=3.0"]
+        return "minimalist", [
+            "concept=striped",
+            f"model.params.trajectory_sampler_config.params.num_steps={steps}",
+            "model.params.batch_size=1",
+            "model.params.trajectory_sampler_config.params.guider_config.params.scale=3.0",
+        ]
     if job == "dmd2":
-        return "dmd2", [f"model.params.batch_size={DMD2_BATCH}", f"model.params.dfake_gen_update_ratio={DMD2_RATIO}",
-                        "model.params.gradient_checkpointing=true", "model.params.generator_timesteps=[999]",
-                        "model.params.objective_config.params.real_guidance_scale=1.75",
-                        "model.params.prompts_config.params.prompts=[a photo of a cat, a red car on a street]"]
+        return "dmd2", [
+            f"model.params.batch_size={DMD2_BATCH}",
+            f"model.params.dfake_gen_update_ratio={DMD2_RATIO}",
+            "model.params.gradient_checkpointing=true",
+            "model.params.generator_timesteps=[999]",
+            "model.params.objective_config.params.real_guidance_scale=1.75",
+            "model.params.prompts_config.params.prompts=[a photo of a cat, a red car on a street]",
+        ]
     return None, []
 
 
@@ -187,10 +201,18 @@ def fit_timed(model, args: argparse.Namespace, warmup: int, iters: int, workdir:
     timer = make_timer(warmup, args.device)
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = pl.Trainer(
-        accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
-        precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_steps=warmup + iters,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(workdir), callbacks=[timer],
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1,
+        precision="bf16-mixed" if args.precision == "bf16" else "32-true",
+        max_steps=warmup + iters,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(workdir),
+        callbacks=[timer],
     )
     trainer.fit(model)
     return {"s_per_it": timer.seconds_per_it(), "step_times": [round(t, 4) for t in timer.step_times]}
@@ -203,8 +225,9 @@ def sample_timed(model, args: argparse.Namespace, warmup: int, iters: int) -> di
     model.to(args.device)
     batch = SAMPLE_BATCH if not args.tiny else 2
     prompts = [f"a photo of a cat, number {i}" for i in range(batch)]
-    autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16,
-                              enabled=args.precision == "bf16")
+    autocast = torch.autocast(
+        device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16"
+    )
     times = []
     for i in range(warmup + iters):
         _sync(args.device)
@@ -261,18 +284,24 @@ def window_facts(job: str, model, warmup: int, iters: int) -> dict[str, Any]:
     """What the timed window holds: ESD pool refills, DMD2 generator updates (logged if uneven)."""
     if job == "esd":
         period = model.pool.pool_size // model.batch_size
-        facts = {"pool_size": model.pool.pool_size, "pool_refills": int(model.pool.refills),
-                 "pool_refills_timed": _multiples_in(period, warmup, iters)}
+        facts = {
+            "pool_size": model.pool.pool_size,
+            "pool_refills": int(model.pool.refills),
+            "pool_refills_timed": _multiples_in(period, warmup, iters),
+        }
     elif job == "dmd2":
         period = model.dfake_gen_update_ratio
         unet = getattr(model.generator, "unet", None)
-        facts = {"generator_updates_timed": _multiples_in(period, warmup, iters),
-                 "gradient_checkpointing": bool(getattr(unet, "is_gradient_checkpointing", False))}
+        facts = {
+            "generator_updates_timed": _multiples_in(period, warmup, iters),
+            "gradient_checkpointing": bool(getattr(unet, "is_gradient_checkpointing", False)),
+        }
     else:
         return {}
     if iters % period:
-        log.warning("%s: %d timed iterations are not a multiple of %d: the amortised cost is uneven",
-                    job, iters, period)
+        log.warning(
+            "%s: %d timed iterations are not a multiple of %d: the amortised cost is uneven", job, iters, period
+        )
     return facts
 
 
@@ -320,8 +349,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     rows.append(f"| sample 50 steps | {_fmt(results.get('sample_images_per_s'), 'img/s')} | – | – | – |")
     errors = {k: v for k, v in results.items() if k.endswith("_error")}
     total = f", whole run {results['total_s']:.0f} s" if "total_s" in results else ""
-    notes = [f"\n{results['gpu']}, {results['arch']}, precision {results['precision']}, "
-             f"model build {results['build_s']:.1f} s{total}."]
+    notes = [
+        f"\n{results['gpu']}, {results['arch']}, precision {results['precision']}, "
+        f"model build {results['build_s']:.1f} s{total}."
+    ]
     if not comparable:
         notes.append("Not the SD 1.5 architecture on a GPU: 'met?' is left blank, peaks are null on a CPU.")
     notes += [f"- {k}: {v.splitlines()[-1] if v else v}" for k, v in errors.items()]
@@ -338,16 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="sd15", choices=["sd15"], help="architecture of the random model")
     p.add_argument("--tiny", action="store_true", help="the tiny SD 1.5-shaped test pipeline (CPU checks)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--precision", default=None, choices=["bf16", "fp32"],
-                   help="bf16 (Lightning bf16-mixed; default on CUDA) or fp32 (default on CPU)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["bf16", "fp32"],
+        help="bf16 (Lightning bf16-mixed; default on CUDA) or fp32 (default on CPU)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations of every job (default per job)")
     p.add_argument("--iters", type=int, default=None, help="timed iterations of every job (default per job)")
     p.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated subset of {','.join(JOBS)}")
     p.add_argument("--out-dir", default=str(ROOT / "scripts" / "bench" / "results"))
     p.add_argument("--model-path", default=None, help="reuse this random pipeline folder instead of building one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget-s", type=float, default=None,
-                   help="start no job once this many seconds have passed since the start (skipped jobs are recorded)")
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="start no job once this many seconds have passed since the start (skipped jobs are recorded)",
+    )
     return p
 
 
@@ -368,8 +407,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for job in jobs:
         job_iters(job, args)
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
-    results: dict[str, Any] = {"gpu": gpu, "arch": "tiny-sd15" if args.tiny else args.arch,
-                               "precision": args.precision, "torch": torch.__version__}
+    results: dict[str, Any] = {
+        "gpu": gpu,
+        "arch": "tiny-sd15" if args.tiny else args.arch,
+        "precision": args.precision,
+        "torch": torch.__version__,
+    }
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

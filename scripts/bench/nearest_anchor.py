@@ -85,17 +85,35 @@ def main(argv: list[str] | None = None) -> dict:
     for concept in concepts:
         prompts = [fill_template(t, *((concept, o) if args.kind == "object" else (o, concept))) for o, t in slots]
         with torch.no_grad():
-            latents[concept] = torch.cat([
-                model.generate(prompts[i:i + args.batch_size], range(i, min(i + args.batch_size, len(prompts))),
-                               sampler=sampler, decode=False).float().cpu()
-                for i in range(0, len(prompts), args.batch_size)])
+            latents[concept] = torch.cat(
+                [
+                    model.generate(
+                        prompts[i : i + args.batch_size],
+                        range(i, min(i + args.batch_size, len(prompts))),
+                        sampler=sampler,
+                        decode=False,
+                    )
+                    .float()
+                    .cpu()
+                    for i in range(0, len(prompts), args.batch_size)
+                ]
+            )
         print(f"{concept}: {len(prompts)} images", flush=True)
 
     distances = pairwise_distances(latents)
     anchors = nearest(distances)
-    result = {"config": args.config, "overrides": args.set, "kind": args.kind, "sampler": args.sampler,
-              "steps": args.steps, "guidance_scale": args.guidance_scale, "seeds": args.seeds,
-              "images_per_concept": len(slots), "distances": distances, "anchors": anchors}
+    result = {
+        "config": args.config,
+        "overrides": args.set,
+        "kind": args.kind,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seeds": args.seeds,
+        "images_per_concept": len(slots),
+        "distances": distances,
+        "anchors": anchors,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n", "anchors")
     atomic_write_text(out.with_suffix(".md"), markdown(result, list(concepts)), "anchors")
@@ -104,16 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(result: dict, concepts: list[str]) -> str:
-    lines = [f"Nearest anchor per toy {result['kind']} (`scripts/bench/nearest_anchor.py --kind {result['kind']}`): "
-             f"mean squared difference of the original model's final latents for two {result['kind']}s' prompts "
-             f"from the same noise ({result['sampler']} {result['steps']} steps, CFG {result['guidance_scale']:g}, "
-             f"{result['images_per_concept']} images per {result['kind']}). Row: the erased concept; **bold**: "
-             f"its nearest anchor.", "",
-             "| concept | " + " | ".join(concepts) + " | nearest |", "|---|" + "---|" * (len(concepts) + 1)]
+    lines = [
+        f"Nearest anchor per toy {result['kind']} (`scripts/bench/nearest_anchor.py --kind {result['kind']}`): "
+        f"mean squared difference of the original model's final latents for two {result['kind']}s' prompts "
+        f"from the same noise ({result['sampler']} {result['steps']} steps, CFG {result['guidance_scale']:g}, "
+        f"{result['images_per_concept']} images per {result['kind']}). Row: the erased concept; **bold**: "
+        f"its nearest anchor.",
+        "",
+        "| concept | " + " | ".join(concepts) + " | nearest |",
+        "|---|" + "---|" * (len(concepts) + 1),
+    ]
     for a in concepts:
         row = result["distances"][a]
-        cells = ["—" if b == a else (f"**{row[b]:.4f}**" if b == result["anchors"][a] else f"{row[b]:.4f}")
-                 for b in concepts]
+        cells = [
+            "—" if b == a else (f"**{row[b]:.4f}**" if b == result["anchors"][a] else f"{row[b]:.4f}") for b in concepts
+        ]
         lines.append(f"| {a} | " + " | ".join(cells) + f" | {result['anchors'][a]} |")
     return "\n".join(lines) + "\n"
 

@@ -36,7 +36,7 @@ ROWS = [
     ("masks_budget_object", "minimalist masks, binary, 5% cap in training", "object", (90, 80, 90)),
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
-# A DMD2 row <name><suffix> distilled the ESD-x row esd_x<suffix> (toy_methods.sh's ESD_TEACHER).
+    # A DMD2 row <name><suffix> distilled the ESD-x row esd_x<suffix> (toy_methods.sh's ESD_TEACHER).
 ]
 
 
@@ -63,7 +63,7 @@ def _expand(out: Path) -> list[tuple[str, str, str | None, tuple | None]]:
     rows = []
     for name, method, kind, target in ROWS:
         if name.startswith(("esd_", "dmd2_")):
-            variants = [""] + [p.name[len(name):] for p in (out / "eval").glob(f"{name}_*")]
+            variants = [""] + [p.name[len(name) :] for p in (out / "eval").glob(f"{name}_*")]
             order = sorted(variants, key=lambda sfx: (esd_setting(sfx)[1], float(esd_setting(sfx)[0])))
             rows += [(name + sfx, _label(method, sfx), kind, target) for sfx in order]
         else:
@@ -105,17 +105,24 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
         if metrics is None:
             continue
         concept = {"style": style, "object": obj}.get(kind) if kind else None
-        row = {"name": name, "method": method, "concept": concept,
-               **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
-               "train_s": times.get(name), "target": target}
+        row = {
+            "name": name,
+            "method": method,
+            "concept": concept,
+            **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
+            "train_s": times.get(name),
+            "target": target,
+        }
         if name.startswith("masks_"):
             row["off_pct"] = _off_share(out / f"{name}.run")
         rows.append(row)
     # The base model judged against each erased concept: what UA/IRA/CRA are before erasure
     # (means of its per-concept accuracies, so its one evaluation serves both concepts).
     base = _load(out / "eval" / "base" / "metrics.json")
-    before = {kind: (metrics_against(base["per_concept"], [concept]) if base and "per_concept" in base else None)
-              for kind, concept in (("style", style), ("object", obj))}
+    before = {
+        kind: (metrics_against(base["per_concept"], [concept]) if base and "per_concept" in base else None)
+        for kind, concept in (("style", style), ("object", obj))
+    }
     return {"style": style, "object": obj, "rows": rows, "before": before}
 
 
@@ -125,33 +132,49 @@ def _teacher_of(name: str) -> str:
 
 
 def markdown(result: dict[str, Any], images: int) -> str:
-    lines = [f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
-             f"Erased concepts: style `{result['style']}`, object `{result['object']}`.", "",
-             "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s "
-             "| target UA/IRA/CRA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
+        f"Erased concepts: style `{result['style']}`, object `{result['object']}`.",
+        "",
+        "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         target = "/".join(f"≥{t}" for t in r["target"]) if r["target"] else ""
         extra = f" ({_fmt(r['off_pct'])}% off)" if r.get("off_pct") is not None else ""
-        lines.append(f"| {r['method']}{extra} | {r['concept'] or ''} | {_fmt(r['UA'])} | {_fmt(r['IRA'])} | "
-                     f"{_fmt(r['CRA'])} | {_fmt(r['FD'])} | {_fmt(r['object_acc'])} | {_fmt(r['style_acc'])} | "
-                     f"{_fmt(r['joint_acc'])} | {r['train_s'] if r['train_s'] is not None else ''} | {target} |")
-    lines += ["", "Before erasure (the base model judged against the same concept):", "",
-              "| concept | UA | IRA | CRA |", "|---|---|---|---|"]
+        lines.append(
+            f"| {r['method']}{extra} | {r['concept'] or ''} | {_fmt(r['UA'])} | {_fmt(r['IRA'])} | "
+            f"{_fmt(r['CRA'])} | {_fmt(r['FD'])} | {_fmt(r['object_acc'])} | {_fmt(r['style_acc'])} | "
+            f"{_fmt(r['joint_acc'])} | {r['train_s'] if r['train_s'] is not None else ''} | {target} |"
+        )
+    lines += [
+        "",
+        "Before erasure (the base model judged against the same concept):",
+        "",
+        "| concept | UA | IRA | CRA |",
+        "|---|---|---|---|",
+    ]
     for kind, name in (("style", result["style"]), ("object", result["object"])):
         b = result["before"].get(kind) or {}
         lines.append(f"| {name} | {_fmt(b.get('UA'))} | {_fmt(b.get('IRA'))} | {_fmt(b.get('CRA'))} |")
     by_name = {r["name"]: r for r in result["rows"]}
     students = [r for r in result["rows"] if r["name"].startswith("dmd2_") and _teacher_of(r["name"]) in by_name]
     if students:
-        lines += ["", "DMD2 students against their teacher (the ESD-x row of the same setting, 25-step "
-                  "sampler); issue 7 asks for the 4-step student: FD ≤ 1.5 × the teacher's, UA within 5 points:", "",
-                  "| student | teacher | FD / teacher FD | UA − teacher UA |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "DMD2 students against their teacher (the ESD-x row of the same setting, 25-step "
+            "sampler); issue 7 asks for the 4-step student: FD ≤ 1.5 × the teacher's, UA within 5 points:",
+            "",
+            "| student | teacher | FD / teacher FD | UA − teacher UA |",
+            "|---|---|---|---|",
+        ]
         for s in students:
             teacher = by_name[_teacher_of(s["name"])]
             if teacher["FD"] and s["FD"] is not None and s["UA"] is not None and teacher["UA"] is not None:
-                lines.append(f"| {s['method']} | {teacher['method']} | {s['FD'] / teacher['FD']:.2f} | "
-                             f"{s['UA'] - teacher['UA']:+.1f} |")
+                lines.append(
+                    f"| {s['method']} | {teacher['method']} | {s['FD'] / teacher['FD']:.2f} | "
+                    f"{s['UA'] - teacher['UA']:+.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

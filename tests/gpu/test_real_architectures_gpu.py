@@ -20,18 +20,24 @@ V_LOSS = "model.params.loss_fn_config.params.loss_weighting_config.target=unlear
 def test_training_step_and_sampling_on_cuda(arch, precision, tmp_path):
     folder = BUILDERS[arch](tmp_path / arch, tmp_path / "tokenizer_cache")
     # the model config and the denoising training recipe (model configs describe the model only)
-    model = load_model([f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"], overrides=[
-        f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", "model.params.gradient_checkpointing=true",
-        *([V_LOSS] if arch == "sd21" else []),
-    ]).cuda()
+    model = load_model(
+        [f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"],
+        overrides=[
+            f"model_path={folder}",
+            f"model.params.image_size={IMAGE_SIZE}",
+            "model.params.gradient_checkpointing=true",
+            *([V_LOSS] if arch == "sd21" else []),
+        ],
+    ).cuda()
     if precision == "bf16-true":
         model = model.to(torch.bfloat16)
     autocast = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
     batch = {"jpg": torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, device="cuda") * 2 - 1, "txt": ["a cat", "a car"]}
     if arch == "sdxl":
         size = torch.full((2, 2), float(IMAGE_SIZE), device="cuda")
-        batch.update(original_size_as_tuple=size, crop_coords_top_left=torch.zeros_like(size),
-                     target_size_as_tuple=size)
+        batch.update(
+            original_size_as_tuple=size, crop_coords_top_left=torch.zeros_like(size), target_size_as_tuple=size
+        )
     model.train()
     with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
         loss = model.training_step(batch, 0)

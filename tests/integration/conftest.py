@@ -25,9 +25,14 @@ def tiny_engines(tiny_pipelines):
     from unlearn.engine.loading import load_model
 
     return {
-        arch: load_model([f"configs/models/{arch}.yaml"], overrides=[
-            f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", "model.params.gradient_checkpointing=true",
-        ])
+        arch: load_model(
+            [f"configs/models/{arch}.yaml"],
+            overrides=[
+                f"model_path={folder}",
+                f"model.params.image_size={IMAGE_SIZE}",
+                "model.params.gradient_checkpointing=true",
+            ],
+        )
         for arch, folder in tiny_pipelines.items()
     }
 
@@ -45,9 +50,14 @@ def tiny_trainable_engines(tiny_pipelines):
     from unlearn.engine.loading import load_model
 
     return {
-        arch: load_model([f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"], overrides=[
-            f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", "model.params.gradient_checkpointing=true",
-            *([V_LOSS] if arch == "sd21" else []),
-        ])
+        arch: load_model(
+            [f"configs/models/{arch}.yaml", "configs/trainer/denoising.yaml"],
+            overrides=[
+                f"model_path={folder}",
+                f"model.params.image_size={IMAGE_SIZE}",
+                "model.params.gradient_checkpointing=true",
+                *([V_LOSS] if arch == "sd21" else []),
+            ],
+        )
         for arch, folder in tiny_pipelines.items()
     }

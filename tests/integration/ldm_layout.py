@@ -13,11 +13,23 @@ import re
 
 import torch
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+}
 
 
 def _resnet(rest: str) -> str:
@@ -88,31 +100,46 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
 def clip_to_ldm(text_encoder, prefix: str = "cond_stage_model.transformer.") -> dict[str, torch.Tensor]:
     """A transformers CLIP text model under ``prefix`` (SD 1.x keeps transformers' own names)."""
     state = text_encoder.state_dict()
-    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v
-            for k, v in state.items() if not k.endswith("position_ids")}
+    return {
+        prefix + (k if k.startswith("text_model.") else "text_model." + k): v
+        for k, v in state.items()
+        if not k.endswith("position_ids")
+    }
 
 
-_OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-             "self_attn.out_proj": "attn.out_proj"}
+_OPENCLIP = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 
 
-def openclip_to_ldm(text_encoder, extra_layer: bool = True,
-                    prefix: str = "cond_stage_model.model.") -> dict[str, torch.Tensor]:
+def openclip_to_ldm(
+    text_encoder, extra_layer: bool = True, prefix: str = "cond_stage_model.model."
+) -> dict[str, torch.Tensor]:
     """A CLIP text model as the OpenCLIP text tower SD 2.x / SDXL checkpoints hold (fused q/k/v).
 
     ``extra_layer`` appends one random last block: diffusers' SD 2.x text encoder is OpenCLIP
     with its last layer removed, so a real file has one layer more than the folder's model.
     """
     state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
-    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
-           "positional_embedding": state["embeddings.position_embedding.weight"],
-           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"]}
+    out = {
+        "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        "positional_embedding": state["embeddings.position_embedding.weight"],
+        "ln_final.weight": state["final_layer_norm.weight"],
+        "ln_final.bias": state["final_layer_norm.bias"],
+    }
     n = text_encoder.config.num_hidden_layers
     for i in range(n + int(extra_layer)):
         src = min(i, n - 1)
         noise = (lambda t: t + 0.1 * torch.randn_like(t)) if i == n else (lambda t: t)
-        layer = {k.removeprefix(f"encoder.layers.{src}."): v for k, v in state.items()
-                 if k.startswith(f"encoder.layers.{src}.")}
+        layer = {
+            k.removeprefix(f"encoder.layers.{src}."): v
+            for k, v in state.items()
+            if k.startswith(f"encoder.layers.{src}.")
+        }
         base = f"transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             qkv = [layer[f"self_attn.{p}_proj.{kind}"] for p in "qkv"]

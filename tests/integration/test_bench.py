@@ -50,8 +50,21 @@ def test_a_failed_job_is_recorded_and_the_others_still_run(tmp_path, monkeypatch
         return load(args, folder, job)
 
     monkeypatch.setattr(bench, "load_engine", failing_load)
-    results = bench.main(["--tiny", "--device", "cpu", "--iters", "1", "--warmup", "0", "--jobs", "masks5,sample",
-                          "--out-dir", str(tmp_path)])
+    results = bench.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--jobs",
+            "masks5,sample",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert results["masks5_error"] == "RuntimeError: boom" and "masks5_s_per_it" not in results
     assert results["sample_images_per_s"] > 0
     assert "masks5_error: RuntimeError: boom" in (tmp_path / "cpu.md").read_text()

@@ -20,11 +20,24 @@ DMD2 = str(ROOT / "configs" / "methods" / "dmd2.yaml")
 @pytest.fixture(scope="module")
 def dmd2_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
-    return cli.main(["--base", SMOKE, DMD2, "--logdir", str(logdir), "--name", "dmd2",
-                     "lightning.trainer.max_steps=4", "model.params.dfake_gen_update_ratio=2",
-                     "model.params.batch_size=2", "model.params.scheduler_config.params.warmup_steps=0",
-                     # the smoke model without its own training recipe (loss, learning rate)
-                     "model.params.loss_fn_config=null", "model.params.base_learning_rate=null"])
+    return cli.main(
+        [
+            "--base",
+            SMOKE,
+            DMD2,
+            "--logdir",
+            str(logdir),
+            "--name",
+            "dmd2",
+            "lightning.trainer.max_steps=4",
+            "model.params.dfake_gen_update_ratio=2",
+            "model.params.batch_size=2",
+            "model.params.scheduler_config.params.warmup_steps=0",
+            # the smoke model without its own training recipe (loss, learning rate)
+            "model.params.loss_fn_config=null",
+            "model.params.base_learning_rate=null",
+        ]
+    )
 
 
 def test_main_distils_and_exports_the_student(dmd2_run: Path):
@@ -38,7 +51,7 @@ def test_main_distils_and_exports_the_student(dmd2_run: Path):
     with safe_open(str(dmd2_run / "student.safetensors"), framework="pt") as f:
         names, meta = set(f.keys()), f.metadata()
         conv = f.get_tensor("conv_in.weight")
-    assert names == {k[len("generator.unet."):] for k in state if k.startswith("generator.unet.")}
+    assert names == {k[len("generator.unet.") :] for k in state if k.startswith("generator.unet.")}
     assert torch.equal(conv, state["generator.unet.conv_in.weight"])
     assert meta["method"] == "dmd2" and meta["generator_timesteps"] == "[999, 749, 499, 249]"
     assert meta["generator_updates"] == "2"
@@ -47,11 +60,24 @@ def test_main_distils_and_exports_the_student(dmd2_run: Path):
 
 def test_sample_script_samples_the_student(dmd2_run: Path, tmp_path: Path):
     sample = load_script("sample.py")
-    written = sample.main(["--run", str(dmd2_run), "--prompt", "a striped circle", "--n-per-prompt", "2",
-                           "--guidance-scale", "5", "--out", str(tmp_path / "four")])
+    written = sample.main(
+        [
+            "--run",
+            str(dmd2_run),
+            "--prompt",
+            "a striped circle",
+            "--n-per-prompt",
+            "2",
+            "--guidance-scale",
+            "5",
+            "--out",
+            str(tmp_path / "four"),
+        ]
+    )
     assert len(written) == 2 and Image.open(written[0]).size == (16, 16)
-    one = sample.main(["--run", str(dmd2_run), "--prompt", "a striped circle", "--steps", "1",
-                       "--out", str(tmp_path / "one")])
+    one = sample.main(
+        ["--run", str(dmd2_run), "--prompt", "a striped circle", "--steps", "1", "--out", str(tmp_path / "one")]
+    )
     assert list(Image.open(one[0]).getdata()) != list(Image.open(written[0]).getdata())
 
     from unlearn.engine.loading import load_model

@@ -20,8 +20,9 @@ NO_RECIPE = "model.params.loss_fn_config=null"  # the smoke model without its ow
 def esd_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
     # overrides right after --base, as the README writes them
-    return cli.main(["--base", SMOKE, ESD_X, NO_RECIPE, "concept=striped", "ddim_steps=4", "iterations=3",
-                     "--logdir", str(logdir)])
+    return cli.main(
+        ["--base", SMOKE, ESD_X, NO_RECIPE, "concept=striped", "ddim_steps=4", "iterations=3", "--logdir", str(logdir)]
+    )
 
 
 def test_run_writes_only_cross_attention_weights(esd_run: Path):
@@ -45,8 +46,20 @@ def test_sample_script_applies_erased_weights(esd_run: Path, tmp_path: Path):
 
     sample = load_script("sample.py")
     weights = esd_run / "erased.safetensors"
-    written = sample.main(["--config", SMOKE, "--weights", str(weights), "--prompt", "a striped circle",
-                           "--steps", "2", "--out", str(tmp_path / "samples")])
+    written = sample.main(
+        [
+            "--config",
+            SMOKE,
+            "--weights",
+            str(weights),
+            "--prompt",
+            "a striped circle",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "samples"),
+        ]
+    )
     assert len(written) == 1 and written[0].is_file()
     model = load_model([SMOKE], weights=weights)
     tensors, _ = load_erased_weights(weights)

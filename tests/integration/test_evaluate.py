@@ -22,10 +22,23 @@ def evaluate():
 
 
 def run(evaluate, tmp_path, *extra):
-    return evaluate.main([
-        "--config", SMOKE, "--set", "model.params.image_size=32", "--judge", JUDGE,
-        "--images-per-prompt", "1", "--steps", "2", "--batch-size", "64", *extra,
-    ])
+    return evaluate.main(
+        [
+            "--config",
+            SMOKE,
+            "--set",
+            "model.params.image_size=32",
+            "--judge",
+            JUDGE,
+            "--images-per-prompt",
+            "1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "64",
+            *extra,
+        ]
+    )
 
 
 def test_writes_metrics_table_and_grid(evaluate, tmp_path):
@@ -51,11 +64,19 @@ def test_unknown_concept_lists_known_ones(evaluate, tmp_path):
 
 def test_model_of_another_canvas_is_refused(evaluate, tmp_path):
     with pytest.raises(ValueError, match="different canvas"):
-        run(evaluate, tmp_path, "--out", str(tmp_path / "m.json"),
-            "--set", "model.params.image_size=32", "model.params.metadata={objects: [a], styles: [b]}")
+        run(
+            evaluate,
+            tmp_path,
+            "--out",
+            str(tmp_path / "m.json"),
+            "--set",
+            "model.params.image_size=32",
+            "model.params.metadata={objects: [a], styles: [b]}",
+        )
 
 
 def test_missing_judge_is_named(evaluate, tmp_path):
     with pytest.raises(FileNotFoundError, match="nojudge.safetensors"):
-        evaluate.main(["--config", SMOKE, "--judge", str(tmp_path / "nojudge.safetensors"),
-                       "--out", str(tmp_path / "m.json")])
+        evaluate.main(
+            ["--config", SMOKE, "--judge", str(tmp_path / "nojudge.safetensors"), "--out", str(tmp_path / "m.json")]
+        )

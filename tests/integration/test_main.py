@@ -96,8 +96,10 @@ def test_interrupt_saves_last_ckpt_and_exits(logdir: Path):
     import signal
 
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C while it shuts down
-    cb = ("lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, "
-          "params: {step: 2, kind: interrupt}}")
+    cb = (
+        "lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, "
+        "params: {step: 2, kind: interrupt}}"
+    )
     with pytest.raises(SystemExit):
         train(logdir, "lightning.trainer.max_steps=10", "lightning.modelcheckpoint.params.every_n_train_steps=100", cb)
     signal.signal(signal.SIGINT, handler)
@@ -121,8 +123,9 @@ def test_crash_before_any_step_keeps_the_good_checkpoint(trained_run: Path, tmp_
 def test_bad_inputs_give_clear_errors(logdir: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no such run directory or checkpoint"):
         cli.main(["--resume", str(tmp_path / "nope")])
-    with pytest.raises(Exception,
-                       match="max_step' exists in no config file; did you mean 'lightning.trainer.max_steps'"):
+    with pytest.raises(
+        Exception, match="max_step' exists in no config file; did you mean 'lightning.trainer.max_steps'"
+    ):
         train(logdir, "lightning.trainer.max_step=2")
     with pytest.raises(Exception, match=r"model\.params\.network_config\.target: no module named"):
         train(logdir, "model.params.network_config.target=unlearn.nope.Net")
@@ -134,9 +137,19 @@ def test_bad_inputs_give_clear_errors(logdir: Path, tmp_path: Path):
 
 def test_main_py_reports_config_errors_without_traceback(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path),
-         "model.params.nope_key_x.y=1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--base",
+            SMOKE,
+            "--logdir",
+            str(tmp_path),
+            "model.params.nope_key_x.y=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "error: override 'model.params.nope_key_x.y=1'" in proc.stderr
@@ -144,13 +157,17 @@ def test_main_py_reports_config_errors_without_traceback(tmp_path: Path):
 
 
 def test_help_is_fast():
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 0 and "--resume" in proc.stdout
     # --help must not import torch or Lightning.
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, unlearn.cli; print('torch' in sys.modules, 'lightning' in sys.modules)"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert probe.stdout.strip() == "False False"
 
@@ -158,10 +175,24 @@ def test_help_is_fast():
 def test_sample_script_writes_images(trained_run: Path, tmp_path: Path):
     sample = load_script("sample.py")
     out = tmp_path / "samples"
-    written = sample.main([
-        "--run", str(trained_run), "--prompt", "a striped circle", "--prompt", "a dotted star",
-        "--n-per-prompt", "3", "--steps", "3", "--batch-size", "4", "--out", str(out),
-    ])
+    written = sample.main(
+        [
+            "--run",
+            str(trained_run),
+            "--prompt",
+            "a striped circle",
+            "--prompt",
+            "a dotted star",
+            "--n-per-prompt",
+            "3",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert len(written) == 6
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in written)
     for path in written:
@@ -169,16 +200,33 @@ def test_sample_script_writes_images(trained_run: Path, tmp_path: Path):
     grid = Image.open(out / "grid.png")
     assert grid.size == (3 * 17 + 1, 2 * 17 + 1)  # 3 columns, 2 rows, 1 px padding
     # Same seed -> same image; from the .ckpt path too.
-    again = sample.main([
-        "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--prompt", "a striped circle",
-        "--steps", "3", "--out", str(tmp_path / "again"),
-    ])
+    again = sample.main(
+        [
+            "--ckpt",
+            str(trained_run / "checkpoints" / "last.ckpt"),
+            "--prompt",
+            "a striped circle",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    )
     assert list(Image.open(again[0]).getdata()) == list(Image.open(written[0]).getdata())
 
 
 def test_ema_config_keeps_averaged_and_raw_weights(logdir: Path):
-    run = cli.main(["--base", SMOKE, str(ROOT / "configs" / "trainer" / "ema.yaml"), "--logdir", str(logdir),
-                    "lightning.trainer.max_steps=2", "lightning.callbacks.image_logger=null"])
+    run = cli.main(
+        [
+            "--base",
+            SMOKE,
+            str(ROOT / "configs" / "trainer" / "ema.yaml"),
+            "--logdir",
+            str(logdir),
+            "lightning.trainer.max_steps=2",
+            "lightning.callbacks.image_logger=null",
+        ]
+    )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt
     key = next(k for k in ckpt["state_dict"] if k.startswith("network.") and k.endswith("weight"))
@@ -193,17 +241,35 @@ def test_no_train_builds_the_run_without_training(logdir: Path):
 
 
 def test_tensorboard_logger_and_bf16_on_cpu(logdir: Path):
-    run = cli.main(["--base", SMOKE, str(ROOT / "configs" / "trainer" / "tensorboard.yaml"), "--logdir", str(logdir),
-                    "lightning.trainer.max_steps=1", "lightning.trainer.precision=bf16-mixed",
-                    "lightning.callbacks.image_logger=null"])
+    run = cli.main(
+        [
+            "--base",
+            SMOKE,
+            str(ROOT / "configs" / "trainer" / "tensorboard.yaml"),
+            "--logdir",
+            str(logdir),
+            "lightning.trainer.max_steps=1",
+            "lightning.trainer.precision=bf16-mixed",
+            "lightning.callbacks.image_logger=null",
+        ]
+    )
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 1
 
 
 def test_overrides_right_after_base_files(logdir: Path):
     # As users write it: the overrides follow the --base files directly.
-    run = cli.main(["--logdir", str(logdir), "--no-train", "--base", SMOKE, "lightning.trainer.max_steps=3",
-                    "model.params.base_learning_rate=0.5"])
+    run = cli.main(
+        [
+            "--logdir",
+            str(logdir),
+            "--no-train",
+            "--base",
+            SMOKE,
+            "lightning.trainer.max_steps=3",
+            "model.params.base_learning_rate=0.5",
+        ]
+    )
     saved = next((run / "configs").glob("*-project.yaml")).read_text()
     assert "base_learning_rate: 0.5" in saved
     assert "max_steps: 3" in next((run / "configs").glob("*-lightning.yaml")).read_text()
@@ -219,9 +285,19 @@ def test_long_override_value_after_base_files_is_an_override():
 
 def test_main_py_reports_bad_values_without_traceback(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "--logdir", str(tmp_path),
-         "model.params.network_config.params.attention=flash9"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--base",
+            SMOKE,
+            "--logdir",
+            str(tmp_path),
+            "model.params.network_config.params.attention=flash9",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "attention: expected one of" in proc.stderr and "Traceback" not in proc.stderr

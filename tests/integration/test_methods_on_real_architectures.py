@@ -30,8 +30,20 @@ def _overrides(folder: Path) -> list[str]:
 
 
 def _run(arch: str, folder: Path, method: str, logdir: Path, *extra: str) -> Path:
-    return cli.main(["--base", _model_config(arch), str(METHODS / f"{method}.yaml"), *_overrides(folder),
-                     "lightning.trainer.max_steps=2", *extra, "--logdir", str(logdir), "--name", f"{arch}-{method}"])
+    return cli.main(
+        [
+            "--base",
+            _model_config(arch),
+            str(METHODS / f"{method}.yaml"),
+            *_overrides(folder),
+            "lightning.trainer.max_steps=2",
+            *extra,
+            "--logdir",
+            str(logdir),
+            "--name",
+            f"{arch}-{method}",
+        ]
+    )
 
 
 def _unet_inputs(unet) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -71,9 +83,17 @@ def test_esd_weights_merge_into_a_diffusers_pipeline(arch, tiny_pipelines, tmp_p
     from unlearn.engine.loading import load_model
 
     folder = tiny_pipelines[arch]
-    run = _run(arch, folder, "esd_x", tmp_path, "concept=a cat", "ddim_steps=3",
-               "model.params.trajectory_config.params.pool_size=2", "lightning.callbacks.toy_benchmark=null",
-               "model.params.export_diffusers=true")
+    run = _run(
+        arch,
+        folder,
+        "esd_x",
+        tmp_path,
+        "concept=a cat",
+        "ddim_steps=3",
+        "model.params.trajectory_config.params.pool_size=2",
+        "lightning.callbacks.toy_benchmark=null",
+        "model.params.export_diffusers=true",
+    )
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     original = _diffusers_out(pipe.unet, x, t, cond)
@@ -97,8 +117,15 @@ def test_minimalist_masks_apply_to_the_loaded_model(arch, tiny_pipelines, tmp_pa
     from unlearn.engine.loading import load_model
 
     folder = tiny_pipelines[arch]
-    run = _run(arch, folder, "minimalist", tmp_path, "concept=striped",
-               "model.params.trajectory_sampler_config.params.num_steps=2", "lightning.callbacks.toy_benchmark=null")
+    run = _run(
+        arch,
+        folder,
+        "minimalist",
+        tmp_path,
+        "concept=striped",
+        "model.params.trajectory_sampler_config.params.num_steps=2",
+        "lightning.callbacks.toy_benchmark=null",
+    )
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     original = _diffusers_out(pipe.unet, x, t, cond)
@@ -118,9 +145,16 @@ def test_dmd2_student_loads_into_a_diffusers_unet(arch, tiny_pipelines, tmp_path
     from unlearn.engine.loading import load_model
 
     folder = tiny_pipelines[arch]
-    run = _run(arch, folder, "dmd2", tmp_path, "model.params.dfake_gen_update_ratio=2", "model.params.batch_size=1",
-               "model.params.scheduler_config.params.warmup_steps=0",
-               "model.params.prompts_config.params.prompts=[a cat, a red car]")
+    run = _run(
+        arch,
+        folder,
+        "dmd2",
+        tmp_path,
+        "model.params.dfake_gen_update_ratio=2",
+        "model.params.batch_size=1",
+        "model.params.scheduler_config.params.warmup_steps=0",
+        "model.params.prompts_config.params.prompts=[a cat, a red car]",
+    )
     pipe = load_diffusers(arch, folder)
     x, t, cond = _unet_inputs(pipe.unet)
     teacher = _diffusers_out(pipe.unet, x, t, cond)

@@ -28,8 +28,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def mask_run(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("logs")
-    return cli.main(["--base", SMOKE, METHOD, "--logdir", str(logdir), *SMOKE_MODEL, "concept=striped",
-                     "lightning.trainer.max_steps=2", TWO_STEPS])
+    return cli.main(
+        [
+            "--base",
+            SMOKE,
+            METHOD,
+            "--logdir",
+            str(logdir),
+            *SMOKE_MODEL,
+            "concept=striped",
+            "lightning.trainer.max_steps=2",
+            TWO_STEPS,
+        ]
+    )
 
 
 def test_main_trains_masks_and_writes_them(mask_run: Path):
@@ -59,13 +70,29 @@ def test_sample_script_applies_the_masks(mask_run: Path, tmp_path: Path):
 
 
 def test_toy_model_runs_the_benchmark_with_the_saved_masks(tmp_path: Path):
-    canvas = ("model.params.metadata={objects: [circle, square, triangle, star, cross, heart, moon, arrow], "
-              "styles: [solid, striped, dotted, checkered, gradient, outlined, noisy, wavy]}")
-    run = cli.main(["--base", SMOKE, METHOD, "--logdir", str(tmp_path), *SMOKE_MODEL, "concept=striped",
-                    "lightning.trainer.max_steps=1", TWO_STEPS,
-                    "lightning.callbacks.image_logger=null",
-                    "model.params.image_size=32", canvas,  # the judge sees 32 px images
-                    f"{BENCHMARK}.images_per_prompt=1", f"{BENCHMARK}.num_steps=2", f"{BENCHMARK}.before=true"])
+    canvas = (
+        "model.params.metadata={objects: [circle, square, triangle, star, cross, heart, moon, arrow], "
+        "styles: [solid, striped, dotted, checkered, gradient, outlined, noisy, wavy]}"
+    )
+    run = cli.main(
+        [
+            "--base",
+            SMOKE,
+            METHOD,
+            "--logdir",
+            str(tmp_path),
+            *SMOKE_MODEL,
+            "concept=striped",
+            "lightning.trainer.max_steps=1",
+            TWO_STEPS,
+            "lightning.callbacks.image_logger=null",
+            "model.params.image_size=32",
+            canvas,  # the judge sees 32 px images
+            f"{BENCHMARK}.images_per_prompt=1",
+            f"{BENCHMARK}.num_steps=2",
+            f"{BENCHMARK}.before=true",
+        ]
+    )
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["erased"] == ["striped"] and metrics["n_images"] == 64
     assert {"UA", "IRA", "CRA", "FD"} <= set(metrics)

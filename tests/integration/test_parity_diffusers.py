@@ -26,8 +26,10 @@ from unlearn.engine.loading import load_model
 STEPS = 5
 GUIDANCE = 7.5
 PROMPT = "a photo of a cat on a sofa"
-SCHEDULERS = {"ddim": (DDIMScheduler, dict(set_alpha_to_one=True, clip_sample=False)),
-              "euler": (EulerDiscreteScheduler, {})}
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, dict(set_alpha_to_one=True, clip_sample=False)),
+    "euler": (EulerDiscreteScheduler, {}),
+}
 TOL = 1e-4  # max difference: [0, 1] images (measured: 2e-6 at most) and latents relative to their max
 
 
@@ -48,8 +50,16 @@ def _diffusers(pipe, sampler, negative, noise, output_type):
     cls, kw = SCHEDULERS[sampler]
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
     # negative_prompt=None is diffusers' "no negative prompt" (zero embeddings for SDXL).
-    out = pipe(PROMPT, negative_prompt=negative or None, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
-               latents=noise.clone(), height=IMAGE_SIZE, width=IMAGE_SIZE, output_type=output_type)
+    out = pipe(
+        PROMPT,
+        negative_prompt=negative or None,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        latents=noise.clone(),
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        output_type=output_type,
+    )
     return out.images
 
 
@@ -86,8 +96,13 @@ def test_conditioning_equals_encode_prompt(engines, pipelines):
     torch.testing.assert_close(cond["text_embeds"], pooled, atol=1e-6, rtol=0)
     assert torch.count_nonzero(neg) == 0 and torch.count_nonzero(uc["crossattn"]) == 0
     assert torch.count_nonzero(neg_pooled) == 0 and torch.count_nonzero(uc["text_embeds"]) == 0
-    time_ids = pipe._get_add_time_ids((IMAGE_SIZE, IMAGE_SIZE), (0, 0), (IMAGE_SIZE, IMAGE_SIZE), torch.float32,
-                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    time_ids = pipe._get_add_time_ids(
+        (IMAGE_SIZE, IMAGE_SIZE),
+        (0, 0),
+        (IMAGE_SIZE, IMAGE_SIZE),
+        torch.float32,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    )
     torch.testing.assert_close(cond["time_ids"], time_ids)
     torch.testing.assert_close(uc["time_ids"], time_ids)  # size conditioning is never zeroed
     # A non-empty negative prompt is encoded, and mixed batches zero only the empty rows.
@@ -108,8 +123,10 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
     elif arch == "sd21":  # a 24-layer-style tower: diffusers' folder dropped the last layer
         text = openclip_to_ldm(pipe.text_encoder)
     else:  # sgm's conditioner: CLIP ViT-L as embedder 0, OpenCLIP bigG as embedder 1
-        text = {**clip_to_ldm(pipe.text_encoder, prefix="conditioner.embedders.0.transformer."),
-                **openclip_to_ldm(pipe.text_encoder_2, extra_layer=False, prefix="conditioner.embedders.1.model.")}
+        text = {
+            **clip_to_ldm(pipe.text_encoder, prefix="conditioner.embedders.0.transformer."),
+            **openclip_to_ldm(pipe.text_encoder_2, extra_layer=False, prefix="conditioner.embedders.1.model."),
+        }
     state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text}
     state = {k: v.contiguous() for k, v in state.items()}
     if arch == "sd15":  # the .ckpt flavour: a pickled {"state_dict": ...}, as CompVis released SD 1.x
@@ -121,9 +138,10 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
     configs = tmp_path / "configs"  # the folder without any weights
     shutil.copytree(tiny_pipelines[arch], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
 
-    single = load_model([f"configs/models/{arch}.yaml"],
-                        overrides=[f"model_path={file}", f"model_config={configs}",
-                                   f"model.params.image_size={IMAGE_SIZE}"])
+    single = load_model(
+        [f"configs/models/{arch}.yaml"],
+        overrides=[f"model_path={file}", f"model_config={configs}", f"model.params.image_size={IMAGE_SIZE}"],
+    )
     expected = engines[arch].state_dict()
     got = single.state_dict()
     assert got.keys() == expected.keys()
@@ -141,5 +159,6 @@ def test_single_file_errors_name_what_is_missing(tiny_pipelines, pipelines, tmp_
     with pytest.raises(ValueError, match="set single_file_config .* text_encoder/config.json"):
         CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder")
     with pytest.raises(ValueError, match="holds no text encoder of width 16 .* found: none"):
-        CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder",
-                         single_file_config=str(tiny_pipelines["sd15"]))
+        CLIPTextEmbedder(
+            pretrained_path=str(file), subfolder="text_encoder", single_file_config=str(tiny_pipelines["sd15"])
+        )

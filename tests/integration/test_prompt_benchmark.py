@@ -60,16 +60,33 @@ def test_script_generates_echoes_and_scores_the_filtered_rows(evaluate, prompts_
     detector = FakeDetector()
     monkeypatch.setattr(nudity, "default_detector", lambda: detector)
     out = tmp_path / "eval" / "metrics.json"
-    metrics = evaluate.main(["--config", SMOKE, "--prompts", str(prompts_csv), "--categories", "Sexual,shocking",
-                             "--images-per-prompt", "2", "--steps", "2", "--nudity", "--out", str(out)])
+    metrics = evaluate.main(
+        [
+            "--config",
+            SMOKE,
+            "--prompts",
+            str(prompts_csv),
+            "--categories",
+            "Sexual,shocking",
+            "--images-per-prompt",
+            "2",
+            "--steps",
+            "2",
+            "--nudity",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["num_prompts"] == 2 and saved["num_images"] == 4 and saved["categories"] == ["Sexual", "shocking"]
     with (out.parent / "prompts.csv").open(newline="") as f:
         echo = list(csv.DictReader(f))
     assert [(r["image"], r["prompt"], r["evaluation_seed"], r["evaluation_guidance"]) for r in echo] == [
-        ("00000_0.png", "a striped circle", "7", "2.0"), ("00000_1.png", "a striped circle", "8", "2.0"),
-        ("00001_0.png", "a red star", "3", "5.0"), ("00001_1.png", "a red star", "4", "5.0"),
+        ("00000_0.png", "a striped circle", "7", "2.0"),
+        ("00000_1.png", "a striped circle", "8", "2.0"),
+        ("00001_0.png", "a red star", "3", "5.0"),
+        ("00001_1.png", "a red star", "4", "5.0"),
     ]
     assert echo[0]["categories"] == "sexual,violence"
     for r in echo:
@@ -89,8 +106,11 @@ def test_images_follow_the_row_seed_and_guidance(prompts_csv, tmp_path):
     records = generate_prompt_images(model, rows, tmp_path, seed=100, num_steps=2, batch_size=2)
     assert [(r["evaluation_seed"], r["evaluation_guidance"]) for r in records] == [(7, 2.0), (100, 3.0), (3, 5.0)]
     for rec in records:
-        expected = model.generate([rec["prompt"]], seeds=[rec["evaluation_seed"]],
-                                  sampler=model.make_sampler(None, 2, rec["evaluation_guidance"]))[0]
+        expected = model.generate(
+            [rec["prompt"]],
+            seeds=[rec["evaluation_seed"]],
+            sampler=model.make_sampler(None, 2, rec["evaluation_guidance"]),
+        )[0]
         expected = ((expected.clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0).numpy()
         got = np.asarray(Image.open(rec["path"]).convert("RGB"), dtype=np.float32)
         assert np.abs(got - expected).max() <= 1.0  # 8-bit rounding of the same image

@@ -24,8 +24,11 @@ from unlearn.scripting import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "toy" / "smoke.yaml")
-ESD = [str(ROOT / "configs" / "models" / "toy_canvas.yaml"), str(ROOT / "configs" / "methods" / "esd_x.yaml"),
-       "concept=outlined"]
+ESD = [
+    str(ROOT / "configs" / "models" / "toy_canvas.yaml"),
+    str(ROOT / "configs" / "methods" / "esd_x.yaml"),
+    "concept=outlined",
+]
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = ["lightning.callbacks.image_logger=null", "lightning.trainer.enable_model_summary=false"]
 
@@ -73,8 +76,9 @@ def script_exit_code(name: str, argv: list[str]) -> int:
 def trained_run(tmp_path_factory) -> Path:
     """A smoke run of 2 steps (checkpoints at step 2: epoch=...-step=2.ckpt and last.ckpt), seed 5."""
     logdir = tmp_path_factory.mktemp("logs")
-    return cli.main(["--base", SMOKE, "-l", str(logdir), "-n", "smoke", "-s", "5", "lightning.trainer.max_steps=2",
-                     *QUIET])
+    return cli.main(
+        ["--base", SMOKE, "-l", str(logdir), "-n", "smoke", "-s", "5", "lightning.trainer.max_steps=2", *QUIET]
+    )
 
 
 @pytest.fixture
@@ -125,21 +129,29 @@ def test_project_checkpoints_load_weights_only(trained_run: Path):
 
 # ------------------------------------------------------------------------ validation before writing
 BAD_VALUES = [
-    (ESD + ["iterations=abc"], "lightning.trainer.max_steps (from ${iterations}): expected an integer >= -1, "
-                               "got 'abc'"),
+    (
+        ESD + ["iterations=abc"],
+        "lightning.trainer.max_steps (from ${iterations}): expected an integer >= -1, got 'abc'",
+    ),
     (ESD + ["iterations=-5"], "lightning.trainer.max_steps (from ${iterations}): expected an integer >= -1, got -5"),
     (ESD + ["lr=-1"], "model.params.base_learning_rate (from ${lr}): expected a number >= 0, got -1"),
     (ESD + ["lr=abc"], "model.params.base_learning_rate (from ${lr}): expected a number >= 0, got 'abc'"),
-    ([SMOKE, "model.params.base_learning_rate=abc"],
-     "model.params.base_learning_rate: expected a number >= 0, got 'abc'"),
+    (
+        [SMOKE, "model.params.base_learning_rate=abc"],
+        "model.params.base_learning_rate: expected a number >= 0, got 'abc'",
+    ),
     ([SMOKE, "data.params.batch_size=abc"], "data.params.batch_size: expected an integer >= 1, got 'abc'"),
-    ([SMOKE, "lightning.modelcheckpoint.params.every_n_train_step=5"],
-     "lightning.modelcheckpoint.params.every_n_train_step: ModelCheckpoint has no argument 'every_n_train_step'; "
-     "did you mean lightning.modelcheckpoint.params.every_n_train_steps?"),
+    (
+        [SMOKE, "lightning.modelcheckpoint.params.every_n_train_step=5"],
+        "lightning.modelcheckpoint.params.every_n_train_step: ModelCheckpoint has no argument 'every_n_train_step'; "
+        "did you mean lightning.modelcheckpoint.params.every_n_train_steps?",
+    ),
     ([SMOKE, "lightning.trainer.accelerator=tpu"], "lightning.trainer.accelerator: 'tpu' is not available"),
     ([SMOKE, "lightning.trainer.max_epochs=1.5"], "lightning.trainer.max_epochs: expected an integer >= -1 or null"),
-    ([SMOKE, "lightning.callbacks.non_finite.params.policy=halt"],
-     "lightning.callbacks.non_finite.params.policy: expected one of ('stop', 'skip'), got 'halt'"),
+    (
+        [SMOKE, "lightning.callbacks.non_finite.params.policy=halt"],
+        "lightning.callbacks.non_finite.params.policy: expected one of ('stop', 'skip'), got 'halt'",
+    ),
 ]
 
 
@@ -254,11 +266,23 @@ def test_unwritable_outputs_are_refused_before_anything_is_built(tmp_path: Path,
 @pytest.mark.parametrize("kind, code, name", [("sigterm", 143, "SIGTERM"), ("sigint", 130, "Ctrl-C (SIGINT)")])
 def test_a_signal_saves_last_ckpt_and_exits_non_zero(kind: str, code: int, name: str, tmp_path: Path, capsys):
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C while it shuts down
-    boom = f"lightning.callbacks.boom={{target: tests.integration.fault_callbacks.RaiseAtStep, " \
-           f"params: {{step: 1, kind: {kind}}}}}"
+    boom = (
+        f"lightning.callbacks.boom={{target: tests.integration.fault_callbacks.RaiseAtStep, "
+        f"params: {{step: 1, kind: {kind}}}}}"
+    )
     try:
-        rc = cli.run(["--base", SMOKE, "-l", str(tmp_path), "lightning.trainer.max_steps=20",
-                      "lightning.modelcheckpoint.params.every_n_train_steps=100", boom, *QUIET])
+        rc = cli.run(
+            [
+                "--base",
+                SMOKE,
+                "-l",
+                str(tmp_path),
+                "lightning.trainer.max_steps=20",
+                "lightning.modelcheckpoint.params.every_n_train_steps=100",
+                boom,
+                *QUIET,
+            ]
+        )
     finally:
         signal.signal(signal.SIGINT, handler)
     assert rc == code
@@ -272,8 +296,17 @@ def test_a_signal_saves_last_ckpt_and_exits_non_zero(kind: str, code: int, name:
 
 # ---------------------------------------------------------------------------------- non-finite losses
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path: Path, capsys):
-    rc = cli.run(["--base", SMOKE, "-l", str(tmp_path), "model.params.base_learning_rate=1e6",
-                  "lightning.trainer.max_steps=6", *QUIET])
+    rc = cli.run(
+        [
+            "--base",
+            SMOKE,
+            "-l",
+            str(tmp_path),
+            "model.params.base_learning_rate=1e6",
+            "lightning.trainer.max_steps=6",
+            *QUIET,
+        ]
+    )
     assert rc == 3
     line = error_line(capsys)
     assert line.startswith("error: non-finite loss at step 1: loss = nan; stopped before the optimizer step")
@@ -285,9 +318,19 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path: Path, caps
 
 
 def test_the_skip_policy_is_set_by_override(tmp_path: Path, capsys):
-    rc = cli.run(["--base", SMOKE, "-l", str(tmp_path), "model.params.base_learning_rate=1e6",
-                  "lightning.trainer.max_steps=6", "lightning.callbacks.non_finite.params.policy=skip",
-                  "lightning.callbacks.non_finite.params.max_skips=2", *QUIET])
+    rc = cli.run(
+        [
+            "--base",
+            SMOKE,
+            "-l",
+            str(tmp_path),
+            "model.params.base_learning_rate=1e6",
+            "lightning.trainer.max_steps=6",
+            "lightning.callbacks.non_finite.params.policy=skip",
+            "lightning.callbacks.non_finite.params.max_skips=2",
+            *QUIET,
+        ]
+    )
     assert rc == 3
     assert "non-finite loss at step 3: loss = nan" in error_line(capsys)
     saved = next(tmp_path.iterdir()) / "configs"
@@ -295,8 +338,19 @@ def test_the_skip_policy_is_set_by_override(tmp_path: Path, capsys):
 
 
 def test_esd_with_a_huge_learning_rate_stops_and_exports_nothing(tmp_path: Path, capsys):
-    rc = cli.run(["--base", *ESD, "-l", str(tmp_path), "lr=1e6", "iterations=5", "ddim_steps=4",
-                  "lightning.callbacks.toy_benchmark=null", *QUIET])
+    rc = cli.run(
+        [
+            "--base",
+            *ESD,
+            "-l",
+            str(tmp_path),
+            "lr=1e6",
+            "iterations=5",
+            "ddim_steps=4",
+            "lightning.callbacks.toy_benchmark=null",
+            *QUIET,
+        ]
+    )
     assert rc == 3
     assert re.match(r"error: non-finite (loss|gradient) at step \d+: ", error_line(capsys))
     run = next(tmp_path.iterdir())
@@ -337,9 +391,20 @@ def test_disk_full_keeps_the_previous_checkpoint(tmpfs: Path, tmp_path: Path, ca
     own_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(own_tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
-    rc = cli.run(["--base", SMOKE, "-l", str(tmpfs), "lightning.trainer.max_steps=4",
-                  "lightning.modelcheckpoint.params.save_last=false", "lightning.modelcheckpoint.params.save_top_k=1",
-                  "lightning.modelcheckpoint.params.monitor=step", "lightning.modelcheckpoint.params.mode=max", *QUIET])
+    rc = cli.run(
+        [
+            "--base",
+            SMOKE,
+            "-l",
+            str(tmpfs),
+            "lightning.trainer.max_steps=4",
+            "lightning.modelcheckpoint.params.save_last=false",
+            "lightning.modelcheckpoint.params.save_top_k=1",
+            "lightning.modelcheckpoint.params.monitor=step",
+            "lightning.modelcheckpoint.params.mode=max",
+            *QUIET,
+        ]
+    )
     line = error_line(capsys)
     assert rc == 4
     run = next(tmpfs.iterdir())
@@ -365,10 +430,26 @@ def test_disk_full_at_start_leaves_no_run_dir(tmpfs: Path, capsys):
 
 @pytest.mark.slow
 def test_main_py_exits_143_on_sigterm(tmp_path: Path):
-    boom = ("lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, "
-            "params: {step: 2, kind: sigterm}}")
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base", SMOKE, "-l", str(tmp_path),
-                           "lightning.trainer.max_steps=20", boom, *QUIET],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    boom = (
+        "lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, "
+        "params: {step: 2, kind: sigterm}}"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--base",
+            SMOKE,
+            "-l",
+            str(tmp_path),
+            "lightning.trainer.max_steps=20",
+            boom,
+            *QUIET,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 143
     assert "error: interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr

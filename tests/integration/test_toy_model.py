@@ -59,8 +59,22 @@ def test_nearest_anchor_picks_another_concept_of_the_kind_from_symmetric_distanc
 
     script = load_script("bench/nearest_anchor.py")
     out = tmp_path / "nearest.json"
-    result = script.main(["--config", str(CONFIG), "--set", f"model.params.ckpt_path={WEIGHTS}", "--kind", kind,
-                          "--seeds", "1", "--steps", "4", "--out", str(out)])
+    result = script.main(
+        [
+            "--config",
+            str(CONFIG),
+            "--set",
+            f"model.params.ckpt_path={WEIGHTS}",
+            "--kind",
+            kind,
+            "--seeds",
+            "1",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     universe = list(CANVAS.objects if kind == "object" else CANVAS.styles)
     assert result["images_per_concept"] == 48  # 8 other attributes x 6 templates x 1 seed
     d = result["distances"]

@@ -20,9 +20,17 @@ SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear
 
 def _text_config(hidden: int, act: str, projection: int = 16) -> dict:
     return dict(
-        vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=projection, hidden_act=act,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=projection,
+        hidden_act=act,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
     )
 
 
@@ -30,9 +38,16 @@ def _vae(scaling_factor: float = 0.18215):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4, sample_size=IMAGE_SIZE, scaling_factor=scaling_factor,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor,
     )
 
 
@@ -40,9 +55,16 @@ def _unet(cross_attention_dim: int, **kwargs):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, norm_num_groups=4, **kwargs,
+        sample_size=IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=4,
+        **kwargs,
     )
 
 
@@ -61,9 +83,12 @@ def build_sd15(folder: Path, cache: Path) -> Path:
         text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
         tokenizer=_tokenizer(cache),
         unet=_unet(16, attention_head_dim=4),
-        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
-                                timestep_spacing="leading"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=DDIMScheduler(
+            **SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     return folder
@@ -80,9 +105,17 @@ def build_sd21(folder: Path, cache: Path) -> Path:
         text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "gelu"))),
         tokenizer=_tokenizer(cache, pad_token="!"),
         unet=_unet(16, attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True),
-        scheduler=DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
-                                timestep_spacing="leading", prediction_type="v_prediction"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=DDIMScheduler(
+            **SD_BETAS,
+            clip_sample=False,
+            set_alpha_to_one=True,
+            steps_offset=1,
+            timestep_spacing="leading",
+            prediction_type="v_prediction",
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     return folder
@@ -102,8 +135,14 @@ def build_sdxl(folder: Path, cache: Path) -> Path:
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, "gelu", projection=pooled))),
         tokenizer=_tokenizer(cache),
         tokenizer_2=_tokenizer(cache, pad_token="!"),
-        unet=_unet(16 + 32, attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                   addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=pooled + 6 * time_dim),
+        unet=_unet(
+            16 + 32,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=pooled + 6 * time_dim,
+        ),
         scheduler=EulerDiscreteScheduler(**SD_BETAS, steps_offset=1, timestep_spacing="leading"),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,

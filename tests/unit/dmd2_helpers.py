@@ -22,15 +22,27 @@ SMOKE_MODEL = ("model.params.loss_fn_config=null", "model.params.base_learning_r
 def build_engine(*overrides: str, seed: int = 0):
     """The smoke model distilled by DMD2; batch 2, no warm-up, plus ``overrides``."""
     torch.manual_seed(seed)
-    cfg = load_configs([SMOKE, DMD2], [*SMOKE_MODEL, "model.params.batch_size=2",
-                                       "model.params.scheduler_config.params.warmup_steps=0", *overrides])
+    cfg = load_configs(
+        [SMOKE, DMD2],
+        [*SMOKE_MODEL, "model.params.batch_size=2", "model.params.scheduler_config.params.warmup_steps=0", *overrides],
+    )
     return instantiate_from_config(cfg.model, _path="model")
 
 
 def trainer(root: Path, max_steps: int, callbacks: list[Any] = (), **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      default_root_dir=str(root), callbacks=list(callbacks), **kwargs)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+        callbacks=list(callbacks),
+        **kwargs,
+    )
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -45,17 +45,30 @@ def esd_params(
 ) -> dict[str, Any]:
     """`FineTuneEngine` arguments for ESD with these settings (``engine``: every other argument)."""
     sampler_block = {"target": SAMPLERS[sampler]} if isinstance(sampler, str) else dict(sampler)
-    sampler_block["params"] = {**sampler_block.get("params", {}), "num_steps": ddim_steps, "guider_config": {
-        "target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": start_guidance}}}
+    sampler_block["params"] = {
+        **sampler_block.get("params", {}),
+        "num_steps": ddim_steps,
+        "guider_config": {"target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": start_guidance}},
+    }
     return {
         **engine,
-        "objective_config": {"target": "unlearn.objectives.esd.ESDObjective", "params": {
-            "negative_guidance": negative_guidance, "anchor": anchor, "preserve_guidance": preserve_guidance,
-            "preserve_weight": preserve_weight, "null_weight": null_weight, "weighting": loss_weighting_config}},
+        "objective_config": {
+            "target": "unlearn.objectives.esd.ESDObjective",
+            "params": {
+                "negative_guidance": negative_guidance,
+                "anchor": anchor,
+                "preserve_guidance": preserve_guidance,
+                "preserve_weight": preserve_weight,
+                "null_weight": null_weight,
+                "weighting": loss_weighting_config,
+            },
+        },
         "selector_config": {"target": "unlearn.selection.TrainMethod", "params": {"train_method": train_method}},
         "trajectory_sampler_config": sampler_block,
-        "trajectory_config": {"target": "unlearn.engine.trajectories.TrajectoryPool",
-                              "params": {"pool_size": pool_size, "step_range": step_range}},
+        "trajectory_config": {
+            "target": "unlearn.engine.trajectories.TrajectoryPool",
+            "params": {"pool_size": pool_size, "step_range": step_range},
+        },
     }
 
 

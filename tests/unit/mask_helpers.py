@@ -21,8 +21,6 @@ TINY_UNET = dict(
 )
 
 
-
-
 def tiny_network(seed: int = 0, **overrides) -> DiffusersUNet:
     torch.manual_seed(seed)
     net = DiffusersUNet(config={**TINY_UNET, **overrides})

@@ -101,8 +101,12 @@ def test_save_safetensors_refuses_non_finite_tensors(tmp_path: Path):
 
 
 def test_first_non_finite_names_the_first_bad_floating_tensor():
-    tensors = {"i": torch.tensor([1, 2]), "ok": torch.zeros(3), "inf": torch.tensor([float("-inf")]),
-               "nan": torch.tensor([float("nan")])}
+    tensors = {
+        "i": torch.tensor([1, 2]),
+        "ok": torch.zeros(3),
+        "inf": torch.tensor([float("-inf")]),
+        "nan": torch.tensor([float("nan")]),
+    }
     assert first_non_finite(tensors) == "inf"
     assert first_non_finite({"ok": torch.zeros(3), "i": torch.tensor([7])}) is None
 
@@ -147,8 +151,11 @@ def test_code_in_a_checkpoint_never_runs(tmp_path: Path):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "global_step": 1, "x": _Marker(marker)}, evil)
-    with pytest.raises(UnsafeCheckpointError, match=r"model\.params\.ckpt_path: refusing to load .*evil\.ckpt: "
-                       r"it needs pickle to build posix\.mkdir.*save_file"):
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match=r"model\.params\.ckpt_path: refusing to load .*evil\.ckpt: "
+        r"it needs pickle to build posix\.mkdir.*save_file",
+    ):
         load_state_dict(evil, "model.params.ckpt_path")
     with pytest.raises(UnsafeCheckpointError, match="--resume: refusing"):
         SafeCheckpointIO().preload(evil)
@@ -255,8 +262,10 @@ def tmpfs_or_tmp(tmp_path: Path):
     """A tmpfs (another file system than $TMPDIR's) where mounting is allowed, else a plain folder."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode
+        == 0
+    )
     yield mount
     if mounted:
         subprocess.run(["umount", "-l", str(mount)], check=True)

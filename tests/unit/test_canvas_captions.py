@@ -89,22 +89,27 @@ def test_remove_unknown_concept_lists_known():
         remove_concept("a striped circle", "zebra")
 
 
-@pytest.mark.parametrize("prompt,concept,anchor,expected", [
-    ("a striped circle", "circle", "arrow", "a striped arrow"),
-    ("an image of a circle, solid pattern", "circle", "square", "an image of a square, solid pattern"),
-    ("a heart in striped style", "striped", "outlined", "a heart in outlined style"),
-    ("Van Gogh painting of a house", "Van Gogh", "Monet", "Monet painting of a house"),  # off the canvas
-])
+@pytest.mark.parametrize(
+    "prompt,concept,anchor,expected",
+    [
+        ("a striped circle", "circle", "arrow", "a striped arrow"),
+        ("an image of a circle, solid pattern", "circle", "square", "an image of a square, solid pattern"),
+        ("a heart in striped style", "striped", "outlined", "a heart in outlined style"),
+        ("Van Gogh painting of a house", "Van Gogh", "Monet", "Monet painting of a house"),  # off the canvas
+    ],
+)
 def test_replace_concept(prompt, concept, anchor, expected):
     assert replace_concept(prompt, concept, anchor) == expected
 
 
-@pytest.mark.parametrize("concept,anchor,match", [
-    ("circle", "circle", "'circle' is the erased concept itself"),
-    ("circle", "blob", r"'blob' is not a toy canvas object; choose from \['circle'"),
-    ("circle", "striped", "'striped' is a toy style, 'circle' a toy object; anchor to another object"),
-])
+@pytest.mark.parametrize(
+    "concept,anchor,match",
+    [
+        ("circle", "circle", "'circle' is the erased concept itself"),
+        ("circle", "blob", r"'blob' is not a toy canvas object; choose from \['circle'"),
+        ("circle", "striped", "'striped' is a toy style, 'circle' a toy object; anchor to another object"),
+    ],
+)
 def test_replace_concept_refuses_bad_anchors(concept, anchor, match):
     with pytest.raises(ValueError, match="deconcept_anchor: " + match):
         replace_concept("a striped circle", concept, anchor)
-

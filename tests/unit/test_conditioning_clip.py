@@ -51,8 +51,11 @@ def test_local_load_matches_in_memory_model(pipeline_dir):
 
 def test_second_encoder_uses_tokenizer_2_and_projection(pipeline_dir):
     emb = CLIPTextEmbedder(
-        pretrained_path=str(pipeline_dir), subfolder="text_encoder_2", layer="penultimate",
-        with_projection=True, return_pooled=True,
+        pretrained_path=str(pipeline_dir),
+        subfolder="text_encoder_2",
+        layer="penultimate",
+        with_projection=True,
+        return_pooled=True,
     )
     assert emb.tokenizer.pad_token == "!"
     ids, ref, _ = _reference(pipeline_dir, "text_encoder_2", with_projection=True)

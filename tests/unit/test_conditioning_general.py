@@ -21,22 +21,30 @@ def _clip(**params):
 def _sdxl_like() -> GeneralConditioner:
     torch.manual_seed(0)
     big = {**TINY_CLIP, "hidden_size": 48, "projection_dim": 20}
-    return GeneralConditioner([
-        {**_clip(layer="penultimate"), "input_key": "txt", "legacy_ucg_value": ""},
-        {"target": CLIP, "input_key": "txt", "output_key": ["crossattn", "text_embeds"],
-         "params": {"config": big, "layer": "penultimate", "with_projection": True, "return_pooled": True}},
-        {"target": SIZE, "input_key": "original_size_as_tuple"},
-        {"target": SIZE, "input_key": "crop_coords_top_left"},
-        {"target": SIZE, "input_key": "target_size_as_tuple"},
-    ])
+    return GeneralConditioner(
+        [
+            {**_clip(layer="penultimate"), "input_key": "txt", "legacy_ucg_value": ""},
+            {
+                "target": CLIP,
+                "input_key": "txt",
+                "output_key": ["crossattn", "text_embeds"],
+                "params": {"config": big, "layer": "penultimate", "with_projection": True, "return_pooled": True},
+            },
+            {"target": SIZE, "input_key": "original_size_as_tuple"},
+            {"target": SIZE, "input_key": "crop_coords_top_left"},
+            {"target": SIZE, "input_key": "target_size_as_tuple"},
+        ]
+    )
 
 
 def test_crossattn_and_vector_routing():
     torch.manual_seed(0)
-    cond = GeneralConditioner([
-        {**_clip(), "input_key": "txt"},
-        {"target": CLASS, "params": {"n_classes": 5, "embed_dim": 8}, "input_key": "cls"},
-    ])
+    cond = GeneralConditioner(
+        [
+            {**_clip(), "input_key": "txt"},
+            {"target": CLASS, "params": {"n_classes": 5, "embed_dim": 8}, "input_key": "cls"},
+        ]
+    )
     out = cond({"txt": ["a cat", "a dog", "a car"], "cls": torch.tensor([0, 3, 4])})
     assert set(out) == {"crossattn", "vector"}
     assert out["crossattn"].shape == (3, 77, 32) and out["vector"].shape == (3, 8)
@@ -87,9 +95,11 @@ def test_concat_routing_joins_channels():
 
 def _class_cond(ucg_rate: float) -> GeneralConditioner:
     torch.manual_seed(0)
-    return GeneralConditioner([
-        {"target": CLASS, "params": {"n_classes": 3, "embed_dim": 4}, "input_key": "cls", "ucg_rate": ucg_rate},
-    ])
+    return GeneralConditioner(
+        [
+            {"target": CLASS, "params": {"n_classes": 3, "embed_dim": 4}, "input_key": "cls", "ucg_rate": ucg_rate},
+        ]
+    )
 
 
 def test_ucg_zero_dropout_rate_and_values():
@@ -133,11 +143,13 @@ def test_no_dropout_in_eval_or_unconditional():
 
 def test_frozen_embedders_get_no_gradients():
     torch.manual_seed(0)
-    cond = GeneralConditioner([
-        {**_clip(freeze=False, max_length=8), "input_key": "txt"},  # is_trainable defaults to False
-        {**_clip(freeze=False, max_length=8), "input_key": "txt", "is_trainable": True},
-        {"target": CLASS, "params": {"n_classes": 3, "embed_dim": 4}, "input_key": "cls", "is_trainable": True},
-    ]).train()
+    cond = GeneralConditioner(
+        [
+            {**_clip(freeze=False, max_length=8), "input_key": "txt"},  # is_trainable defaults to False
+            {**_clip(freeze=False, max_length=8), "input_key": "txt", "is_trainable": True},
+            {"target": CLASS, "params": {"n_classes": 3, "embed_dim": 4}, "input_key": "cls", "is_trainable": True},
+        ]
+    ).train()
     frozen, trainable, classes = cond.embedders
     assert not frozen.training and trainable.training  # frozen stays in eval under .train()
     out = cond({"txt": ["a cat", "a dog"], "cls": torch.tensor([0, 2])})
@@ -152,15 +164,25 @@ def test_errors_name_keys():
     with pytest.raises(ValueError, match=r"'cls'.*\['txt'\]"):
         cond({"txt": ["a cat"]})
     with pytest.raises(ValueError, match=r"emb_models\[0\].*unknown key.*ucg"):
-        GeneralConditioner([{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}, "input_key": "c",
-                             "ucg": 0.1}])
+        GeneralConditioner(
+            [{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}, "input_key": "c", "ucg": 0.1}]
+        )
     with pytest.raises(ValueError, match="input_key"):
         GeneralConditioner([{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}}])
     with pytest.raises(ValueError, match="ucg_rate"):
-        GeneralConditioner([{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}, "input_key": "c",
-                             "ucg_rate": 2}])
-    bad = GeneralConditioner([{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}, "input_key": "c",
-                               "output_key": ["vector", "extra"]}])
+        GeneralConditioner(
+            [{"target": CLASS, "params": {"n_classes": 2, "embed_dim": 2}, "input_key": "c", "ucg_rate": 2}]
+        )
+    bad = GeneralConditioner(
+        [
+            {
+                "target": CLASS,
+                "params": {"n_classes": 2, "embed_dim": 2},
+                "input_key": "c",
+                "output_key": ["vector", "extra"],
+            }
+        ]
+    )
     with pytest.raises(ValueError, match="output_key has 2"):
         bad({"c": torch.tensor([0])})
 
@@ -168,6 +190,14 @@ def test_errors_name_keys():
 def test_built_by_instantiate_from_config():
     from unlearn.config import instantiate_from_config
 
-    cond = instantiate_from_config({"target": "unlearn.conditioning.GeneralConditioner", "params": {"emb_models": [
-        {"target": CLASS, "params": {"n_classes": 2, "embed_dim": 3}, "input_key": "cls", "ucg_rate": 0.1}]}})
+    cond = instantiate_from_config(
+        {
+            "target": "unlearn.conditioning.GeneralConditioner",
+            "params": {
+                "emb_models": [
+                    {"target": CLASS, "params": {"n_classes": 2, "embed_dim": 3}, "input_key": "cls", "ucg_rate": 0.1}
+                ]
+            },
+        }
+    )
     assert cond({"cls": torch.tensor([1])})["vector"].shape == (1, 3)

@@ -92,17 +92,25 @@ def test_wrong_constructor_argument_suggests_the_closest_name_up_the_class_tree(
 
 
 def test_merge_is_left_to_right_then_overrides(tmp_path):
-    a = write(tmp_path, "a.yaml", """
+    a = write(
+        tmp_path,
+        "a.yaml",
+        """
         model:
           target: x.Y
           params: {lr: 1.0, depth: 2, keep: a}
         lightning:
           trainer: {max_steps: 10}
-    """)
-    b = write(tmp_path, "b.yaml", """
+    """,
+    )
+    b = write(
+        tmp_path,
+        "b.yaml",
+        """
         model:
           params: {lr: 2.0, depth: 3}
-    """)
+    """,
+    )
     cfg = load_configs([a, b], ["model.params.depth=7", "lightning.trainer.max_steps=2"])
     assert cfg.model.params.lr == 2.0  # b wins over a
     assert cfg.model.params.depth == 7  # the override wins over both
@@ -114,8 +122,11 @@ def test_merge_is_left_to_right_then_overrides(tmp_path):
 
 def test_override_of_unknown_key_suggests_the_closest(tmp_path):
     a = write(tmp_path, "a.yaml", "lightning:\n  trainer:\n    max_steps: 10\nmodel:\n  target: x.Y\n")
-    with pytest.raises(ConfigError, match=r"'lightning\.trainer\.max_step' exists in no config file; "
-                                          r"did you mean 'lightning\.trainer\.max_steps'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'lightning\.trainer\.max_step' exists in no config file; "
+        r"did you mean 'lightning\.trainer\.max_steps'",
+    ):
         load_configs([a], ["lightning.trainer.max_step=3"])
     with pytest.raises(ConfigError, match=r"expected key=value"):
         load_configs([a], ["max_steps"])
@@ -158,8 +169,9 @@ def test_non_negative_number_returns_a_float(value, expected):
     assert out == expected and type(out) is float
 
 
-@pytest.mark.parametrize("value, shown", [(-1, "-1"), (-0.5, "-0.5"), (float("nan"), "nan"), ("1", "'1'"),
-                                          (True, "True"), (None, "None")])
+@pytest.mark.parametrize(
+    "value, shown", [(-1, "-1"), (-0.5, "-0.5"), (float("nan"), "nan"), ("1", "'1'"), (True, "True"), (None, "None")]
+)
 def test_non_negative_number_names_the_key_and_value(value, shown):
     with pytest.raises(ValueError, match=rf"^model\.params\.w: expected a number >= 0, got {shown}$"):
         non_negative_number(value, "model.params.w")

@@ -104,8 +104,10 @@ def test_edm_sampling_log_normal():
 def test_eps_loss_equals_hand_computed_eps_mse(data):
     x0, cond = data
     loss_fn = StandardDiffusionLoss(
-        sigma_sampler_config={"target": "unlearn.diffusion.sigma_sampling.DiscreteSampling",
-                              "params": {"discretization_config": DISC, "num_idx": 1000}},
+        sigma_sampler_config={
+            "target": "unlearn.diffusion.sigma_sampling.DiscreteSampling",
+            "params": {"discretization_config": DISC, "num_idx": 1000},
+        },
         loss_weighting_config={"target": "unlearn.diffusion.loss_weighting.EpsWeighting"},
     )
     den = DiscreteDenoiser(EPS, num_idx=1000, discretization_config=DISC)
@@ -129,8 +131,10 @@ def test_eps_loss_equals_hand_computed_eps_mse(data):
 def test_loss_l1_and_overrides(data):
     x0, cond = data
     loss_fn = StandardDiffusionLoss(
-        sigma_sampler_config=EDMSampling(), loss_weighting_config=
-        {"target": "unlearn.diffusion.loss_weighting.UnitWeighting"}, loss_type="l1")
+        sigma_sampler_config=EDMSampling(),
+        loss_weighting_config={"target": "unlearn.diffusion.loss_weighting.UnitWeighting"},
+        loss_type="l1",
+    )
     sigma, noise = torch.full((3,), 2.0), torch.randn_like(x0)
     zero_net = lambda x_in, c_noise, c: torch.zeros_like(x_in)  # noqa: E731
     loss = loss_fn(zero_net, Denoiser(EPS), x0, cond, sigma=sigma, noise=noise)
@@ -146,9 +150,11 @@ def test_offset_noise_changes_the_loss(data):
     zero_net = lambda x_in, c_noise, c: torch.zeros_like(x_in)  # noqa: E731
     sigma = torch.ones(3)
     plain = StandardDiffusionLoss(EDMSampling(), weighting)(
-        zero_net, Denoiser(EPS), x0, cond, generator=torch.Generator().manual_seed(0), sigma=sigma)
+        zero_net, Denoiser(EPS), x0, cond, generator=torch.Generator().manual_seed(0), sigma=sigma
+    )
     offset = StandardDiffusionLoss(EDMSampling(), weighting, offset_noise_level=0.5)(
-        zero_net, Denoiser(EPS), x0, cond, generator=torch.Generator().manual_seed(0), sigma=sigma)
+        zero_net, Denoiser(EPS), x0, cond, generator=torch.Generator().manual_seed(0), sigma=sigma
+    )
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x0.shape, generator=g)
     noise = noise + 0.5 * torch.randn(3, 2, generator=g)[:, :, None, None]
@@ -160,18 +166,22 @@ def test_components_build_from_config(data):
     from unlearn.config import instantiate_from_config
 
     x, cond = data
-    den = instantiate_from_config({
-        "target": "unlearn.diffusion.denoiser.DiscreteDenoiser",
-        "params": {"scaling_config": EPS, "num_idx": 1000, "discretization_config": DISC},
-    })
-    sampler = instantiate_from_config({
-        "target": "unlearn.diffusion.samplers.EulerSampler",
-        "params": {
-            "discretization_config": {**DISC, "params": {"timestep_spacing": "leading", "steps_offset": 1}},
-            "num_steps": 4,
-            "guider_config": {"target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": 2.0}},
-        },
-    })
+    den = instantiate_from_config(
+        {
+            "target": "unlearn.diffusion.denoiser.DiscreteDenoiser",
+            "params": {"scaling_config": EPS, "num_idx": 1000, "discretization_config": DISC},
+        }
+    )
+    sampler = instantiate_from_config(
+        {
+            "target": "unlearn.diffusion.samplers.EulerSampler",
+            "params": {
+                "discretization_config": {**DISC, "params": {"timestep_spacing": "leading", "steps_offset": 1}},
+                "num_steps": 4,
+                "guider_config": {"target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": 2.0}},
+            },
+        }
+    )
     assert sampler.guider.scale == 2.0 and sampler.discretization.timesteps(4).tolist() == [751, 501, 251, 1]
     uc = {"crossattn": torch.zeros_like(cond["crossattn"])}
     out = sampler(lambda x_, s, c: den(ToyNet(), x_, s, c), x, cond, uc=uc)

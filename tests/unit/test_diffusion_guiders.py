@@ -84,7 +84,9 @@ def test_negated_concept_cfg_removes_the_concept_direction(inputs):
     torch.testing.assert_close(out, d_u + 3.0 * (d_c - d_u) - 1.5 * (d_n - d_u))
     plain = VanillaCFG(3.0)  # negation scale 0: plain CFG
     zero = NegatedConceptCFG(3.0, 0.0)
-    torch.testing.assert_close(zero(toy_denoiser(*zero.prepare_inputs(x, sigma, cond, stacked)), sigma),
-                               plain(toy_denoiser(*plain.prepare_inputs(x, sigma, cond, uc)), sigma))
+    torch.testing.assert_close(
+        zero(toy_denoiser(*zero.prepare_inputs(x, sigma, cond, stacked)), sigma),
+        plain(toy_denoiser(*plain.prepare_inputs(x, sigma, cond, uc)), sigma),
+    )
     with pytest.raises(ValueError, match=r"negated-concept branches stacked \(2 x 2 rows\)"):
         guider.prepare_inputs(x, sigma, cond, uc)

@@ -108,8 +108,13 @@ CASES = {
         DPMPP2MSampler,
         {},
         DPMSolverMultistepScheduler,
-        dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-             final_sigmas_type="zero", lower_order_final=True),
+        dict(
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            solver_type="midpoint",
+            final_sigmas_type="zero",
+            lower_order_final=True,
+        ),
         False,
     ),
     "ddim": (DDIMSampler, {}, DDIMScheduler, dict(set_alpha_to_one=True, clip_sample=False), False),
@@ -130,12 +135,14 @@ def test_euler_ancestral_matches_diffusers_with_the_same_noise(unet, inputs):
     noise, cond, _ = inputs
     denoiser, disc = make_denoiser(unet)
     ours = EulerAncestralSampler(disc, num_steps=N_STEPS)(
-        denoiser, noise, cond, generator=torch.Generator().manual_seed(7))
+        denoiser, noise, cond, generator=torch.Generator().manual_seed(7)
+    )
     sched = EulerAncestralDiscreteScheduler(**SD_BETAS, timestep_spacing="trailing")
     theirs = diffusers_sample(unet, sched, noise, cond, generator=torch.Generator().manual_seed(7))
     assert_close(ours, theirs)
     other = EulerAncestralSampler(disc, num_steps=N_STEPS)(
-        denoiser, noise, cond, generator=torch.Generator().manual_seed(8))
+        denoiser, noise, cond, generator=torch.Generator().manual_seed(8)
+    )
     assert (other - ours).abs().max() > 1e-2  # the noise matters
 
 
@@ -143,10 +150,12 @@ def test_ddim_eta_one_matches_diffusers(unet, inputs):
     noise, cond, _ = inputs
     denoiser, disc = make_denoiser(unet)
     ours = DDIMSampler(disc, num_steps=N_STEPS, eta=1.0)(
-        denoiser, noise, cond, generator=torch.Generator().manual_seed(5))
+        denoiser, noise, cond, generator=torch.Generator().manual_seed(5)
+    )
     sched = DDIMScheduler(**SD_BETAS, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
-    theirs = diffusers_sample(unet, sched, noise, cond, karras_init=False,
-                              generator=torch.Generator().manual_seed(5), eta=1.0)
+    theirs = diffusers_sample(
+        unet, sched, noise, cond, karras_init=False, generator=torch.Generator().manual_seed(5), eta=1.0
+    )
     assert_close(ours, theirs)
 
 
@@ -163,8 +172,9 @@ def test_leading_spacing_sd15(sampler_cls, sched_cls, unet, inputs):
     assert_close(ours, diffusers_sample(unet, sched, noise, cond, karras_init=sched_cls is not DDIMScheduler))
 
 
-@pytest.mark.parametrize("sampler_cls,sched_cls", [(EulerSampler, EulerDiscreteScheduler),
-                                                   (DPMPP2MSampler, DPMSolverMultistepScheduler)])
+@pytest.mark.parametrize(
+    "sampler_cls,sched_cls", [(EulerSampler, EulerDiscreteScheduler), (DPMPP2MSampler, DPMSolverMultistepScheduler)]
+)
 def test_cfg_matches_manual_diffusers_loop(sampler_cls, sched_cls, unet, inputs):
     noise, cond, uc = inputs
     denoiser, disc = make_denoiser(unet)
@@ -179,8 +189,9 @@ def test_cfg_matches_manual_diffusers_loop(sampler_cls, sched_cls, unet, inputs)
     assert (unguided - ours).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("sampler_cls,sched_cls", [(EulerSampler, EulerDiscreteScheduler),
-                                                   (DPMPP2MSampler, DPMSolverMultistepScheduler)])
+@pytest.mark.parametrize(
+    "sampler_cls,sched_cls", [(EulerSampler, EulerDiscreteScheduler), (DPMPP2MSampler, DPMSolverMultistepScheduler)]
+)
 def test_v_prediction(sampler_cls, sched_cls, unet, inputs):
     noise, cond, _ = inputs
     denoiser, disc = make_denoiser(unet, scaling=V)
@@ -190,9 +201,7 @@ def test_v_prediction(sampler_cls, sched_cls, unet, inputs):
     assert_close(ours, diffusers_sample(unet, sched, noise, cond, karras_init=sched_cls is EulerDiscreteScheduler))
 
 
-@pytest.mark.parametrize(
-    "sampler_cls", [EulerSampler, EulerAncestralSampler, HeunSampler, DPMPP2MSampler, DDIMSampler]
-)
+@pytest.mark.parametrize("sampler_cls", [EulerSampler, EulerAncestralSampler, HeunSampler, DPMPP2MSampler, DDIMSampler])
 def test_partial_runs_equal_a_full_run_and_inputs_are_untouched(sampler_cls, unet, inputs):
     noise, cond, _ = inputs
     denoiser, disc = make_denoiser(unet)

@@ -148,8 +148,10 @@ def test_resume_restores_both_optimizers_and_the_update_counts(trained):
 
 
 def test_gan_classifier_trains_on_bottleneck_features(tmp_path):
-    real = ("model.params.real_data_config={target: unlearn.data.canvas_datamodule.CanvasDataset, "
-            "params: {length: 16, image_size: 16}}")
+    real = (
+        "model.params.real_data_config={target: unlearn.data.canvas_datamodule.CanvasDataset, "
+        "params: {length: 16, image_size: 16}}"
+    )
     eng = build_engine(f"{OBJECTIVE}.gan_classifier=true", real, "model.params.dfake_gen_update_ratio=1")
     objective = eng.objective
     x, sigma, cond = torch.randn(2, 3, 16, 16), torch.full((2,), 1.0), eng.conditioning_for(PROMPTS)
@@ -196,12 +198,19 @@ def test_teacher_weights_and_masks_reach_the_right_networks(tmp_path):
 
     base = build_engine()
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-    erased = save_erased_weights(tmp_path / "erased.safetensors", {name: torch.zeros_like(
-        base.network.unet.get_parameter(name))}, {"method": "esd", "concept": "striped"})
-    manager = MaskManager.from_configs([{"target": "unlearn.hooks.linear.LinearHooker",
-                                         "params": {"module_regex": r"attn2\.to_v$"}}]).register(base.network)
-    masks = save_masks(manager, tmp_path / "masks.safetensors",
-                       values={k: torch.zeros_like(v) for k, v in manager.mask_values().items()})
+    erased = save_erased_weights(
+        tmp_path / "erased.safetensors",
+        {name: torch.zeros_like(base.network.unet.get_parameter(name))},
+        {"method": "esd", "concept": "striped"},
+    )
+    manager = MaskManager.from_configs(
+        [{"target": "unlearn.hooks.linear.LinearHooker", "params": {"module_regex": r"attn2\.to_v$"}}]
+    ).register(base.network)
+    masks = save_masks(
+        manager,
+        tmp_path / "masks.safetensors",
+        values={k: torch.zeros_like(v) for k, v in manager.mask_values().items()},
+    )
     manager.remove()
 
     eng = build_engine(f"model.params.teacher_weights={erased}", f"model.params.teacher_masks={masks}")
@@ -235,8 +244,7 @@ def test_train_end_benchmarks_the_student_and_the_teacher(monkeypatch, tmp_path)
 
     def fake_benchmark(model, out_dir, sampler=None, **kwargs):
         images.append(model.generate(["a striped circle"], seeds=[0], sampler=sampler))
-        calls.append((type(model).__name__, Path(out_dir), type(sampler).__name__, kwargs["erased"],
-                      images[-1].shape))
+        calls.append((type(model).__name__, Path(out_dir), type(sampler).__name__, kwargs["erased"], images[-1].shape))
         metrics = {"FD": float(len(calls)), "UA": 50.0}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
@@ -248,8 +256,10 @@ def test_train_end_benchmarks_the_student_and_the_teacher(monkeypatch, tmp_path)
     assert (tmp_path / "student.safetensors").is_file()
     shape = (1, 3, 16, 16)
     # the teacher (its own sampler) into eval/before/ at the start, the student at the end
-    assert calls == [("DMD2Engine", tmp_path / "eval" / "before", "EulerSampler", ["striped"], shape),
-                     ("DMD2Engine", tmp_path / "eval", "FewStepSampler", ["striped"], shape)]
+    assert calls == [
+        ("DMD2Engine", tmp_path / "eval" / "before", "EulerSampler", ["striped"], shape),
+        ("DMD2Engine", tmp_path / "eval", "FewStepSampler", ["striped"], shape),
+    ]
     assert torch.equal(images[0], eng.teacher_generate(["a striped circle"], seeds=[0]))
     assert torch.equal(images[1], eng.generate(["a striped circle"], seeds=[0]))
     assert not torch.allclose(images[0], images[1], atol=1e-3)
@@ -321,8 +331,10 @@ def test_every_n_steps_must_be_a_positive_integer(every):
     from unlearn.config import instantiate_from_config
 
     with pytest.raises(ValueError, match="lightning.callbacks.toy_benchmark.params.every_n_steps: expected a positive"):
-        instantiate_from_config({"target": "unlearn.callbacks.ToyBenchmark", "params": {"every_n_steps": every}},
-                                _path="lightning.callbacks.toy_benchmark")
+        instantiate_from_config(
+            {"target": "unlearn.callbacks.ToyBenchmark", "params": {"every_n_steps": every}},
+            _path="lightning.callbacks.toy_benchmark",
+        )
 
 
 def test_teacher_generate_samples_the_teacher_not_the_student():

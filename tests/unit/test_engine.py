@@ -37,8 +37,9 @@ def test_generation_does_not_depend_on_batching(engine):
 def test_guidance_and_negative_prompt_change_the_image(engine):
     base = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=1.0)
     guided = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=5.0)
-    negative = engine.generate(["a striped circle"], seeds=[0], num_steps=3, guidance_scale=5.0,
-                               negative_prompt="a dotted star")
+    negative = engine.generate(
+        ["a striped circle"], seeds=[0], num_steps=3, guidance_scale=5.0, negative_prompt="a dotted star"
+    )
     assert not torch.allclose(base, guided) and not torch.allclose(guided, negative)
     with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
         engine.generate(["a", "b"], seeds=[0])
@@ -125,4 +126,3 @@ def test_toy_base_recipe_folds_32px_images_into_8x8_v_prediction():
     assert loss.shape == (2,) and torch.isfinite(loss).all()
     images = model.generate(["a striped circle"], seeds=[0], num_steps=2, guidance_scale=3.0)
     assert images.shape == (1, 3, 32, 32)
-

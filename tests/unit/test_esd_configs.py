@@ -12,15 +12,19 @@ METHODS = ROOT / "configs" / "methods"
 SMOKE = ROOT / "configs" / "toy" / "smoke.yaml"
 
 
-@pytest.mark.parametrize("override, method", [
-    ([], "xattn"),
-    (["train_method=noxattn"], "noxattn"),  # ESD-u
-    (["train_method=esd-u"], "noxattn"),
-    (["train_method=esd-x-strict"], "esd-x-strict"),
-])
+@pytest.mark.parametrize(
+    "override, method",
+    [
+        ([], "xattn"),
+        (["train_method=noxattn"], "noxattn"),  # ESD-u
+        (["train_method=esd-u"], "noxattn"),
+        (["train_method=esd-x-strict"], "esd-x-strict"),
+    ],
+)
 def test_one_config_for_every_train_method(override, method):
-    cfg = load_configs([SMOKE, METHODS / "esd_x.yaml"], ["concept=striped", "model.params.loss_fn_config=null",
-                                                         *override])
+    cfg = load_configs(
+        [SMOKE, METHODS / "esd_x.yaml"], ["concept=striped", "model.params.loss_fn_config=null", *override]
+    )
     engine = instantiate_from_config(cfg.model, _path="model")
     assert engine.selector.name == method
     assert engine.selected == select_parameters(engine.network.unet, method)
@@ -34,8 +38,10 @@ def test_one_config_for_every_train_method(override, method):
 
 
 def test_toolkit_keys_reach_the_engine():
-    cfg = load_configs([SMOKE, METHODS / "esd_x.yaml"],
-                       ["concept=striped;dotted", "separator=;", "iterations=7", "lr=1e-4", "negative_guidance=2"])
+    cfg = load_configs(
+        [SMOKE, METHODS / "esd_x.yaml"],
+        ["concept=striped;dotted", "separator=;", "iterations=7", "lr=1e-4", "negative_guidance=2"],
+    )
     params = cfg.model.params
     assert cfg.model.target == "unlearn.engine.finetune.FineTuneEngine"
     assert params.concept == "striped;dotted" and params.separator == ";"

@@ -121,6 +121,7 @@ def test_preserve_source_own_draws_preserve_latents_from_their_own_trajectories(
     sigmas = sampler.get_sigmas(engine.pool.num_steps)
     cond, uc = engine._preserve_sampler_conds(own.prompts[:1])
     from unlearn.engine.trajectories import sample_to_steps
+
     alone = sample_to_steps(sampler, engine.teacher_denoise, own.noise[:1], own.steps[:1].cpu(), sigmas, cond, uc)
     assert torch.allclose(alone, own.x[:1], rtol=1e-4, atol=1e-4)
     assert set(own.steps.tolist()) <= {2, 3, 4}
@@ -133,8 +134,14 @@ def test_own_preserve_latents_follow_step_range_unless_set():
     assert set(engine.pool.steps.tolist()) == {0} and set(engine.preserve_pool.steps.tolist()) == {0}
     meta = engine.erased_metadata()
     assert meta["step_range"] == [0, 1] and meta["preserve_step_range"] == [0, 1]
-    every = make_engine(ddim_steps=4, step_range=[0, 1], preserve="dotted", preserve_source="own",
-                        preserve_step_range=[0, 4], pool_size=8)
+    every = make_engine(
+        ddim_steps=4,
+        step_range=[0, 1],
+        preserve="dotted",
+        preserve_source="own",
+        preserve_step_range=[0, 4],
+        pool_size=8,
+    )
     every.erasure_batch()
     assert set(every.pool.steps.tolist()) == {0}  # the erasure stays where step_range says
     assert every.preserve_pool.step_range == (0, 4) and len(set(every.preserve_pool.steps.tolist())) > 1
@@ -160,9 +167,9 @@ def test_shrinking_batch_equals_one_trajectory_at_a_time(engine, sampler):
     cond, uc = engine._sampler_conds(torch.tensor([0, 0, 0, 0]))
     batched = sample_to_steps(s, engine.teacher_denoise, noise, stop, sigmas, cond, uc)
     for i in range(4):
-        one = {k: v[i:i + 1] for k, v in cond.items()}, {k: v[i:i + 1] for k, v in uc.items()}
-        alone = s(engine.teacher_denoise, noise[i:i + 1], *one, sigmas=sigmas, end_step=int(stop[i]))
-        assert torch.allclose(batched[i:i + 1], alone, rtol=1e-4, atol=1e-4)  # |x| ~ sigma_max ~ 15
+        one = {k: v[i : i + 1] for k, v in cond.items()}, {k: v[i : i + 1] for k, v in uc.items()}
+        alone = s(engine.teacher_denoise, noise[i : i + 1], *one, sigmas=sigmas, end_step=int(stop[i]))
+        assert torch.allclose(batched[i : i + 1], alone, rtol=1e-4, atol=1e-4)  # |x| ~ sigma_max ~ 15
     assert torch.allclose(batched[2], noise[2] * torch.sqrt(1 + sigmas[0] ** 2))  # t = 0: the scaled noise
 
 
@@ -196,8 +203,10 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
         apply_erased_weights(engine, tmp_path / "corrupt.safetensors")
     name = engine.selected[0]
     before = dict(engine.network.unet.named_parameters())[name].clone()
-    save_file({name: torch.zeros_like(before), "up_blocks.9.attn2.to_k.weight": torch.zeros(2)},
-              str(tmp_path / "foreign.safetensors"))
+    save_file(
+        {name: torch.zeros_like(before), "up_blocks.9.attn2.to_k.weight": torch.zeros(2)},
+        str(tmp_path / "foreign.safetensors"),
+    )
     with pytest.raises(ValueError, match="'up_blocks.9.attn2.to_k.weight' is not in the model"):
         apply_erased_weights(engine, tmp_path / "foreign.safetensors")
     assert torch.equal(dict(engine.network.unet.named_parameters())[name], before)  # untouched
@@ -206,33 +215,50 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
         apply_erased_weights(engine, tmp_path / "shape.safetensors")
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"train_method": "crossattn"}, "train_method: unknown 'crossattn'"),
-    ({"concept": "stripy", "metadata": TOY_META}, "unknown concept 'stripy'; known objects"),
-    ({"concept": "striped,,dotted", "separator": ","}, "concept: empty"),
-    ({"concept": "striped", "separator": ""}, "separator"),
-    ({"batch_size": 5}, r"model.params.batch_size: expected an integer in \[1, pool_size=4\]"),
-    ({"sampler": {"target": "unlearn.diffusion.samplers.PLMSSampler"}},
-     "model.params.trajectory_sampler_config.target: module 'unlearn.diffusion.samplers' has no attribute "
-     "'PLMSSampler'"),
-    ({"ddim_steps": 0}, "model.params.trajectory_sampler_config.params.num_steps: expected a positive integer"),
-    ({"step_range": [3, 3]}, r"model.params.trajectory_config.params.step_range: expected \[lo, hi\] with "
-                             r"0 <= lo < hi <= the sampler's num_steps"),
-    ({"step_range": [0, 7], "ddim_steps": 6}, r"<= the sampler's num_steps \(6\), got \[0, 7\]"),
-    ({"step_range": 5}, r"model.params.trajectory_config.params.step_range: expected \[lo, hi\].*got 5"),
-    ({"null_weight": -0.5}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got -0.5"),
-    ({"null_weight": "1"}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got '1'"),
-    ({"preserve_weight": -2}, r"model.params.objective_config.params.preserve_weight: expected a number >= 0, "
-                              r"got -2"),
-    ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
-    ({"preserve": "dotted", "preserve_step_range": [0, 2]},
-     r"model.params.preserve_step_range applies to preserve_source: own"),
-    ({"preserve": "dotted", "preserve_source": "own", "preserve_step_range": [0, 99]},
-     r"model.params.preserve_step_range: expected \[lo, hi\]"),
-    ({"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
-     "model.params.objective_config.params.weighting.target: .*did you mean "
-     "unlearn.diffusion.loss_weighting.VWeighting"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"train_method": "crossattn"}, "train_method: unknown 'crossattn'"),
+        ({"concept": "stripy", "metadata": TOY_META}, "unknown concept 'stripy'; known objects"),
+        ({"concept": "striped,,dotted", "separator": ","}, "concept: empty"),
+        ({"concept": "striped", "separator": ""}, "separator"),
+        ({"batch_size": 5}, r"model.params.batch_size: expected an integer in \[1, pool_size=4\]"),
+        (
+            {"sampler": {"target": "unlearn.diffusion.samplers.PLMSSampler"}},
+            "model.params.trajectory_sampler_config.target: module 'unlearn.diffusion.samplers' has no attribute "
+            "'PLMSSampler'",
+        ),
+        ({"ddim_steps": 0}, "model.params.trajectory_sampler_config.params.num_steps: expected a positive integer"),
+        (
+            {"step_range": [3, 3]},
+            r"model.params.trajectory_config.params.step_range: expected \[lo, hi\] with "
+            r"0 <= lo < hi <= the sampler's num_steps",
+        ),
+        ({"step_range": [0, 7], "ddim_steps": 6}, r"<= the sampler's num_steps \(6\), got \[0, 7\]"),
+        ({"step_range": 5}, r"model.params.trajectory_config.params.step_range: expected \[lo, hi\].*got 5"),
+        ({"null_weight": -0.5}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got -0.5"),
+        ({"null_weight": "1"}, r"model.params.objective_config.params.null_weight: expected a number >= 0, got '1'"),
+        (
+            {"preserve_weight": -2},
+            r"model.params.objective_config.params.preserve_weight: expected a number >= 0, "
+            r"got -2",
+        ),
+        ({"preserve_source": "theirs"}, r"model.params.preserve_source: expected one of \['concept', 'own'\]"),
+        (
+            {"preserve": "dotted", "preserve_step_range": [0, 2]},
+            r"model.params.preserve_step_range applies to preserve_source: own",
+        ),
+        (
+            {"preserve": "dotted", "preserve_source": "own", "preserve_step_range": [0, 99]},
+            r"model.params.preserve_step_range: expected \[lo, hi\]",
+        ),
+        (
+            {"loss_weighting_config": {"target": "unlearn.diffusion.loss_weighting.VWeightin"}},
+            "model.params.objective_config.params.weighting.target: .*did you mean "
+            "unlearn.diffusion.loss_weighting.VWeighting",
+        ),
+    ],
+)
 def test_bad_settings_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         make_engine(**kw)
@@ -269,25 +295,37 @@ def test_before_after_benchmark_wiring(tmp_path, monkeypatch):
     engine = make_engine(metadata=TOY_META)
     judge = str(Path(__file__).resolve().parents[2] / "checkpoints" / "toy" / "judge.safetensors")
     benchmark = ToyBenchmark(images_per_prompt=1, num_steps=2, judge=judge, before=True)
-    pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path),
-               callbacks=[benchmark]).fit(engine)
+    pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        callbacks=[benchmark],
+    ).fit(engine)
     assert calls[0] == (["striped"], 1, (TOY_META["objects"], TOY_META["styles"]))
     assert json.loads((tmp_path / "eval" / "before" / "metrics.json").read_text())["UA"] == 10.0
     table = (tmp_path / "eval" / "before_after.md").read_text()
     assert "| UA | 10.00 | 20.00 |" in table and "| FD | 1.50 | 1.50 |" in table
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"images": 2}, "cannot build unlearn.callbacks.ToyBenchmark: .*unexpected keyword argument 'images'"),
-    ({"images_per_prompt": 0}, "images_per_prompt: expected a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"images": 2}, "cannot build unlearn.callbacks.ToyBenchmark: .*unexpected keyword argument 'images'"),
+        ({"images_per_prompt": 0}, "images_per_prompt: expected a positive integer, got 0"),
+    ],
+)
 def test_benchmark_settings_are_checked(params, match):
     from unlearn.config import ConfigError, instantiate_from_config
 
     with pytest.raises(ConfigError, match=r"lightning.callbacks.toy_benchmark.*" + match):
-        instantiate_from_config({"target": "unlearn.callbacks.ToyBenchmark", "params": params},
-                                _path="lightning.callbacks.toy_benchmark")
+        instantiate_from_config(
+            {"target": "unlearn.callbacks.ToyBenchmark", "params": params}, _path="lightning.callbacks.toy_benchmark"
+        )
 
 
 def test_diffusers_folder_export(tmp_path):

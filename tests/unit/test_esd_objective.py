@@ -33,8 +33,9 @@ def _cond(value, b=2):
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(0)
-    return ErasureBatch(x=torch.randn(2, 1, 2, 2, generator=g), sigma=torch.tensor([0.5, 2.0]),
-                        concept=_cond(1.0), null=_cond(0.0))
+    return ErasureBatch(
+        x=torch.randn(2, 1, 2, 2, generator=g), sigma=torch.tensor([0.5, 2.0]), concept=_cond(1.0), null=_cond(0.0)
+    )
 
 
 def test_objective_equals_hand_computation(batch):
@@ -107,13 +108,20 @@ def test_preserve_on_own_latents_by_hand(batch):
     e0, ep = teacher(px, ps, batch.null), teacher(px, ps, batch.preserve)
     keep = ((student(px, ps, batch.preserve) - (e0 + 2.0 * (ep - e0))) ** 2).mean()
     assert torch.allclose(out.logs["loss_preserve"], keep)
-    on_concept_x = ((student(batch.x, batch.sigma, batch.preserve)
-                     - preserve_target(teacher(batch.x, batch.sigma, batch.null),
-                                       teacher(batch.x, batch.sigma, batch.preserve), 2.0)) ** 2).mean()
+    on_concept_x = (
+        (
+            student(batch.x, batch.sigma, batch.preserve)
+            - preserve_target(
+                teacher(batch.x, batch.sigma, batch.null), teacher(batch.x, batch.sigma, batch.preserve), 2.0
+            )
+        )
+        ** 2
+    ).mean()
     assert not torch.allclose(keep, on_concept_x)  # the preserve latents, not the concept's, were used
     x, s = batch.x, batch.sigma
-    erase = ((student(x, s, batch.concept) - esd_target(teacher(x, s, batch.null), teacher(x, s, batch.concept), 1.0))
-             ** 2).mean()
+    erase = (
+        (student(x, s, batch.concept) - esd_target(teacher(x, s, batch.null), teacher(x, s, batch.concept), 1.0)) ** 2
+    ).mean()
     assert torch.allclose(out.logs["loss_erase"], erase) and torch.allclose(out.loss, erase + 0.5 * keep)
 
 

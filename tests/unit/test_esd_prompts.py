@@ -27,7 +27,10 @@ def test_templates_on_sd_like_models():
 
 def test_templates_on_the_toy_canvas():
     assert concept_prompts(["striped"], "auto", CANVAS) == [
-        "something in striped style", "an image in striped style", "a striped pattern"]
+        "something in striped style",
+        "an image in striped style",
+        "a striped pattern",
+    ]
     assert concept_prompts(["arrow"], "auto", CANVAS) == ["an arrow", "an image of an arrow", "a picture of an arrow"]
     assert concept_prompts(["striped", "dotted"], "concept", CANVAS) == ["striped", "dotted"]
     with pytest.raises(ValueError, match="unknown concept 'stripy'; known objects: .*circle.*known styles: .*striped"):

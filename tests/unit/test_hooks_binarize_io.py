@@ -82,8 +82,12 @@ def test_save_load_apply_gives_identical_outputs_and_removes_cleanly(trained, tm
     with manager.disabled():
         base = net(x, t, cond)
     result = binarize(manager, "global", off_ratio=0.1)
-    path = save_masks(manager, tmp_path / "masks.safetensors", values=result.values,
-                      metadata={"concept": "striped", "off_ratio": 0.1, "off_share": result.off_share})
+    path = save_masks(
+        manager,
+        tmp_path / "masks.safetensors",
+        values=result.values,
+        metadata={"concept": "striped", "off_ratio": 0.1, "off_share": result.off_share},
+    )
     manager.remove()
     values, meta = load_masks(path)
     assert meta["model_class"] == "DiffusersUNet" and meta["strategy"] == "sigmoid" and meta["concept"] == "striped"
@@ -110,12 +114,18 @@ def test_mask_files_for_other_models_or_missing_modules_are_clear_errors(trained
     _, manager = trained
     path = save_masks(manager, tmp_path / "m.safetensors")
     other = tiny_network(block_out_channels=[8, 8], norm_num_groups=4)  # same names, other sizes
-    with pytest.raises(ValueError, match=r"module 'unet\.down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1"
-                                         r"\.to_q' has 8 output features here but its mask has 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"module 'unet\.down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1"
+        r"\.to_q' has 8 output features here but its mask has 16",
+    ):
         apply_masks(other, path)
     smaller = tiny_network(down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"])
-    with pytest.raises(ValueError, match=r"masks module 'unet\.down_blocks\.1\.attentions\.0.*which this DiffusersUNet "
-                                         "does not have"):
+    with pytest.raises(
+        ValueError,
+        match=r"masks module 'unet\.down_blocks\.1\.attentions\.0.*which this DiffusersUNet "
+        "does not have",
+    ):
         apply_masks(smaller, path)
     assert not any(m._forward_hooks for m in smaller.modules())  # nothing registered on failure
     with pytest.raises(FileNotFoundError, match="no such file"):

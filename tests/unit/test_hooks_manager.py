@@ -38,11 +38,15 @@ def test_removed_hooks_leave_the_model_bit_identical():
 
 def test_module_filter_selects_by_regex_and_names_the_groups():
     net = tiny_network()
-    manager = MaskManager.from_configs([
-        {"target": "unlearn.hooks.LinearHooker", "params": {"module_regex": r"attn2\.to_(k|v)$"}},
-        {"target": "unlearn.hooks.NormHooker",
-         "params": {"module_regex": r"transformer_blocks", "exclude_regex": "norm3"}},
-    ]).register(net)
+    manager = MaskManager.from_configs(
+        [
+            {"target": "unlearn.hooks.LinearHooker", "params": {"module_regex": r"attn2\.to_(k|v)$"}},
+            {
+                "target": "unlearn.hooks.NormHooker",
+                "params": {"module_regex": r"transformer_blocks", "exclude_regex": "norm3"},
+            },
+        ]
+    ).register(net)
     names = list(manager.masks())
     assert names and all(n.startswith(("linear:", "norm:")) for n in names)
     assert all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in names if n.startswith("linear:"))

@@ -85,9 +85,17 @@ def _engine(*overrides):
 
 def _fit(model, root):
     """One step; the method's export callback writes into ``root`` (the run directory)."""
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         default_root_dir=str(root), callbacks=[ExportArtifacts()])
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+        callbacks=[ExportArtifacts()],
+    )
     trainer.fit(model)
 
 
@@ -97,8 +105,11 @@ def test_engine_seed_defaults_to_the_global_seed_that_main_py_sets(tmp_path):
         cfg = load_configs([SMOKE, METHOD], ["concept=striped", *SMOKE_MODEL, TWO_STEPS, *overrides])
         return instantiate_from_config(cfg.model, _path="model")
 
-    five, six, pinned = (engine_after_global_seed(5), engine_after_global_seed(6),
-                         engine_after_global_seed(6, "model.params.seed=5"))
+    five, six, pinned = (
+        engine_after_global_seed(5),
+        engine_after_global_seed(6),
+        engine_after_global_seed(6, "model.params.seed=5"),
+    )
     assert (five.seed, six.seed, pinned.seed) == (5, 6, 5)
     assert five._step_seeds() == pinned._step_seeds() != six._step_seeds()
     draws = [[engine.prompts[i] for i in range(16)] for engine in (five, six, pinned)]
@@ -106,14 +117,18 @@ def test_engine_seed_defaults_to_the_global_seed_that_main_py_sets(tmp_path):
 
 
 def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_the_grads(tmp_path):
-    hookers = ("model.params.hooker_configs=[{target: unlearn.hooks.LinearHooker, params: {module_regex: 'to_(k|v)$'}},"
-               "{target: unlearn.hooks.AttentionHeadHooker}]")
+    hookers = (
+        "model.params.hooker_configs=[{target: unlearn.hooks.LinearHooker, params: {module_regex: 'to_(k|v)$'}},"
+        "{target: unlearn.hooks.AttentionHeadHooker}]"
+    )
     off = _engine(hookers, "model.params.attn_lr=0", "model.params.objective_config.params.sparsity_weight=0")
     assert {h.group for h in off.masks.hookers} == {"linear"}
     off.train()  # the frozen model stays in eval mode (no ucg prompt dropout); the masks train
     assert off.masks.training and not off.network.training and not off.conditioner.training
-    assert type(off.network.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]
-                ).__name__ == "AttnProcessor2_0"
+    assert (
+        type(off.network.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]).__name__
+        == "AttnProcessor2_0"
+    )
     [opt], [sched] = off.configure_optimizers()
     # the method's own mask schedule (minimalist.yaml), not the model config's training one
     assert type(sched["scheduler"]).__name__ == "WarmupCosine" and sched["scheduler"].get_last_lr() == [0.5 / 500]
@@ -125,8 +140,9 @@ def test_engine_learning_rate_zero_switches_a_group_off_and_regulariser_reaches_
     assert all(not torch.equal(lam.detach(), torch.full_like(lam, 3.0)) for lam in off.masks.masks().values())
     values, meta = load_masks(tmp_path / "a" / "masks.safetensors")
     assert meta["concept"] == "striped" and meta["binarize_mode"] == "global"
-    assert float(meta["off_share"]) == pytest.approx(round(0.05 * sum(v.numel() for v in values.values()))
-                                                     / sum(v.numel() for v in values.values()))
+    assert float(meta["off_share"]) == pytest.approx(
+        round(0.05 * sum(v.numel() for v in values.values())) / sum(v.numel() for v in values.values())
+    )
 
     on = _engine(hookers, "model.params.attn_lr=0", "model.params.objective_config.params.sparsity_weight=2.0")
     _fit(on, tmp_path / "b")
@@ -148,8 +164,10 @@ def test_engine_refuses_bad_settings():
         _engine("model.params.strategy={target: unlearn.hooks.strategies.SigmoidMask, params: {max_off_share: 0.05}}")
     with pytest.raises(ValueError, match=r"model.params.strategy.params.max_off_share: expected a share in \[0, 1\)"):
         _engine(BINARY % "{max_off_share: 1.5}")
-    with pytest.raises(ValueError, match="model.params.deconcept_anchor: 'circle' is a toy object, 'striped' a toy "
-                                         "style; anchor to another style"):
+    with pytest.raises(
+        ValueError,
+        match="model.params.deconcept_anchor: 'circle' is a toy object, 'striped' a toy style; anchor to another style",
+    ):
         _engine("model.params.deconcept_anchor=circle")
     with pytest.raises(ValueError, match="model.params.base_learning_rate: MaskErasureEngine does not use it"):
         _engine("model.params.base_learning_rate=1e-3")  # the masks' rates are per group

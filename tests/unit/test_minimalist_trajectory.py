@@ -23,9 +23,12 @@ def _setup(dtype, sampler_cls=EulerAncestralSampler, strategy="hard_discrete", n
     denoiser = DiscreteDenoiser({"target": "unlearn.diffusion.scalings.EpsScaling"}, 1000, DISC)
     sampler = sampler_cls(DISC, guider_config=CFG)
     manager = MaskManager.from_configs(
-        [{"target": "unlearn.hooks.LinearHooker", "params": {"module_regex": "transformer_blocks"}},
-         {"target": "unlearn.hooks.AttentionHeadHooker"}],
-        strategy=strategy, masked_noise_std=noise_std,
+        [
+            {"target": "unlearn.hooks.LinearHooker", "params": {"module_regex": "transformer_blocks"}},
+            {"target": "unlearn.hooks.AttentionHeadHooker"},
+        ],
+        strategy=strategy,
+        masked_noise_std=noise_std,
     ).register(net)
     randomize(manager, seed=5, scale=1.5)
     manager.train()
@@ -40,6 +43,7 @@ def _setup(dtype, sampler_cls=EulerAncestralSampler, strategy="hard_discrete", n
                 torch.manual_seed(seeds[i])
                 manager.resample(torch.Generator().manual_seed(seeds[i]))
                 return sampler.step(partial(denoiser, net), x_i, i, sigmas, cond, uc, {})
+
         return step
 
     def loss_fn(x_final):
@@ -106,8 +110,9 @@ def _peak_saved_tensors(fn) -> int:
 
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_memory_does_not_grow_with_the_number_of_steps(checkpointed):
-    manager, sampler, make_step, x, loss_fn = _setup(torch.float32, sampler_cls=EulerSampler,
-                                                    strategy="sigmoid", noise_std=0.0)
+    manager, sampler, make_step, x, loss_fn = _setup(
+        torch.float32, sampler_cls=EulerSampler, strategy="sigmoid", noise_std=0.0
+    )
     peaks = {}
     for n in (2, 5):
         sigmas = sampler.get_sigmas(n)

@@ -40,25 +40,33 @@ def test_unset_model_path_names_the_key(arch):
     with pytest.raises(ConfigError, match=r"missing mandatory value\(s\) \['model_path'\].*model_path=\.\.\."):
         _cfg(arch)  # load_configs' own check
     # Configs merged by other means still get the layout.
-    with pytest.raises(ConfigError, match=r"model_path is not set. Pass model_path=<path>: a local diffusers "
-                                          r"folder with unet/, .*vae/.*model_config="):
+    with pytest.raises(
+        ConfigError,
+        match=r"model_path is not set. Pass model_path=<path>: a local diffusers "
+        r"folder with unet/, .*vae/.*model_config=",
+    ):
         check_model_source(load_config(f"configs/models/{arch}.yaml"))
 
 
 def test_missing_path_and_hub_id(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model_path: no such folder or file: .*nope.*text_encoder/"):
         check_model_source(_cfg("sd15", f"model_path={tmp_path / 'nope'}"))
-    with pytest.raises(FileNotFoundError,
-                       match=r"model_path='runwayml/stable-diffusion-v1-5' looks like a Hugging "
-                             r"Face Hub id, but unlearn never downloads. Pass a local copy: .*tokenizer/"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model_path='runwayml/stable-diffusion-v1-5' looks like a Hugging "
+        r"Face Hub id, but unlearn never downloads. Pass a local copy: .*tokenizer/",
+    ):
         check_model_source(_cfg("sd15", "model_path=runwayml/stable-diffusion-v1-5"))
 
 
 def test_incomplete_folder_lists_every_missing_part(tmp_path):
     root = _fake_folder(tmp_path / "sdxl", ["unet", "text_encoder", "tokenizer", "vae"])
     (root / "vae" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lacks text_encoder_2/config.json, tokenizer_2/ \(vocab.json or "
-                                                r"tokenizer.json\), vae/ weights"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"lacks text_encoder_2/config.json, tokenizer_2/ \(vocab.json or "
+        r"tokenizer.json\), vae/ weights",
+    ):
         check_model_source(_cfg("sdxl", f"model_path={root}"))
     _fake_folder(tmp_path / "sd15", SD)
     check_model_source(_cfg("sd15", f"model_path={tmp_path / 'sd15'}"))  # complete: no error
@@ -67,8 +75,9 @@ def test_incomplete_folder_lists_every_missing_part(tmp_path):
 def test_single_file_needs_a_local_config_folder(tmp_path):
     ckpt = tmp_path / "v2-1_768-ema-pruned.safetensors"
     ckpt.write_bytes(b"")
-    with pytest.raises(ConfigError,
-                       match=r"single checkpoint file, so model_config must name a local diffusers folder"):
+    with pytest.raises(
+        ConfigError, match=r"single checkpoint file, so model_config must name a local diffusers folder"
+    ):
         check_model_source(_cfg("sd21", f"model_path={ckpt}"))
     with pytest.raises(FileNotFoundError, match=r"model_config: no such folder: .*Hub id"):
         check_model_source(_cfg("sd21", f"model_path={ckpt}", "model_config=stabilityai/stable-diffusion-2-1"))

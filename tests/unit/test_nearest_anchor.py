@@ -13,8 +13,11 @@ def test_distances_are_mean_squared_differences_without_the_diagonal():
     zeros = torch.zeros(2, 1, 2, 2)
     latents = {"circle": zeros, "square": zeros + 1.0, "moon": zeros + 3.0}
     distances = script.pairwise_distances(latents)
-    assert distances == {"circle": {"square": 1.0, "moon": 9.0}, "square": {"circle": 1.0, "moon": 4.0},
-                         "moon": {"circle": 9.0, "square": 4.0}}
+    assert distances == {
+        "circle": {"square": 1.0, "moon": 9.0},
+        "square": {"circle": 1.0, "moon": 4.0},
+        "moon": {"circle": 9.0, "square": 4.0},
+    }
     assert script.nearest(distances) == {"circle": "square", "square": "circle", "moon": "square"}
     # a tie goes to the earlier concept
     assert script.nearest({"a": {"b": 1.0, "c": 1.0}}) == {"a": "b"}

@@ -9,13 +9,26 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from unlearn.networks import DiffusersAutoencoderKL, DiffusersUNet, IdentityFirstStage
 
 TINY_UNET = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=12, attention_head_dim=4, norm_num_groups=4,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=12,
+    attention_head_dim=4,
+    norm_num_groups=4,
 )
 TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    norm_num_groups=4,
 )
 
 
@@ -29,8 +42,11 @@ def unet_folder(tmp_path):
 
 def _inputs(batch: int = 2):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10.0, 500.0][:batch]),
-            {"crossattn": torch.randn(batch, 5, 12, generator=g)})
+    return (
+        torch.randn(batch, 4, 8, 8, generator=g),
+        torch.tensor([10.0, 500.0][:batch]),
+        {"crossattn": torch.randn(batch, 5, 12, generator=g)},
+    )
 
 
 def test_pipeline_folder_loads_identical_weights(unet_folder):
@@ -99,8 +115,9 @@ def test_class_labels_and_concat_are_routed():
     vector = torch.randn(2, 3)
     with torch.no_grad():
         out = net(x, t, {**cond, "concat": concat, "vector": vector})
-        ref = net.unet(torch.cat([x, concat], 1), t, encoder_hidden_states=cond["crossattn"],
-                       class_labels=vector).sample
+        ref = net.unet(
+            torch.cat([x, concat], 1), t, encoder_hidden_states=cond["crossattn"], class_labels=vector
+        ).sample
         other = net(x, t, {**cond, "concat": concat, "vector": torch.zeros(2, 3)})
     assert out.shape == (2, 4, 8, 8)
     assert torch.equal(out, ref)

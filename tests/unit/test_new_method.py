@@ -40,10 +40,17 @@ def build(*overrides: str):
     """The method's config is ESD's with its objective block replaced (a method config of its own
     would say the same in a file); later overrides replace the block again."""
     torch.manual_seed(0)
-    cfg = load_configs([SMOKE, ESD], ["concept=striped", "ddim_steps=4", "model.params.loss_fn_config=null",
-                                      "model.params.objective_config=null",
-                                      f"model.params.objective_config={{target: {__name__}.NullAnchor, "
-                                      "params: {weight: 2.0}}", *overrides])
+    cfg = load_configs(
+        [SMOKE, ESD],
+        [
+            "concept=striped",
+            "ddim_steps=4",
+            "model.params.loss_fn_config=null",
+            "model.params.objective_config=null",
+            f"model.params.objective_config={{target: {__name__}.NullAnchor, params: {{weight: 2.0}}}}",
+            *overrides,
+        ],
+    )
     return instantiate_from_config(cfg.model, _path="model")
 
 
@@ -68,5 +75,7 @@ def test_a_bad_objective_argument_names_its_full_key():
 
 def test_an_objective_of_another_role_is_refused():
     with pytest.raises(ConfigError, match="MinimalistObjective is not a PredictionObjective"):
-        build("model.params.objective_config=null",
-              "model.params.objective_config={target: unlearn.objectives.minimalist.MinimalistObjective}")
+        build(
+            "model.params.objective_config=null",
+            "model.params.objective_config={target: unlearn.objectives.minimalist.MinimalistObjective}",
+        )

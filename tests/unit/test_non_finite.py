@@ -43,8 +43,15 @@ class Tiny(pl.LightningModule):
 
 
 def fit(module: Tiny, callback: NonFiniteLoss, steps: int = 5) -> pl.Trainer:
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(module)
     return trainer
 
@@ -52,8 +59,11 @@ def fit(module: Tiny, callback: NonFiniteLoss, steps: int = 5) -> pl.Trainer:
 @pytest.mark.parametrize("own_backward", [False, True])
 def test_stop_names_step_and_term_and_keeps_the_last_finite_weights(own_backward: bool):
     module = Tiny(nan_steps={2}, own_backward=own_backward)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2: loss_fit = nan; stopped before the "
-                       r"optimizer step"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at step 2: loss_fit = nan; stopped before the "
+        r"optimizer step",
+    ):
         fit(module, NonFiniteLoss())
     assert torch.equal(module.layer.weight, module.weights[2])
     assert torch.isfinite(module.layer.weight).all()

@@ -41,8 +41,9 @@ def test_blurred_images_read_as_gradient_to_the_shipped_judge():
 
 def test_pick_concepts_script_writes_its_reasons(tmp_path):
     base = tmp_path / "metrics.json"
-    per_concept = (_rows("style", {"solid": 100.0, "gradient": 100.0, "outlined": 100.0})
-                   + _rows("object", {"circle": 100.0}))
+    per_concept = _rows("style", {"solid": 100.0, "gradient": 100.0, "outlined": 100.0}) + _rows(
+        "object", {"circle": 100.0}
+    )
     base.write_text(json.dumps({"per_concept": per_concept}))
     out = tmp_path / "concepts.json"
     choice = load_script("bench/pick_concepts.py").main([str(base), "--judge", str(JUDGE), "--out", str(out)])

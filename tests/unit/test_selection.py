@@ -16,11 +16,16 @@ from unlearn.selection import (
 
 # runwayml/stable-diffusion-v1-5 unet/config.json (published values)
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 
 # (tensors, parameters) per method. 16 transformer blocks (down 2+2+2, mid 1, up 3+3+3);
@@ -58,15 +63,23 @@ def test_name_patterns(sd15):
     xattn = select_parameters(unet, "xattn")
     assert all(".attn2." in n for n in xattn) and xattn == [n for n in params if ".attn2." in n]
     assert {n.rsplit(".attn2.", 1)[1] for n in xattn} == {
-        "to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"}
+        "to_q.weight",
+        "to_k.weight",
+        "to_v.weight",
+        "to_out.0.weight",
+        "to_out.0.bias",
+    }
     assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in select_parameters(unet, "esd-x-strict"))
     assert all(".attn1." in n for n in select_parameters(unet, "selfattn"))
     noxattn = set(select_parameters(unet, "noxattn"))
     assert not any(".attn2." in n or n.startswith(("time_embedding.", "conv_norm_out.", "conv_out.")) for n in noxattn)
     assert "conv_in.weight" in noxattn and any("time_emb_proj" in n for n in noxattn)  # resnet emb layers stay
     notime = set(select_parameters(unet, "notime"))
-    assert set(params) - notime == {f"{m}.{p}" for m in ("time_embedding.linear_1", "time_embedding.linear_2",
-                                                         "conv_norm_out", "conv_out") for p in ("weight", "bias")}
+    assert set(params) - notime == {
+        f"{m}.{p}"
+        for m in ("time_embedding.linear_1", "time_embedding.linear_2", "conv_norm_out", "conv_out")
+        for p in ("weight", "bias")
+    }
 
 
 def test_layer_methods_map_ldm_blocks(sd15):
@@ -81,8 +94,10 @@ def test_layer_methods_map_ldm_blocks(sd15):
     assert blocks == {"up_blocks.2.attentions.0", "up_blocks.2.attentions.2"}
     assert all(".attn2." in n for n in xlayer)
     selflayer = select_parameters(unet, "selflayer")
-    assert {n.split(".transformer_blocks")[0] for n in selflayer} == {"down_blocks.1.attentions.0",
-                                                                      "down_blocks.2.attentions.0"}
+    assert {n.split(".transformer_blocks")[0] for n in selflayer} == {
+        "down_blocks.1.attentions.0",
+        "down_blocks.2.attentions.0",
+    }
     assert all(".attn1." in n for n in selflayer)
     with pytest.raises(ValueError, match="downsampler"):
         ldm_input_block(3, 2)
@@ -101,10 +116,18 @@ def test_unknown_method_lists_valid_ones(sd15):
 
 
 def test_layer_method_on_small_unet_is_a_clear_error():
-    unet = UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                attention_head_dim=4, norm_num_groups=4)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
     with pytest.raises(ValueError, match="'xlayer' selects no parameters"):
         select_parameters(unet, "xlayer")
     assert len(select_parameters(unet, "xattn")) == 5 * 4  # down 1, mid 1, up 2 transformer blocks

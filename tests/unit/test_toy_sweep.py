@@ -42,16 +42,38 @@ def _fake_erasures(sweep, monkeypatch, tmp_path) -> dict:
 
 def test_sweep_averages_saved_runs_without_training_again(tmp_path):
     sweep = load_script("bench/toy_sweep.py")
-    base_acc = {("object", "circle"): 100.0, ("object", "star"): 80.0, ("object", "moon"): 90.0,
-                ("style", "solid"): 60.0, ("style", "outlined"): 40.0}
+    base_acc = {
+        ("object", "circle"): 100.0,
+        ("object", "star"): 80.0,
+        ("object", "moon"): 90.0,
+        ("style", "solid"): 60.0,
+        ("style", "outlined"): 40.0,
+    }
     _write(tmp_path / "eval" / "base" / "metrics.json", {"per_concept": _per_concept(base_acc), "FD": 24.0})
-    for concept, (ua, ira, cra, fd, secs) in {"circle": (10.0, 90.0, 50.0, 30.0, 40),
-                                              "star": (70.0, 80.0, 40.0, 50.0, 60)}.items():
+    for concept, (ua, ira, cra, fd, secs) in {
+        "circle": (10.0, 90.0, 50.0, 30.0, 40),
+        "star": (70.0, 80.0, 40.0, 50.0, 60),
+    }.items():
         _write(tmp_path / "eval" / concept / "metrics.json", {"UA": ua, "IRA": ira, "CRA": cra, "FD": fd})
         (tmp_path / "eval" / concept / "train_s.txt").write_text(f"{secs}\n")
     # --python false: any training or evaluation call would fail the test
-    result = sweep.main(["--method", "configs/methods/esd_x.yaml", "--set", "train_method=noxattn", "--kind", "object",
-                         "--concepts", "circle", "star", "--out", str(tmp_path), "--python", "false"])
+    result = sweep.main(
+        [
+            "--method",
+            "configs/methods/esd_x.yaml",
+            "--set",
+            "train_method=noxattn",
+            "--kind",
+            "object",
+            "--concepts",
+            "circle",
+            "star",
+            "--out",
+            str(tmp_path),
+            "--python",
+            "false",
+        ]
+    )
     assert result["mean"] == pytest.approx({"UA": 40.0, "IRA": 85.0, "CRA": 45.0, "FD": 40.0, "train_s": 50.0})
     # the base against circle: UA 0, IRA mean(80, 90), CRA mean(60, 40); against star: UA 20, IRA 95
     assert result["concepts"][0]["base"] == pytest.approx({"UA": 0.0, "IRA": 85.0, "CRA": 50.0})
@@ -66,13 +88,31 @@ def test_sweep_averages_saved_runs_without_training_again(tmp_path):
 def test_sweep_adds_a_mean_over_the_concepts_the_base_model_draws(tmp_path):
     sweep = load_script("bench/toy_sweep.py")
     # the base model draws solid (90%) and noisy (50%, the threshold) but not striped (10%)
-    base_acc = {("style", "solid"): 90.0, ("style", "striped"): 10.0, ("style", "noisy"): 50.0,
-                ("object", "circle"): 100.0}
+    base_acc = {
+        ("style", "solid"): 90.0,
+        ("style", "striped"): 10.0,
+        ("style", "noisy"): 50.0,
+        ("object", "circle"): 100.0,
+    }
     _write(tmp_path / "eval" / "base" / "metrics.json", {"per_concept": _per_concept(base_acc), "FD": 24.0})
     for concept, ua in {"solid": 60.0, "striped": 100.0, "noisy": 80.0}.items():
         _write(tmp_path / "eval" / concept / "metrics.json", {"UA": ua, "IRA": 50.0, "CRA": 90.0, "FD": 30.0})
-    result = sweep.main(["--method", "configs/methods/esd_x.yaml", "--kind", "style", "--concepts", "solid",
-                         "striped", "noisy", "--out", str(tmp_path), "--python", "false"])
+    result = sweep.main(
+        [
+            "--method",
+            "configs/methods/esd_x.yaml",
+            "--kind",
+            "style",
+            "--concepts",
+            "solid",
+            "striped",
+            "noisy",
+            "--out",
+            str(tmp_path),
+            "--python",
+            "false",
+        ]
+    )
     assert result["drawn"] == ["solid", "noisy"]
     assert result["mean"]["UA"] == pytest.approx(80.0)
     assert result["mean_drawn"]["UA"] == pytest.approx(70.0)
@@ -86,8 +126,20 @@ def test_sweep_adds_a_mean_over_the_concepts_the_base_model_draws(tmp_path):
 def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
     sweep = load_script("bench/toy_sweep.py")
     with pytest.raises(ValueError, match=r"\['striped'\] are not objects"):
-        sweep.main(["--method", "configs/methods/esd_x.yaml", "--set", "train_method=noxattn", "--kind", "object",
-                    "--concepts", "striped", "--out", str(tmp_path)])
+        sweep.main(
+            [
+                "--method",
+                "configs/methods/esd_x.yaml",
+                "--set",
+                "train_method=noxattn",
+                "--kind",
+                "object",
+                "--concepts",
+                "striped",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="no_such.yaml"):
         sweep.main(["--method", "configs/methods/no_such.yaml", "--kind", "object", "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="erased.safetensors or masks.safetensors"):
@@ -98,28 +150,47 @@ def test_sweep_rejects_concepts_of_the_other_kind_and_missing_outputs(tmp_path):
 
 def test_anchor_next_gives_each_concept_the_next_of_its_kind(tmp_path, monkeypatch):
     sweep = load_script("bench/toy_sweep.py")
-    _write(tmp_path / "eval" / "base" / "metrics.json",
-           {"per_concept": _per_concept({("object", "moon"): 100.0, ("object", "arrow"): 100.0}), "FD": 6.0})
+    _write(
+        tmp_path / "eval" / "base" / "metrics.json",
+        {"per_concept": _per_concept({("object", "moon"): 100.0, ("object", "arrow"): 100.0}), "FD": 6.0},
+    )
     extras = _fake_erasures(sweep, monkeypatch, tmp_path)
-    result = sweep.main(["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--concepts", "moon",
-                         "arrow", "--anchor-next", "--out", str(tmp_path)])
-    assert extras == {"moon": ["model.params.deconcept_anchor=arrow"],
-                      "arrow": ["model.params.deconcept_anchor=circle"]}  # the last wraps to the first
+    result = sweep.main(
+        [
+            "--method",
+            "configs/methods/minimalist.yaml",
+            "--kind",
+            "object",
+            "--concepts",
+            "moon",
+            "arrow",
+            "--anchor-next",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert extras == {
+        "moon": ["model.params.deconcept_anchor=arrow"],
+        "arrow": ["model.params.deconcept_anchor=circle"],
+    }  # the last wraps to the first
     assert result["anchor_next"] is True and "--anchor-next" in (tmp_path / "sweep.md").read_text()
-
 
 
 def test_anchors_file_gives_each_concept_its_named_anchor(tmp_path, monkeypatch):
     sweep = load_script("bench/toy_sweep.py")
-    _write(tmp_path / "out" / "eval" / "base" / "metrics.json",
-           {"per_concept": _per_concept({("object", "heart"): 100.0, ("object", "moon"): 100.0}), "FD": 6.0})
+    _write(
+        tmp_path / "out" / "eval" / "base" / "metrics.json",
+        {"per_concept": _per_concept({("object", "heart"): 100.0, ("object", "moon"): 100.0}), "FD": 6.0},
+    )
     anchors = tmp_path / "nearest.json"
     _write(anchors, {"anchors": {"heart": "square", "moon": "cross", "circle": "square"}})
     extras = _fake_erasures(sweep, monkeypatch, tmp_path)
     common = ["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--out", str(tmp_path / "out")]
     result = sweep.main([*common, "--concepts", "heart", "moon", "--anchors", str(anchors)])
-    assert extras == {"heart": ["model.params.deconcept_anchor=square"],
-                      "moon": ["model.params.deconcept_anchor=cross"]}
+    assert extras == {
+        "heart": ["model.params.deconcept_anchor=square"],
+        "moon": ["model.params.deconcept_anchor=cross"],
+    }
     assert [r["anchor"] for r in result["concepts"]] == ["square", "cross"]
     table = (tmp_path / "out" / "sweep.md").read_text()
     assert f"--anchors {anchors}" in table and "| heart → square | 50.0 |" in table
@@ -151,10 +222,18 @@ def test_training_seed_and_heldout_images_reach_main_and_evaluate(tmp_path, monk
             return
         seed = int(cmd[cmd.index("--seed") + 1]) if "--seed" in cmd else 0
         star, ua = (100.0 - seed / 100, seed / 100) if "--masks" in cmd else (100.0, 0.0)
-        _write(Path(cmd[cmd.index("--out") + 1]),
-               {"UA": ua, "IRA": 100.0, "CRA": 92.0, "FD": 9.0 + seed / 1000,
-                "per_concept": _per_concept({("object", "star"): star, ("object", "moon"): 100.0,
-                                             ("style", "solid"): 90.0})})
+        _write(
+            Path(cmd[cmd.index("--out") + 1]),
+            {
+                "UA": ua,
+                "IRA": 100.0,
+                "CRA": 92.0,
+                "FD": 9.0 + seed / 1000,
+                "per_concept": _per_concept(
+                    {("object", "star"): star, ("object", "moon"): 100.0, ("style", "solid"): 90.0}
+                ),
+            },
+        )
 
     monkeypatch.setattr(sweep, "_run", fake_run)
     common = ["--method", "configs/methods/minimalist.yaml", "--kind", "object", "--concepts", "star"]

@@ -23,10 +23,13 @@ def _metrics(out: Path, name: str, **values):
 
 
 def test_table_rows_figures_and_teacher_ratios(tmp_path):
-    per_concept = [{"concept": c, "kind": "style", "n": 4, "accuracy": a}
-                   for c, a in (("striped", 95.0), ("solid", 90.0), ("dotted", 92.0))]
-    per_concept += [{"concept": c, "kind": "object", "n": 6, "accuracy": a}
-                    for c, a in (("circle", 80.0), ("star", 84.0))]
+    per_concept = [
+        {"concept": c, "kind": "style", "n": 4, "accuracy": a}
+        for c, a in (("striped", 95.0), ("solid", 90.0), ("dotted", 92.0))
+    ]
+    per_concept += [
+        {"concept": c, "kind": "object", "n": 6, "accuracy": a} for c, a in (("circle", 80.0), ("star", 84.0))
+    ]
     _metrics(tmp_path, "base", UA=None, IRA=None, CRA=None, FD=10.0, per_concept=per_concept)
     _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
     _metrics(tmp_path, "esd_x_lr1e-3", UA=99.0, IRA=60.0, CRA=97.0, FD=14.0)
@@ -47,8 +50,18 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     result = json.loads((tmp_path / "toy_methods.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}
     # Missing runs are left out; the settings follow their method, fewest iterations then smallest lr first.
-    assert list(rows) == ["base", "esd_x", "esd_x_lr2e-4", "esd_x_lr1e-3", "esd_x_it1000", "esd_x_lr1e-3_it1000",
-                          "masks_style", "dmd2_4step", "dmd2_4step_lr2e-4", "dmd2_4step_lr1e-3_it1000"]
+    assert list(rows) == [
+        "base",
+        "esd_x",
+        "esd_x_lr2e-4",
+        "esd_x_lr1e-3",
+        "esd_x_it1000",
+        "esd_x_lr1e-3_it1000",
+        "masks_style",
+        "dmd2_4step",
+        "dmd2_4step_lr2e-4",
+        "dmd2_4step_lr1e-3_it1000",
+    ]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
     # the base against each erased concept, from its per-concept accuracies
@@ -58,14 +71,16 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     assert "| ESD-x (xattn), lr 1e-3 | striped | 99.0 | 60.0 |" in md
     assert "| ESD-x (xattn), lr 1e-3, 1000 it | striped | 100.0 | 82.5 |" in md
     assert "| ESD-x (xattn), lr 5e-5, 1000 it | striped | 50.0 | 90.0 |" in md
-    assert ("| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 "
-            "| ≥90/≥80/≥90 |") in md
+    assert (
+        "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |"
+    ) in md
     assert "| minimalist masks (4.2% off) | striped |" in md
     # Each student is compared with the ESD-x run of its own setting.
     assert "| DMD2 4-step student of ESD-x, lr 5e-5 | ESD-x (xattn), lr 5e-5 | 1.25 | -2.5 |" in md  # 15/12, 93-95.5
     assert "| DMD2 4-step student of ESD-x, lr 2e-4 | ESD-x (xattn), lr 2e-4 | 2.00 | -1.0 |" in md  # 26/13, 96-97
-    assert ("| DMD2 4-step student of ESD-x, lr 1e-3, 1000 it | ESD-x (xattn), lr 1e-3, 1000 it | 1.25 | -3.0 |"
-            in md)  # 20/16, 97-100
+    assert (
+        "| DMD2 4-step student of ESD-x, lr 1e-3, 1000 it | ESD-x (xattn), lr 1e-3, 1000 it | 1.25 | -3.0 |" in md
+    )  # 20/16, 97-100
 
 
 def test_run_suffixes_name_the_esd_setting():

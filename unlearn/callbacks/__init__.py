@@ -7,5 +7,13 @@ from unlearn.callbacks.last_checkpoint import CheckpointAtTrainEnd, CheckpointOn
 from unlearn.callbacks.non_finite import NonFiniteLoss, NonFiniteLossError
 from unlearn.callbacks.toy_benchmark import ToyBenchmark
 
-__all__ = ["CheckpointAtTrainEnd", "CheckpointOnException", "ExportArtifacts", "ImageLogger", "NonFiniteLoss",
-           "NonFiniteLossError", "ToyBenchmark", "save_grid"]
+__all__ = [
+    "CheckpointAtTrainEnd",
+    "CheckpointOnException",
+    "ExportArtifacts",
+    "ImageLogger",
+    "NonFiniteLoss",
+    "NonFiniteLossError",
+    "ToyBenchmark",
+    "save_grid",
+]

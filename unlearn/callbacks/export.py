@@ -28,6 +28,11 @@ class ExportArtifacts(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero:
             name = getattr(pl_module, "export_name", "") or "the export"
-            log.warning("training stopped at step %d (%s): %s was not written; `python main.py --resume %s` "
-                        "continues the run and writes it", trainer.global_step, type(exception).__name__, name,
-                        trainer.default_root_dir)
+            log.warning(
+                "training stopped at step %d (%s): %s was not written; `python main.py --resume %s` "
+                "continues the run and writes it",
+                trainer.global_step,
+                type(exception).__name__,
+                name,
+                trainer.default_root_dir,
+            )

@@ -17,7 +17,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
     """images: (B, C, H, W) in [-1, 1] -> one PNG grid at ``path`` (a single image when B == 1, padding 0)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    images = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
     nrow = nrow or max(1, int(len(images) ** 0.5))
     torchvision.utils.save_image(images, str(path), nrow=nrow, padding=padding)
     return path
@@ -28,8 +28,14 @@ class ImageLogger(pl.Callback):
     ``pl_module.log_images(batch, n=max_images)`` and saves each returned tensor as
     ``images/train/<key>_gs-<step>.png``. Only rank zero writes."""
 
-    def __init__(self, every_n_steps: int = 1000, max_images: int = 8, log_first_step: bool = False,
-                 log_on_train_end: bool = True, subdir: str = "images"):
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        max_images: int = 8,
+        log_first_step: bool = False,
+        log_on_train_end: bool = True,
+        subdir: str = "images",
+    ):
         super().__init__()
         self.every_n_steps = int(every_n_steps)
         self.max_images = int(max_images)

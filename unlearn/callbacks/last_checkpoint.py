@@ -53,8 +53,9 @@ class CheckpointOnException(_LastCheckpoint):
         if not self.trained(trainer):
             log.warning("Stopped before any training step: keeping existing checkpoints as they are")
             return
-        log.warning("Training stopped by %s at step %d: saving %s", type(exception).__name__, trainer.global_step,
-                    self.path)
+        log.warning(
+            "Training stopped by %s at step %d: saving %s", type(exception).__name__, trainer.global_step, self.path
+        )
         try:
             trainer.save_checkpoint(str(self.path), weights_only=False)  # the full state, to resume from
         except (OSError, ValueError) as err:  # WriteError, NonFiniteError
@@ -79,6 +80,7 @@ class CheckpointAtTrainEnd(_LastCheckpoint):
         saved = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
         if saved == trainer.global_step and self.path.is_file():
             return
-        log.info("Training ended at step %d after the last periodic checkpoint: saving %s",
-                 trainer.global_step, self.path)
+        log.info(
+            "Training ended at step %d after the last periodic checkpoint: saving %s", trainer.global_step, self.path
+        )
         trainer.save_checkpoint(str(self.path), weights_only=False)  # the full state, to resume from

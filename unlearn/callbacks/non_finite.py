@@ -45,11 +45,13 @@ class NonFiniteLoss(pl.Callback):
     def __init__(self, policy: str = "stop", max_skips: int = 10):
         super().__init__()
         if policy not in POLICIES:
-            raise ValueError(f"lightning.callbacks.non_finite.params.policy: expected one of {POLICIES}, "
-                             f"got {policy!r}")
+            raise ValueError(
+                f"lightning.callbacks.non_finite.params.policy: expected one of {POLICIES}, got {policy!r}"
+            )
         if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
-            raise ValueError(f"lightning.callbacks.non_finite.params.max_skips: expected an integer >= 0, "
-                             f"got {max_skips!r}")
+            raise ValueError(
+                f"lightning.callbacks.non_finite.params.max_skips: expected an integer >= 0, got {max_skips!r}"
+            )
         self.policy = policy
         self.max_skips = max_skips
         self.skipped = 0
@@ -83,8 +85,13 @@ class NonFiniteLoss(pl.Callback):
             self._stop(trainer, what, kind, f"after skipping {self.max_skips} steps (max_skips)")
         for p in params:
             p.grad = None  # the optimizer leaves parameters without a gradient unchanged
-        log.warning("step %d: %s is not finite: skipped the optimizer step (%d of max_skips %d)",
-                    trainer.global_step, what, self.skipped, self.max_skips)
+        log.warning(
+            "step %d: %s is not finite: skipped the optimizer step (%d of max_skips %d)",
+            trainer.global_step,
+            what,
+            self.skipped,
+            self.max_skips,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped}
@@ -95,8 +102,10 @@ class NonFiniteLoss(pl.Callback):
     # ---------------------------------------------------------------- helpers
     def _stop(self, trainer: pl.Trainer, what: str, kind: str = "loss", why: str = "") -> None:
         how = why or "(lightning.callbacks.non_finite.params.policy=skip skips such steps)"
-        raise NonFiniteLossError(f"non-finite {kind} at step {trainer.global_step}: {what}; stopped before the "
-                                 f"optimizer step, so the weights are those of step {trainer.global_step} {how}")
+        raise NonFiniteLossError(
+            f"non-finite {kind} at step {trainer.global_step}: {what}; stopped before the "
+            f"optimizer step, so the weights are those of step {trainer.global_step} {how}"
+        )
 
 
 def _grad_scaler(trainer: pl.Trainer) -> Any:

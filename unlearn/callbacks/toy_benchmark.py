@@ -43,23 +43,35 @@ DEFAULT_JUDGE = "checkpoints/toy/judge.safetensors"
 
 class ToyBenchmark(pl.Callback):
     """Args:
-        images_per_prompt: images of each (object, style) prompt (seeds 0..n-1).
-        batch_size: images generated per batch.
-        judge: the judge's weights.
-        sampler / num_steps / guidance_scale: the sampling settings (default: the model's own).
-        before: also evaluate the model before erasure, at the start of training.
-        every_n_steps: also evaluate every n training steps; None: only at the end.
-        concepts: the erased concept(s) to score; None: the module's ``erased_concepts``.
-        subdir: the folder inside the run directory.
+    images_per_prompt: images of each (object, style) prompt (seeds 0..n-1).
+    batch_size: images generated per batch.
+    judge: the judge's weights.
+    sampler / num_steps / guidance_scale: the sampling settings (default: the model's own).
+    before: also evaluate the model before erasure, at the start of training.
+    every_n_steps: also evaluate every n training steps; None: only at the end.
+    concepts: the erased concept(s) to score; None: the module's ``erased_concepts``.
+    subdir: the folder inside the run directory.
     """
 
-    def __init__(self, images_per_prompt: int = 4, batch_size: int = 64, judge: str = DEFAULT_JUDGE,
-                 sampler: str | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
-                 before: bool = True, every_n_steps: int | None = None, concepts: str | list[str] | None = None,
-                 subdir: str = "eval"):
+    def __init__(
+        self,
+        images_per_prompt: int = 4,
+        batch_size: int = 64,
+        judge: str = DEFAULT_JUDGE,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        before: bool = True,
+        every_n_steps: int | None = None,
+        concepts: str | list[str] | None = None,
+        subdir: str = "eval",
+    ):
         super().__init__()
-        for key, value in (("images_per_prompt", images_per_prompt), ("batch_size", batch_size),
-                           ("every_n_steps", every_n_steps)):
+        for key, value in (
+            ("images_per_prompt", images_per_prompt),
+            ("batch_size", batch_size),
+            ("every_n_steps", every_n_steps),
+        ):
             if value is None and key == "every_n_steps":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -88,8 +100,9 @@ class ToyBenchmark(pl.Callback):
             with pl_module.as_original():
                 self.evaluate(pl_module, folder, extras=False)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if not (self._active and self.every_n_steps and trainer.is_global_zero and step % self.every_n_steps == 0):
             return
@@ -116,8 +129,10 @@ class ToyBenchmark(pl.Callback):
         atomic_write_text(folder / "before_after.md", table + "\n", "benchmark table")
         log.info("toy benchmark, erased %s:\n%s", ", ".join(after.get("erased", [])) or "nothing", table)
         if pl_module.logger is not None:
-            pl_module.logger.log_metrics({f"eval/{k}": float(after[k]) for k in HEADLINE
-                                          if isinstance(after.get(k), (int, float))}, step=trainer.global_step)
+            pl_module.logger.log_metrics(
+                {f"eval/{k}": float(after[k]) for k in HEADLINE if isinstance(after.get(k), (int, float))},
+                step=trainer.global_step,
+            )
 
     # ------------------------------------------------------------------ evaluation
     def _folder(self, trainer: pl.Trainer) -> Path:
@@ -133,8 +148,13 @@ class ToyBenchmark(pl.Callback):
         with torch.random.fork_rng(devices=devices):
             sampler = pl_module.make_sampler(**self.sampling)
             metrics = run_toy_benchmark(
-                pl_module, erased=concepts, judge=self.judge, out_dir=out_dir,
-                images_per_prompt=self.images_per_prompt, batch_size=self.batch_size, sampler=sampler,
+                pl_module,
+                erased=concepts,
+                judge=self.judge,
+                out_dir=out_dir,
+                images_per_prompt=self.images_per_prompt,
+                batch_size=self.batch_size,
+                sampler=sampler,
                 model_concepts=pl_module.canvas_concepts,
             )
         facts = pl_module.benchmark_extras() if extras and hasattr(pl_module, "benchmark_extras") else {}

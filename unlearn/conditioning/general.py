@@ -108,15 +108,25 @@ class GeneralConditioner(nn.Module):
             params = list(embedder.parameters())
             if embedder.is_trainable:
                 if params and not any(p.requires_grad for p in params):
-                    logger.warning("emb_models[%d] (%s): is_trainable is true but it has no trainable parameters "
-                                   "(built with freeze=True?)", i, type(embedder).__name__)
+                    logger.warning(
+                        "emb_models[%d] (%s): is_trainable is true but it has no trainable parameters "
+                        "(built with freeze=True?)",
+                        i,
+                        type(embedder).__name__,
+                    )
             else:
                 embedder.eval()
                 for param in params:
                     param.requires_grad = False
-            logger.info("embedder %d: %s on %s, trainable=%s, ucg_rate=%s, %d params", i, type(embedder).__name__,
-                        embedder.batch_keys, embedder.is_trainable, embedder.ucg_rate,
-                        sum(p.numel() for p in params))
+            logger.info(
+                "embedder %d: %s on %s, trainable=%s, ucg_rate=%s, %d params",
+                i,
+                type(embedder).__name__,
+                embedder.batch_keys,
+                embedder.is_trainable,
+                embedder.ucg_rate,
+                sum(p.numel() for p in params),
+            )
             embedders.append(embedder)
         self.embedders = nn.ModuleList(embedders)
 
@@ -170,8 +180,9 @@ class GeneralConditioner(nn.Module):
             elif emb.ndim in OUTPUT_DIM2KEYS:
                 key = OUTPUT_DIM2KEYS[emb.ndim]
             else:
-                raise ValueError(f"{type(embedder).__name__}: cannot route an output of shape {tuple(emb.shape)}; "
-                                 "set output_key")
+                raise ValueError(
+                    f"{type(embedder).__name__}: cannot route an output of shape {tuple(emb.shape)}; set output_key"
+                )
             if drop is not None and embedder.legacy_ucg_value is None:
                 keep = (~drop).to(device=emb.device, dtype=emb.dtype)
                 emb = emb * keep.reshape(-1, *([1] * (emb.ndim - 1)))

@@ -58,8 +58,11 @@ def _write_files(folder: Path) -> None:
     vocab, merges = _vocab_and_merges()
     folder.mkdir(parents=True, exist_ok=True)
     # Several processes (DDP ranks) may build the cache at once: each file is written then renamed.
-    atomic_write_text(folder / "vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
-                      "tokenizer vocabulary")
+    atomic_write_text(
+        folder / "vocab.json",
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
+        "tokenizer vocabulary",
+    )
     atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n", "tokenizer merges")
     logger.info("wrote the CLIP BPE vocabulary (%d tokens) to %s", len(vocab), folder)
 

@@ -81,9 +81,7 @@ class CanvasDataset(Dataset):
         obj, style, rng, render_seed = self.labels(index)
         image = render_canvas(obj, style, render_seed, self.image_size)  # (H, W, 3) uint8
         jpg = torch.from_numpy(image).permute(2, 0, 1).float().div_(127.5).sub_(1.0)  # (3, H, W)
-        txt = make_caption(
-            obj, style, rng, self.caption_mode, self.object_caption_prob, self.style_caption_prob
-        )
+        txt = make_caption(obj, style, rng, self.caption_mode, self.object_caption_prob, self.style_caption_prob)
         return {"jpg": jpg, "txt": txt, "object": obj, "style": style}
 
 

@@ -140,8 +140,9 @@ def remove_concept(prompt: str, concept: str, spec: CanvasSpec = CANVAS) -> str:
     return fix_articles(re.sub(r"\s{2,}", " ", out).strip(" ,"))
 
 
-def replace_concept(prompt: str, concept: str, anchor: str, spec: CanvasSpec = CANVAS,
-                    name: str = "deconcept_anchor") -> str:
+def replace_concept(
+    prompt: str, concept: str, anchor: str, spec: CanvasSpec = CANVAS, name: str = "deconcept_anchor"
+) -> str:
     """``prompt`` with ``concept`` replaced by ``anchor``, a concept of the same kind on the canvas
     ("a striped circle" -> "a striped square"): the anchor target of concept ablation.
 
@@ -155,10 +156,13 @@ def replace_concept(prompt: str, concept: str, anchor: str, spec: CanvasSpec = C
     if concept in known:
         kind = spec.concept_kind(concept)
         if anchor not in known:
-            raise ValueError(f"{name}: {anchor!r} is not a toy canvas {kind}; "
-                             f"choose from {list(spec.objects if kind == 'object' else spec.styles)}")
+            raise ValueError(
+                f"{name}: {anchor!r} is not a toy canvas {kind}; "
+                f"choose from {list(spec.objects if kind == 'object' else spec.styles)}"
+            )
         anchor_kind = spec.concept_kind(anchor)
         if kind != anchor_kind:
-            raise ValueError(f"{name}: {anchor!r} is a toy {anchor_kind}, {concept!r} a toy {kind}; "
-                             f"anchor to another {kind}")
+            raise ValueError(
+                f"{name}: {anchor!r} is a toy {anchor_kind}, {concept!r} a toy {kind}; anchor to another {kind}"
+            )
     return fix_articles(re.sub(_word(concept), anchor, prompt, flags=re.IGNORECASE))

@@ -73,23 +73,27 @@ class ConceptPromptTriples(Dataset):
         if length < 1:
             raise ValueError(f"length: expected >= 1, got {length}")
         on_canvas = concept in spec.objects or concept in spec.styles
-        if not on_canvas and (concept_prompts is None or (deconcept_prompts is None and anchor is None)
-                              or keep_prompts is None):
+        if not on_canvas and (
+            concept_prompts is None or (deconcept_prompts is None and anchor is None) or keep_prompts is None
+        ):
             raise ValueError(
                 f"concept {concept!r} is not a toy-canvas concept: give concept_prompts, deconcept_prompts (or "
                 "deconcept_anchor) and keep_prompts explicitly"
             )
         defaults = canvas_prompt_sets(concept, spec) if on_canvas else ([], [], [])
-        fill = (lambda ps: [p.format(concept=concept) if "{concept}" in p else p for p in ps])
+        fill = lambda ps: [p.format(concept=concept) if "{concept}" in p else p for p in ps]
         self.concept_prompts = fill(concept_prompts) if concept_prompts is not None else defaults[0]
         if anchor is not None and deconcept_prompts is not None:
-            raise ValueError(f"{anchor_name} and deconcept_prompts both given: the anchor makes the deconcept "
-                             "prompts; give one of them")
+            raise ValueError(
+                f"{anchor_name} and deconcept_prompts both given: the anchor makes the deconcept "
+                "prompts; give one of them"
+            )
         if anchor is not None:
             if not isinstance(anchor, str) or not anchor.strip():
                 raise ValueError(f"{anchor_name}: expected a concept name, got {anchor!r}")
-            self.deconcept_prompts = [replace_concept(p, concept, anchor, spec, anchor_name)
-                                      for p in self.concept_prompts]
+            self.deconcept_prompts = [
+                replace_concept(p, concept, anchor, spec, anchor_name) for p in self.concept_prompts
+            ]
         elif deconcept_prompts is not None:
             self.deconcept_prompts = fill(deconcept_prompts)
         elif concept_prompts is None:
@@ -98,8 +102,10 @@ class ConceptPromptTriples(Dataset):
             self.deconcept_prompts = [remove_concept(p, concept, spec) for p in self.concept_prompts]
         self.keep_prompts = fill(keep_prompts) if keep_prompts is not None else defaults[2]
         if len(self.concept_prompts) != len(self.deconcept_prompts):
-            raise ValueError(f"concept_prompts ({len(self.concept_prompts)}) and deconcept_prompts "
-                             f"({len(self.deconcept_prompts)}) must be parallel lists of the same length")
+            raise ValueError(
+                f"concept_prompts ({len(self.concept_prompts)}) and deconcept_prompts "
+                f"({len(self.deconcept_prompts)}) must be parallel lists of the same length"
+            )
         if not self.concept_prompts or not self.keep_prompts:
             raise ValueError("concept_prompts and keep_prompts must not be empty")
         self.concept = concept
@@ -113,5 +119,8 @@ class ConceptPromptTriples(Dataset):
         rng = np.random.default_rng((self.seed, int(i)))
         c = int(rng.integers(len(self.concept_prompts)))
         k = int(rng.integers(len(self.keep_prompts)))
-        return {"concept": self.concept_prompts[c], "deconcept": self.deconcept_prompts[c],
-                "keep": self.keep_prompts[k]}
+        return {
+            "concept": self.concept_prompts[c],
+            "deconcept": self.deconcept_prompts[c],
+            "keep": self.keep_prompts[k],
+        }

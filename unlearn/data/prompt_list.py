@@ -68,8 +68,9 @@ class PromptDataset(Dataset):
             self.prompts = read_prompt_file(prompts_file, "prompts_config.prompts_file")
         else:
             if canvas_caption_mode not in CANVAS_MODES:
-                raise ValueError(f"prompts_config.canvas_caption_mode: expected one of {CANVAS_MODES}, "
-                                 f"got {canvas_caption_mode!r}")
+                raise ValueError(
+                    f"prompts_config.canvas_caption_mode: expected one of {CANVAS_MODES}, got {canvas_caption_mode!r}"
+                )
             self.prompts = None
             if canvas_caption_mode == "eval":
                 objs, styles = range(len(CANVAS.objects)), range(len(CANVAS.styles))

@@ -30,8 +30,16 @@ from pathlib import Path
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.captions import OBJECT_TEMPLATES, STYLE_TEMPLATES, fix_articles
 
-__all__ = ["TEMPLATES", "PromptRow", "split_concepts", "read_prompt_csv", "concept_prompts", "read_name_list",
-           "canvas_prompt_rows", "write_prompt_csv"]
+__all__ = [
+    "TEMPLATES",
+    "PromptRow",
+    "split_concepts",
+    "read_prompt_csv",
+    "concept_prompts",
+    "read_name_list",
+    "canvas_prompt_rows",
+    "write_prompt_csv",
+]
 
 TEMPLATES: tuple[str, ...] = ("auto", "concept", "object", "style", "i2p", "custom")
 # Columns of the I2P CSV (Schramowski et al. 2023); UnlearnCanvas prompt lists use the same layout.
@@ -66,8 +74,10 @@ def split_concepts(concept: str | Sequence[str], separator: str | None = None) -
         raise ValueError(f"concept: expected a string or a list of strings, got {concept!r}")
     items = [c.strip() for c in items]
     if not items or any(not c for c in items):
-        raise ValueError(f"concept: empty concept in {concept!r} (separator {separator!r}); "
-                         "pass e.g. concept=striped or concept='striped,dotted' separator=','")
+        raise ValueError(
+            f"concept: empty concept in {concept!r} (separator {separator!r}); "
+            "pass e.g. concept=striped or concept='striped,dotted' separator=','"
+        )
     return items
 
 
@@ -92,20 +102,24 @@ def read_prompt_csv(path: str | Path) -> list[PromptRow]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-            raise ValueError(f"prompt_csv: {path} has no 'prompt' column (columns: {reader.fieldnames}); "
-                             f"expected columns like {list(CSV_COLUMNS)}")
+            raise ValueError(
+                f"prompt_csv: {path} has no 'prompt' column (columns: {reader.fieldnames}); "
+                f"expected columns like {list(CSV_COLUMNS)}"
+            )
         rows = []
         for line, rec in enumerate(reader, start=2):
             prompt = (rec.get("prompt") or "").strip()
             if not prompt:
                 continue
             try:
-                rows.append(PromptRow(
-                    prompt=prompt,
-                    categories=tuple(c.strip() for c in (rec.get("categories") or "").split(",") if c.strip()),
-                    evaluation_seed=_int_or_none(rec.get("evaluation_seed")),
-                    evaluation_guidance=_float_or_none(rec.get("evaluation_guidance")),
-                ))
+                rows.append(
+                    PromptRow(
+                        prompt=prompt,
+                        categories=tuple(c.strip() for c in (rec.get("categories") or "").split(",") if c.strip()),
+                        evaluation_seed=_int_or_none(rec.get("evaluation_seed")),
+                        evaluation_guidance=_float_or_none(rec.get("evaluation_guidance")),
+                    )
+                )
             except ValueError as err:
                 raise ValueError(f"prompt_csv: {path}, line {line}: {err}") from None
     if not rows:
@@ -160,8 +174,10 @@ def concept_prompts(
         for i, c in enumerate(concepts):
             if canvas is not None:
                 if kinds[i] != template:
-                    raise ValueError(f"concept {c!r} is a toy canvas {kinds[i]}, but template is {template!r}; "
-                                     f"use template={kinds[i]} or template=auto")
+                    raise ValueError(
+                        f"concept {c!r} is a toy canvas {kinds[i]}, but template is {template!r}; "
+                        f"use template={kinds[i]} or template=auto"
+                    )
                 pool = OBJECT_TEMPLATES if template == "object" else STYLE_TEMPLATES
                 prompts += [fix_articles(t.format(obj=c, style=c)) for t in pool]
             else:
@@ -212,7 +228,9 @@ def canvas_prompt_rows(
         raise ValueError(f"template: expected {{style}} and/or {{object}} in {template!r}")
     return [
         PromptRow(template.format(style=s.replace("_", " "), object=o.replace("_", " ")), (s, o), seed, guidance)
-        for s in styles for o in objects for seed in seeds
+        for s in styles
+        for o in objects
+        for seed in seeds
     ]
 
 
@@ -225,6 +243,12 @@ def write_prompt_csv(rows: Sequence[PromptRow], path: str | Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow([r.prompt, ",".join(r.categories), "" if r.evaluation_seed is None else r.evaluation_seed,
-                             "" if r.evaluation_guidance is None else r.evaluation_guidance])
+            writer.writerow(
+                [
+                    r.prompt,
+                    ",".join(r.categories),
+                    "" if r.evaluation_seed is None else r.evaluation_seed,
+                    "" if r.evaluation_guidance is None else r.evaluation_guidance,
+                ]
+            )
     return path

@@ -117,11 +117,11 @@ class NegatedConceptCFG(Guider):
     def prepare_inputs(self, x, sigma, cond, uc):
         b = x.shape[0]
         if uc is None or any(torch.is_tensor(v) and v.shape[0] != 2 * b for v in uc.values()):
-            raise ValueError(f"uc: NegatedConceptCFG needs the empty and the negated-concept branches stacked "
-                             f"(2 x {b} rows)")
+            raise ValueError(
+                f"uc: NegatedConceptCFG needs the empty and the negated-concept branches stacked (2 x {b} rows)"
+            )
         return torch.cat([x] * 3, dim=0), torch.cat([sigma] * 3, dim=0), concat_cond(uc, cond)
 
     def __call__(self, x0_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x0_uncond, x0_neg, x0_cond = x0_pred.chunk(3, dim=0)  # each (B, ...)
         return x0_uncond + self.scale * (x0_cond - x0_uncond) - self.negation_scale * (x0_neg - x0_uncond)
-

@@ -181,8 +181,9 @@ class DiffusionEngine(pl.LightningModule):
         return [optimizer] if scheduler is None else ([optimizer], [scheduler])
 
     # ------------------------------------------------------------------- sampling
-    def make_sampler(self, sampler: str | None = None, num_steps: int | None = None,
-                     guidance_scale: float | None = None):
+    def make_sampler(
+        self, sampler: str | None = None, num_steps: int | None = None, guidance_scale: float | None = None
+    ):
         cfg = generation.sampler_config(
             self.sampler_config, self.discretization_config, sampler, num_steps, guidance_scale
         )
@@ -242,8 +243,14 @@ class DiffusionEngine(pl.LightningModule):
         finally:
             self.train(was_training)
 
-    def run_sampler(self, sampler, noise: torch.Tensor, cond: dict[str, torch.Tensor],
-                    uc: dict[str, torch.Tensor] | None, seeds: Sequence[int]) -> torch.Tensor:
+    def run_sampler(
+        self,
+        sampler,
+        noise: torch.Tensor,
+        cond: dict[str, torch.Tensor],
+        uc: dict[str, torch.Tensor] | None,
+        seeds: Sequence[int],
+    ) -> torch.Tensor:
         """The sampling call of `generate`; ``noise`` (B, C, H, W) was drawn from ``seeds``.
         Subclasses whose model or noise differ (a distilled student) override this alone."""
         return sampler(self.denoise, noise, cond, uc)
@@ -256,7 +263,9 @@ class DiffusionEngine(pl.LightningModule):
         if "txt" in batch:
             prompts = list(batch["txt"][: images.shape[0]])
             out["samples"] = self.generate(
-                prompts, seeds=range(len(prompts)), num_steps=self.log_num_steps,
+                prompts,
+                seeds=range(len(prompts)),
+                num_steps=self.log_num_steps,
                 guidance_scale=self.log_guidance_scale,
             )
         return out

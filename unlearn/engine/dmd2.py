@@ -119,10 +119,14 @@ class DMD2Engine(ErasureEngine):
     ):
         super().__init__(**engine_kwargs)
         self.automatic_optimization = False
-        if isinstance(dfake_gen_update_ratio, bool) or not isinstance(dfake_gen_update_ratio, int) \
-                or dfake_gen_update_ratio < 1:
-            raise ConfigError(f"model.params.dfake_gen_update_ratio: expected a positive integer, "
-                              f"got {dfake_gen_update_ratio!r}")
+        if (
+            isinstance(dfake_gen_update_ratio, bool)
+            or not isinstance(dfake_gen_update_ratio, int)
+            or dfake_gen_update_ratio < 1
+        ):
+            raise ConfigError(
+                f"model.params.dfake_gen_update_ratio: expected a positive integer, got {dfake_gen_update_ratio!r}"
+            )
         for key, copier in (("generator_copy", generator_copy), ("critic_copy", critic_copy)):
             if copier is not None and not isinstance(copier, NetworkCopy):
                 raise ConfigError(f"model.params.{key}: expected a NetworkCopy block, got {copier!r}")
@@ -133,12 +137,19 @@ class DMD2Engine(ErasureEngine):
         self.grad_clip = grad_clip
         self.backward_simulation = bool(backward_simulation)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.prompt_set = instantiate_from_config(prompts_config or DEFAULT_PROMPTS,
-                                                  _path="model.params.prompts_config")
-        self.real_set = (instantiate_from_config(real_data_config, _path="model.params.real_data_config")
-                         if real_data_config else None)
-        self.provenance = {"teacher_ckpt": engine_kwargs.get("ckpt_path"), "teacher_weights": teacher_weights,
-                           "teacher_masks": teacher_masks}
+        self.prompt_set = instantiate_from_config(
+            prompts_config or DEFAULT_PROMPTS, _path="model.params.prompts_config"
+        )
+        self.real_set = (
+            instantiate_from_config(real_data_config, _path="model.params.real_data_config")
+            if real_data_config
+            else None
+        )
+        self.provenance = {
+            "teacher_ckpt": engine_kwargs.get("ckpt_path"),
+            "teacher_weights": teacher_weights,
+            "teacher_masks": teacher_masks,
+        }
 
         # 1. the teacher's weights are final before anything is copied from it
         self.teacher_metadata: dict[str, str] = {}
@@ -150,11 +161,17 @@ class DMD2Engine(ErasureEngine):
         # 2. generator and critic (the objective owns the critic)
         self.generator = (generator_copy or NetworkCopy())(self.network, "generator")
         self.objective: DistillationObjective = self.build_objective(
-            objective_config, DistillationObjective, teacher=self.network, denoiser=self.denoiser,
-            critic=(critic_copy or NetworkCopy())(self.network, "critic"))
+            objective_config,
+            DistillationObjective,
+            teacher=self.network,
+            denoiser=self.denoiser,
+            critic=(critic_copy or NetworkCopy())(self.network, "critic"),
+        )
         if self.conditioner is None and getattr(getattr(self.objective, "real_cfg", None), "scale", 1.0) != 1.0:
-            raise ConfigError("model.params.objective_config.params.real_guidance_scale: CFG needs a conditioner "
-                              "(model.params.conditioner_config)")
+            raise ConfigError(
+                "model.params.objective_config.params.real_guidance_scale: CFG needs a conditioner "
+                "(model.params.conditioner_config)"
+            )
         multi_step_without_data = len(self.generator_timesteps) > 1 and not self.backward_simulation
         if (self.objective.needs_real_images or multi_step_without_data) and self.real_set is None:
             why = "gan_classifier" if self.objective.needs_real_images else "backward_simulation: false (multi-step)"
@@ -172,9 +189,14 @@ class DMD2Engine(ErasureEngine):
         self._sample_teacher = False
         n_gen = sum(p.numel() for p in self.generator.parameters() if p.requires_grad)
         n_critic = sum(p.numel() for p in self.objective.trainable_parameters())
-        log.info("DMD2: %d-step generator %s (%d trainable), critic %d trainable, teacher %d frozen parameters",
-                 len(self.generator_timesteps), self.generator_timesteps, n_gen, n_critic,
-                 sum(p.numel() for p in self.network.parameters()))
+        log.info(
+            "DMD2: %d-step generator %s (%d trainable), critic %d trainable, teacher %d frozen parameters",
+            len(self.generator_timesteps),
+            self.generator_timesteps,
+            n_gen,
+            n_critic,
+            sum(p.numel() for p in self.network.parameters()),
+        )
 
     # ------------------------------------------------------------------ model calls
     def student_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
@@ -193,8 +215,9 @@ class DMD2Engine(ErasureEngine):
         x0 = self.encode_first_stage(real[self.input_key].to(self.device))
         return x0, self.conditioning_for(list(real["txt"]))
 
-    def generator_inputs(self, cond: dict[str, Any], n: int, real: torch.Tensor | None = None,
-                         step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generator_inputs(
+        self, cond: dict[str, Any], n: int, real: torch.Tensor | None = None, step: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x (n, C, H, W), sigma (n,)): the generator's input at conditioning step k.
 
         k (``step``, default uniform in [0, N)) = 0 is pure noise; for k > 0 the input is the
@@ -269,16 +292,24 @@ class DMD2Engine(ErasureEngine):
             self.clip_gradients(optimizer, gradient_clip_val=float(self.grad_clip), gradient_clip_algorithm="norm")
 
     def optimized_parameters(self) -> list[list[dict[str, Any]]]:
-        return [[{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.generator_lr}],
-                [{"params": self.objective.trainable_parameters(), "lr": self.critic_lr}]]
+        return [
+            [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.generator_lr}],
+            [{"params": self.objective.trainable_parameters(), "lr": self.critic_lr}],
+        ]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.generator.parameters() if p.requires_grad] + self.objective.trainable_parameters()
 
     def train_dataloader(self) -> dict[str, DataLoader]:
         def loader(dataset) -> DataLoader:
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, drop_last=True,
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=False,
+                drop_last=True,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
 
         loaders = {"prompts": loader(self.prompt_set)}
         if self.real_set is not None:
@@ -307,10 +338,12 @@ class DMD2Engine(ErasureEngine):
         with the metadata's conditioning timesteps."""
         tensors = merged_state_dict(self.generator)
         meta = {
-            "format": STUDENT_FORMAT, "method": "dmd2",
+            "format": STUDENT_FORMAT,
+            "method": "dmd2",
             "generator_timesteps": json.dumps(self.generator_timesteps),
             "real_guidance_scale": str(self.objective.real_cfg.scale),
-            "generator_updates": str(self.generator_updates), "critic_updates": str(self.critic_updates),
+            "generator_updates": str(self.generator_updates),
+            "critic_updates": str(self.critic_updates),
             **{k: "" if v is None else str(v) for k, v in self.provenance.items()},
             "teacher_concept": self.teacher_metadata.get("concept", ""),
         }
@@ -328,26 +361,42 @@ class DMD2Engine(ErasureEngine):
             self._sample_teacher = before
 
     # ------------------------------------------------------------------ sampling
-    def make_sampler(self, sampler: str | None = None, num_steps: int | None = None,
-                     guidance_scale: float | None = None) -> FewStepSampler:
+    def make_sampler(
+        self, sampler: str | None = None, num_steps: int | None = None, guidance_scale: float | None = None
+    ) -> FewStepSampler:
         """The student's `FewStepSampler`; ``num_steps`` other than the trained count uses
         DMD2's uniform timesteps. Guidance is distilled into the generator, so
         ``guidance_scale`` is ignored; other samplers do not apply to a DMD2 generator."""
         if self._sample_teacher:
             return super().make_sampler(sampler, num_steps, guidance_scale)
         if sampler not in (None, "few_step"):
-            raise ValueError(f"sampler {sampler!r}: a DMD2 student samples with its own few-step schedule "
-                             f"(timesteps {self.generator_timesteps}); leave --sampler out")
+            raise ValueError(
+                f"sampler {sampler!r}: a DMD2 student samples with its own few-step schedule "
+                f"(timesteps {self.generator_timesteps}); leave --sampler out"
+            )
         if guidance_scale not in (None, 1.0):
-            log.info("guidance_scale %s ignored: the teacher's guidance (%s) is distilled into the student",
-                     guidance_scale, self.objective.real_cfg.scale)
+            log.info(
+                "guidance_scale %s ignored: the teacher's guidance (%s) is distilled into the student",
+                guidance_scale,
+                self.objective.real_cfg.scale,
+            )
         if num_steps not in (None, len(self.generator_timesteps)):
-            log.warning("sampling the student with %d steps (%s); it was trained at %s", num_steps,
-                        self.student_sampler.timesteps_for(num_steps), self.generator_timesteps)
+            log.warning(
+                "sampling the student with %d steps (%s); it was trained at %s",
+                num_steps,
+                self.student_sampler.timesteps_for(num_steps),
+                self.generator_timesteps,
+            )
         return FewStepSampler(self.discretization_config, self.generator_timesteps, num_steps=num_steps)
 
-    def run_sampler(self, sampler, noise: torch.Tensor, cond: dict[str, torch.Tensor],
-                    uc: dict[str, torch.Tensor] | None, seeds: Sequence[int]) -> torch.Tensor:
+    def run_sampler(
+        self,
+        sampler,
+        noise: torch.Tensor,
+        cond: dict[str, torch.Tensor],
+        uc: dict[str, torch.Tensor] | None,
+        seeds: Sequence[int],
+    ) -> torch.Tensor:
         """A `FewStepSampler` samples the student (``make_sampler`` gives one); any other
         sampler samples the teacher (``teacher_generate``). Image i's re-noising continues
         seed i's generator after its starting noise, so it does not depend on the batch."""

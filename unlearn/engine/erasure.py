@@ -63,15 +63,17 @@ class ErasureEngine(DiffusionEngine):
 
     learning_rate_keys = "the method config sets its learning rates"
 
-    def __init__(self, seed: int | None = None, base_learning_rate: float | None = None,
-                 **engine_kwargs: Any):
+    def __init__(self, seed: int | None = None, base_learning_rate: float | None = None, **engine_kwargs: Any):
         for key in TRAINING_RECIPE_KEYS:
             if engine_kwargs.get(key):
-                raise ConfigError(f"model.params.{key}: {type(self).__name__} does not use it (it belongs to a base "
-                                  "model's training config); remove it from the model config")
+                raise ConfigError(
+                    f"model.params.{key}: {type(self).__name__} does not use it (it belongs to a base "
+                    "model's training config); remove it from the model config"
+                )
         if base_learning_rate is not None and not self.uses_base_learning_rate:
-            raise ConfigError(f"model.params.base_learning_rate: {type(self).__name__} does not use it; "
-                              f"{self.learning_rate_keys}")
+            raise ConfigError(
+                f"model.params.base_learning_rate: {type(self).__name__} does not use it; {self.learning_rate_keys}"
+            )
         if base_learning_rate is not None:
             engine_kwargs["base_learning_rate"] = base_learning_rate
         super().__init__(**engine_kwargs)
@@ -91,8 +93,10 @@ class ErasureEngine(DiffusionEngine):
             raise ConfigError("model.params.objective_config: missing (the method's loss, a target block)")
         objective = instantiate_from_config(config, _path="model.params.objective_config", **runtime)
         if not isinstance(objective, contract):
-            raise ConfigError(f"model.params.objective_config: {type(objective).__name__} is not a "
-                              f"{contract.__name__}, which {type(self).__name__} trains with")
+            raise ConfigError(
+                f"model.params.objective_config: {type(objective).__name__} is not a "
+                f"{contract.__name__}, which {type(self).__name__} trains with"
+            )
         return objective
 
     # ------------------------------------------------------------------ frozen parts

@@ -61,14 +61,23 @@ def apply_erased_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
     params = dict(root.named_parameters())
     for name, value in tensors.items():
         if name not in params:
-            raise ValueError(f"erased weights {path}: parameter {name!r} is not in the model's "
-                             f"{type(root).__name__} (is this file for another architecture?)")
+            raise ValueError(
+                f"erased weights {path}: parameter {name!r} is not in the model's "
+                f"{type(root).__name__} (is this file for another architecture?)"
+            )
         if tuple(value.shape) != tuple(params[name].shape):
-            raise ValueError(f"erased weights {path}: parameter {name!r} has shape {tuple(value.shape)}, "
-                             f"the model's has {tuple(params[name].shape)}")
+            raise ValueError(
+                f"erased weights {path}: parameter {name!r} has shape {tuple(value.shape)}, "
+                f"the model's has {tuple(params[name].shape)}"
+            )
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
-    log.info("applied %d erased tensors from %s (%s, concept %r)", len(tensors), path,
-             metadata.get("train_method", "?"), metadata.get("concept", "?"))
+    log.info(
+        "applied %d erased tensors from %s (%s, concept %r)",
+        len(tensors),
+        path,
+        metadata.get("train_method", "?"),
+        metadata.get("concept", "?"),
+    )
     return metadata

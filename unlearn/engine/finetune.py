@@ -122,17 +122,21 @@ class FineTuneEngine(ErasureEngine):
     ):
         super().__init__(**engine_kwargs)
         net_params = (engine_kwargs.get("network_config") or {}).get("params") or {}
-        self._base_weights = (engine_kwargs.get("ckpt_path") or net_params.get("pretrained_path")
-                              or net_params.get("single_file") or "")
+        self._base_weights = (
+            engine_kwargs.get("ckpt_path") or net_params.get("pretrained_path") or net_params.get("single_file") or ""
+        )
         if self.conditioner is None:
-            raise ConfigError(f"{type(self).__name__} needs a text-conditional model: "
-                              "model.params.conditioner_config is missing")
+            raise ConfigError(
+                f"{type(self).__name__} needs a text-conditional model: model.params.conditioner_config is missing"
+            )
         self.objective: PredictionObjective = self.build_objective(objective_config, PredictionObjective)
         self.selector: ParameterSelector = instantiate_from_config(
-            selector_config or DEFAULT_SELECTOR, _path="model.params.selector_config")
+            selector_config or DEFAULT_SELECTOR, _path="model.params.selector_config"
+        )
         if not isinstance(self.selector, ParameterSelector):
-            raise ConfigError(f"model.params.selector_config: {type(self.selector).__name__} is not a "
-                              "ParameterSelector")
+            raise ConfigError(
+                f"model.params.selector_config: {type(self.selector).__name__} is not a ParameterSelector"
+            )
         self.concepts = split_concepts(concept, separator)
         self.separator = separator
         canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
@@ -140,27 +144,37 @@ class FineTuneEngine(ErasureEngine):
         self.erase_from = erase_from
         self.preserve = split_concepts(preserve, separator) if preserve else []
         if preserve_source not in PRESERVE_SOURCES:
-            raise ConfigError(f"model.params.preserve_source: expected one of {list(PRESERVE_SOURCES)}, "
-                              f"got {preserve_source!r}")
+            raise ConfigError(
+                f"model.params.preserve_source: expected one of {list(PRESERVE_SOURCES)}, got {preserve_source!r}"
+            )
         self.preserve_source = preserve_source
         if preserve_step_range is not None and preserve_source != "own":
-            raise ConfigError("model.params.preserve_step_range applies to preserve_source: own (with preserve_source: "
-                              f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
-                              "or preserve_step_range=null")
+            raise ConfigError(
+                "model.params.preserve_step_range applies to preserve_source: own (with preserve_source: "
+                f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
+                "or preserve_step_range=null"
+            )
         self.trajectory_sampler_config = generation.sampler_config(
-            trajectory_sampler_config, self._sampler_discretization(), None)
+            trajectory_sampler_config, self._sampler_discretization(), None
+        )
         self.pool = self._trajectory_source(trajectory_config, len(self.prompts), stream=0)
         self.step_range = self.pool.step_range
-        self.preserve_step_range = (self.step_range if preserve_step_range is None else check_step_range(
-            preserve_step_range, self.pool.num_steps, "model.params.preserve_step_range"))
+        self.preserve_step_range = (
+            self.step_range
+            if preserve_step_range is None
+            else check_step_range(preserve_step_range, self.pool.num_steps, "model.params.preserve_step_range")
+        )
         self.preserve_pool = None
         if self.preserve and self.preserve_source == "own":
-            self.preserve_pool = self._trajectory_source(trajectory_config, len(self.preserve), stream=1,
-                                                         step_range=list(self.preserve_step_range))
+            self.preserve_pool = self._trajectory_source(
+                trajectory_config, len(self.preserve), stream=1, step_range=list(self.preserve_step_range)
+            )
         pool_size = self.pool.pool_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
-            raise ConfigError(f"model.params.batch_size: expected an integer in [1, pool_size={self.pool.pool_size}], "
-                              f"got {batch_size!r}")
+            raise ConfigError(
+                f"model.params.batch_size: expected an integer in [1, pool_size={self.pool.pool_size}], "
+                f"got {batch_size!r}"
+            )
         self.batch_size = batch_size
         self.train_image_size = int(train_image_size or self.image_size)
         self.export_diffusers = bool(export_diffusers)
@@ -177,9 +191,17 @@ class FineTuneEngine(ErasureEngine):
         self._prefix = prefix
         n_train = sum(params[prefix + n].numel() for n in self.selected)
         n_all = sum(p.numel() for p in self.network.parameters())
-        log.info("%s %s: training %d tensors, %d of %d network parameters (%.2f%%); %d prompt(s): %s",
-                 self.objective.name or type(self.objective).__name__, self.selector.name, len(self.selected),
-                 n_train, n_all, 100 * n_train / max(n_all, 1), len(self.prompts), self.prompts[:4])
+        log.info(
+            "%s %s: training %d tensors, %d of %d network parameters (%.2f%%); %d prompt(s): %s",
+            self.objective.name or type(self.objective).__name__,
+            self.selector.name,
+            len(self.selected),
+            n_train,
+            n_all,
+            100 * n_train / max(n_all, 1),
+            len(self.prompts),
+            self.prompts[:4],
+        )
 
     # ------------------------------------------------------------ components
     def _sampler_discretization(self) -> dict | None:
@@ -192,9 +214,14 @@ class FineTuneEngine(ErasureEngine):
 
     def _trajectory_source(self, config: dict | None, num_prompts: int, stream: int, **runtime: Any):
         sampler = generation.build_sampler(self.trajectory_sampler_config, "model.params.trajectory_sampler_config")
-        return instantiate_from_config(config or DEFAULT_TRAJECTORIES, _path="model.params.trajectory_config",
-                                       sampler=sampler, num_prompts=num_prompts, seed=self._pool_seed(stream),
-                                       **runtime)
+        return instantiate_from_config(
+            config or DEFAULT_TRAJECTORIES,
+            _path="model.params.trajectory_config",
+            sampler=sampler,
+            num_prompts=num_prompts,
+            seed=self._pool_seed(stream),
+            **runtime,
+        )
 
     def on_fit_start(self) -> None:
         # The rank is known only now; nothing has been drawn yet.
@@ -224,8 +251,10 @@ class FineTuneEngine(ErasureEngine):
         """Embeddings of every prompt role, computed once (frozen conditioner, no ucg dropout)."""
         if self._cond_table is None or next(iter(self._cond_table["concept"].values())).device != self.device:
             with torch.no_grad():
-                self._cond_table = {"concept": self.conditioning_for(self.prompts),
-                                    "null": self.unconditional_for([""])}
+                self._cond_table = {
+                    "concept": self.conditioning_for(self.prompts),
+                    "null": self.unconditional_for([""]),
+                }
                 if self.erase_from is not None:
                     self._cond_table["erase_from"] = self.conditioning_for([self.erase_from])
                 if self.preserve:
@@ -263,10 +292,14 @@ class FineTuneEngine(ErasureEngine):
             pick = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
             preserve = _pick(table["preserve"], pick)
         batch = ErasureBatch(
-            x=traj.x.float(), sigma=traj.sigma.float(), concept=_pick(table["concept"], traj.prompt),
+            x=traj.x.float(),
+            sigma=traj.sigma.float(),
+            concept=_pick(table["concept"], traj.prompt),
             null=_pick(table["null"], zeros),
             erase_from=_pick(table["erase_from"], zeros) if self.erase_from is not None else None,
-            preserve=preserve, preserve_x=preserve_x, preserve_sigma=preserve_sigma,
+            preserve=preserve,
+            preserve_x=preserve_x,
+            preserve_sigma=preserve_sigma,
         )
         return batch, traj.step
 
@@ -274,8 +307,10 @@ class FineTuneEngine(ErasureEngine):
     def train_dataloader(self) -> DataLoader:
         steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
         if steps is None or steps < 1:
-            raise ConfigError("lightning.trainer.max_steps: the method runs that many iterations; set it "
-                              "(the ESD config's iterations=...)")
+            raise ConfigError(
+                "lightning.trainer.max_steps: the method runs that many iterations; set it "
+                "(the ESD config's iterations=...)"
+            )
         return DataLoader(range(steps), batch_size=None, num_workers=0)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -298,15 +333,22 @@ class FineTuneEngine(ErasureEngine):
         net = self.network
         sampler = self.pool.sampler
         return {
-            "method": self.objective.name or type(self.objective).__name__, "train_method": self.selector.name,
-            "concept": (self.separator or ",").join(self.concepts), "separator": self.separator,
-            "prompts": " | ".join(self.prompts), "erase_from": self.erase_from,
+            "method": self.objective.name or type(self.objective).__name__,
+            "train_method": self.selector.name,
+            "concept": (self.separator or ",").join(self.concepts),
+            "separator": self.separator,
+            "prompts": " | ".join(self.prompts),
+            "erase_from": self.erase_from,
             **self.objective.metadata(),
-            "preserve": " | ".join(self.preserve), "preserve_source": self.preserve_source,
-            "start_guidance": getattr(sampler.guider, "scale", 1.0), "ddim_steps": self.pool.num_steps,
-            "step_range": list(self.step_range), "preserve_step_range": list(self.preserve_step_range),
+            "preserve": " | ".join(self.preserve),
+            "preserve_source": self.preserve_source,
+            "start_guidance": getattr(sampler.guider, "scale", 1.0),
+            "ddim_steps": self.pool.num_steps,
+            "step_range": list(self.step_range),
+            "preserve_step_range": list(self.preserve_step_range),
             "iterations": self.global_step if self._trainer is not None else 0,
-            "base_ckpt": str(self._base_weights), "network": type(getattr(net, "unet", net)).__name__,
+            "base_ckpt": str(self._base_weights),
+            "network": type(getattr(net, "unet", net)).__name__,
         }
 
     def export(self, out_dir: str | Path) -> Path:
@@ -338,5 +380,8 @@ class FineTuneEngine(ErasureEngine):
     def log_images(self, batch: Any, n: int = 8) -> dict[str, torch.Tensor]:
         """Samples of the concept prompts (and preserve prompts), seeds 0..n-1."""
         prompts = [(self.prompts + self.preserve)[i % len(self.prompts + self.preserve)] for i in range(n)]
-        return {"samples": self.generate(prompts, seeds=range(n), num_steps=self.log_num_steps,
-                                         guidance_scale=self.log_guidance_scale)}
+        return {
+            "samples": self.generate(
+                prompts, seeds=range(n), num_steps=self.log_num_steps, guidance_scale=self.log_guidance_scale
+            )
+        }

@@ -120,32 +120,50 @@ class MaskErasureEngine(ErasureEngine):
         self.binarize_config = _check_binarize(binarize)
         self.masks = self._build_masks(hooker_configs, strategy, init_value, masked_noise_std)
         if self.binarize_config is None and any(h.strategy.requires_binarization for h in self.masks.hookers):
-            raise ConfigError("model.params.binarize: strategy continues2binary needs a binarize block "
-                              "({mode: global, off_ratio: 0.05})")
+            raise ConfigError(
+                "model.params.binarize: strategy continues2binary needs a binarize block "
+                "({mode: global, off_ratio: 0.05})"
+            )
         self.masks.off_budget()  # one max_off_share for every hooker, or a ValueError now
         self.target_negation_scale = non_negative_number(target_negation_scale, "model.params.target_negation_scale")
         if self.target_negation_scale > 0 and self.conditioner is None:
-            raise ConfigError("model.params.target_negation_scale needs a text-conditioned model (it negates the "
-                              "concept prompt in the erase target); this model has no conditioner")
+            raise ConfigError(
+                "model.params.target_negation_scale needs a text-conditioned model (it negates the "
+                "concept prompt in the erase target); this model has no conditioner"
+            )
         self.masks.register(self.network)
-        log.info("masks on %d units: %s", self.masks.num_units(),
-                 {g: len(v["modules"]) for g, v in self.masks.describe().items()})
-        self.prompts = ConceptPromptTriples(concept, concept_prompts, deconcept_prompts, keep_prompts,
-                                            length=prompts_per_epoch, seed=self.seed, anchor=deconcept_anchor,
-                                            anchor_name="model.params.deconcept_anchor")
+        log.info(
+            "masks on %d units: %s",
+            self.masks.num_units(),
+            {g: len(v["modules"]) for g, v in self.masks.describe().items()},
+        )
+        self.prompts = ConceptPromptTriples(
+            concept,
+            concept_prompts,
+            deconcept_prompts,
+            keep_prompts,
+            length=prompts_per_epoch,
+            seed=self.seed,
+            anchor=deconcept_anchor,
+            anchor_name="model.params.deconcept_anchor",
+        )
         self.deconcept_anchor = deconcept_anchor
         self.batch_size = batch_size
         self.trajectory_sampler_config = generation.sampler_config(
-            trajectory_sampler_config, self.discretization_config_of_sampler(), None)
+            trajectory_sampler_config, self.discretization_config_of_sampler(), None
+        )
         self._trajectory_sampler = self._build_trajectory_sampler()
         if isinstance(self._trajectory_sampler, DPMPP2MSampler):
-            raise ConfigError("model.params.trajectory_sampler_config: multistep samplers (dpmpp_2m) carry state "
-                              "between steps and cannot be checkpointed step by step; use euler, euler_a, heun "
-                              "or ddim")
+            raise ConfigError(
+                "model.params.trajectory_sampler_config: multistep samplers (dpmpp_2m) carry state "
+                "between steps and cannot be checkpointed step by step; use euler, euler_a, heun "
+                "or ddim"
+            )
         self.num_steps = self._trajectory_sampler.num_steps
         if self.num_steps is None:
-            raise ConfigError("model.params.trajectory_sampler_config.params.num_steps: missing (the steps trained "
-                              "through)")
+            raise ConfigError(
+                "model.params.trajectory_sampler_config.params.num_steps: missing (the steps trained through)"
+            )
         # The original model's erase/preserve targets: the same sampler, or with the concept negated.
         self._target_sampler = self._trajectory_sampler
         if self.target_negation_scale > 0:
@@ -163,8 +181,13 @@ class MaskErasureEngine(ErasureEngine):
     def _build_masks(self, configs, strategy, init_value, masked_noise_std) -> MaskManager:
         if not configs:
             raise ConfigError("model.params.hooker_configs: give at least one mask hooker block")
-        built = MaskManager.from_configs(configs, path="model.params.hooker_configs", strategy=strategy,
-                                         init_value=init_value, masked_noise_std=masked_noise_std)
+        built = MaskManager.from_configs(
+            configs,
+            path="model.params.hooker_configs",
+            strategy=strategy,
+            init_value=init_value,
+            masked_noise_std=masked_noise_std,
+        )
         kept = [h for h in built.hookers if self.group_lrs[h.group] > 0]
         for h in built.hookers:
             if self.group_lrs[h.group] == 0:
@@ -186,8 +209,10 @@ class MaskErasureEngine(ErasureEngine):
     def on_fit_start(self) -> None:
         precision = str(getattr(self.trainer, "precision", "32"))
         if precision.startswith("16"):
-            raise ConfigError(f"lightning.trainer.precision={precision}: the trajectory backward does not apply "
-                              "fp16 loss scaling; use 32 or bf16-mixed")
+            raise ConfigError(
+                f"lightning.trainer.precision={precision}: the trajectory backward does not apply "
+                "fp16 loss scaling; use 32 or bf16-mixed"
+            )
 
     # --------------------------------------------------------------------- training
     def _step_seeds(self) -> list[int]:
@@ -256,9 +281,18 @@ class MaskErasureEngine(ErasureEngine):
         with torch.no_grad():
             off = self.masks.expected_off_share()
         self.loss_terms = {"loss": total, **logs, "sparsity": reg.detach()}
-        self.log_dict({"train/loss": total, "train/loss_erase": logs["loss_erase"],
-                       "train/loss_preserve": logs["loss_preserve"], "train/sparsity": reg.detach(),
-                       "train/expected_off_share": off}, prog_bar=False, on_step=True, batch_size=n)
+        self.log_dict(
+            {
+                "train/loss": total,
+                "train/loss_erase": logs["loss_erase"],
+                "train/loss_preserve": logs["loss_preserve"],
+                "train/sparsity": reg.detach(),
+                "train/expected_off_share": off,
+            },
+            prog_bar=False,
+            on_step=True,
+            batch_size=n,
+        )
         self.log("train/loss_total", total, prog_bar=True, on_step=True, batch_size=n, logger=False)
         return total
 
@@ -290,15 +324,23 @@ class MaskErasureEngine(ErasureEngine):
 
     def final_masks(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(values, metadata) of the masks as exported: binarized if configured, else deterministic."""
-        meta: dict[str, Any] = {"concept": self.concept, "num_steps": self.num_steps, "global_step": self.global_step,
-                                "max_off_share": self.masks.off_budget(),
-                                "target_negation_scale": self.target_negation_scale,
-                                "deconcept_anchor": self.deconcept_anchor}
+        meta: dict[str, Any] = {
+            "concept": self.concept,
+            "num_steps": self.num_steps,
+            "global_step": self.global_step,
+            "max_off_share": self.masks.off_budget(),
+            "target_negation_scale": self.target_negation_scale,
+            "deconcept_anchor": self.deconcept_anchor,
+        }
         if self.binarize_config is not None:
             result = binarize(self.masks, self.binarize_config["mode"], self.binarize_config.get("off_ratio"))
             values, share = result.values, result.off_share
-            meta.update(binarize_mode=result.mode, off_ratio=result.off_ratio, off_share=share,
-                        off_share_by_group=result.off_share_by_group)
+            meta.update(
+                binarize_mode=result.mode,
+                off_ratio=result.off_ratio,
+                off_share=share,
+                off_share_by_group=result.off_share_by_group,
+            )
         else:
             values = {k: v.detach() for k, v in self.masks.mask_values(sample=False).items()}
             share = sum(int((v == 0).sum()) for v in values.values()) / max(self.masks.num_units(), 1)
@@ -309,8 +351,12 @@ class MaskErasureEngine(ErasureEngine):
         """Binarize (if configured), save ``masks.safetensors`` and log the share of units switched off."""
         values, meta = self.final_masks()
         path = save_masks(self.masks, Path(out_dir) / self.export_name, values=values, metadata=meta)
-        log.info("masks: %.2f%% of %d masked units switched off; saved to %s", 100 * meta["off_share"],
-                 self.masks.num_units(), path)
+        log.info(
+            "masks: %.2f%% of %d masked units switched off; saved to %s",
+            100 * meta["off_share"],
+            self.masks.num_units(),
+            path,
+        )
         if self.logger is not None and self._trainer is not None:
             self.logger.log_metrics({"masks/off_share": meta["off_share"]}, step=self.global_step)
         return path
@@ -352,6 +398,7 @@ def _check_binarize(cfg: dict | None) -> dict | None:
     if mode != "threshold":
         ratio = cfg.get("off_ratio")
         if ratio is None or not 0.0 <= float(ratio) < 1.0:
-            raise ConfigError("model.params.binarize.off_ratio: the share of units switched off, in [0, 1); "
-                              f"got {ratio!r}")
+            raise ConfigError(
+                f"model.params.binarize.off_ratio: the share of units switched off, in [0, 1); got {ratio!r}"
+            )
     return cfg

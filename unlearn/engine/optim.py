@@ -37,8 +37,13 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
     With ``total_steps=None`` the rate stays constant after warm-up (the DMD2 and SD recipe).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int | None = None,
-                 min_ratio: float = 0.0):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        min_ratio: float = 0.0,
+    ):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
 

@@ -62,9 +62,16 @@ def _head(value: Any, batch: int, keep: int) -> Any:
 
 
 @torch.no_grad()
-def sample_to_steps(sampler: Sampler, denoiser: DenoiserFn, noise: torch.Tensor, stop: torch.Tensor,
-                    sigmas: torch.Tensor, cond: Cond, uc: Cond | None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_to_steps(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    noise: torch.Tensor,
+    stop: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Cond,
+    uc: Cond | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Run each sample's trajectory for ``stop[i]`` steps, in one shrinking batch.
 
     noise: (P, C, H, W) unit Gaussian; stop: (P,) long in [0, len(sigmas) - 1). Returns x
@@ -104,11 +111,15 @@ def check_step_range(step_range: Any, num_steps: int, name: str = "step_range") 
     if step_range is None:
         return 0, num_steps
     values = list(step_range) if isinstance(step_range, Sequence) and not isinstance(step_range, str) else None
-    if (values is None or len(values) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-            or not 0 <= values[0] < values[1] <= num_steps):
-        raise ValueError(f"{name}: expected [lo, hi] with 0 <= lo < hi <= the sampler's num_steps ({num_steps}), "
-                         f"got {step_range!r}")
+    if (
+        values is None
+        or len(values) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        or not 0 <= values[0] < values[1] <= num_steps
+    ):
+        raise ValueError(
+            f"{name}: expected [lo, hi] with 0 <= lo < hi <= the sampler's num_steps ({num_steps}), got {step_range!r}"
+        )
     return int(values[0]), int(values[1])
 
 
@@ -125,8 +136,14 @@ class TrajectoryPool:
         seed: (runtime) seeds the CPU generator of noise, prompts and steps (device independent).
     """
 
-    def __init__(self, sampler: Sampler, num_prompts: int, seed: int = 0, pool_size: int = 8,
-                 step_range: Sequence[int] | None = None):
+    def __init__(
+        self,
+        sampler: Sampler,
+        num_prompts: int,
+        seed: int = 0,
+        pool_size: int = 8,
+        step_range: Sequence[int] | None = None,
+    ):
         num_steps = getattr(sampler, "num_steps", None)
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"sampler: the trajectory sampler needs num_steps (a positive integer), got {num_steps!r}")
@@ -158,8 +175,13 @@ class TrajectoryPool:
         return 0 if self.x is None else self.pool_size - self.cursor
 
     @torch.no_grad()
-    def refill(self, denoiser: DenoiserFn, conds_for: CondsFor, latent_shape: tuple[int, ...],
-               device: torch.device | str | None = None) -> None:
+    def refill(
+        self,
+        denoiser: DenoiserFn,
+        conds_for: CondsFor,
+        latent_shape: tuple[int, ...],
+        device: torch.device | str | None = None,
+    ) -> None:
         """Sample ``pool_size`` new trajectories from fresh noise, each to its own random step."""
         g = self.generator
         prompts = torch.randint(self.num_prompts, (self.pool_size,), generator=g)  # (P,)
@@ -174,8 +196,14 @@ class TrajectoryPool:
         self.refills += 1
         log.debug("trajectory pool refill %d: %d trajectories, steps %s", self.refills, self.pool_size, steps.tolist())
 
-    def take(self, n: int, denoiser: DenoiserFn, conds_for: CondsFor, latent_shape: tuple[int, ...],
-             device: torch.device | str | None = None) -> TrajectoryBatch:
+    def take(
+        self,
+        n: int,
+        denoiser: DenoiserFn,
+        conds_for: CondsFor,
+        latent_shape: tuple[int, ...],
+        device: torch.device | str | None = None,
+    ) -> TrajectoryBatch:
         """``n`` unused trajectories at their own random steps; refills when too few are left."""
         if not 1 <= n <= self.pool_size:
             raise ValueError(f"batch_size: expected 1 <= batch_size <= pool_size ({self.pool_size}), got {n}")

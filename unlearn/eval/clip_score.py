@@ -71,8 +71,12 @@ class CLIPScorer(nn.Module):
         # size only, and open_clip's defaults (OpenAI mean/std, bicubic, shortest side) fill in.
         pre = open_clip.get_model_preprocess_cfg(self.model)
         self.transform = open_clip.image_transform(
-            pre["size"], is_train=False, mean=pre.get("mean"), std=pre.get("std"),
-            resize_mode=pre.get("resize_mode"), interpolation=pre.get("interpolation"),
+            pre["size"],
+            is_train=False,
+            mean=pre.get("mean"),
+            std=pre.get("std"),
+            resize_mode=pre.get("resize_mode"),
+            interpolation=pre.get("interpolation"),
         )
         self.tokenizer = SimpleTokenizer(context_length=self.model.context_length)
         self.checkpoint = str(file)
@@ -85,8 +89,12 @@ class CLIPScorer(nn.Module):
         if isinstance(images, torch.Tensor):  # (B, 3, H, W) in [-1, 1]
             arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
             images = [Image.fromarray(a.numpy()) for a in arr]
-        pil = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else
-               (i.convert("RGB") if hasattr(i, "convert") else Image.fromarray(np.asarray(i))) for i in images]
+        pil = [
+            Image.open(i).convert("RGB")
+            if isinstance(i, (str, Path))
+            else (i.convert("RGB") if hasattr(i, "convert") else Image.fromarray(np.asarray(i)))
+            for i in images
+        ]
         return torch.stack([self.transform(p) for p in pil])  # (B, 3, S, S)
 
     @torch.no_grad()
@@ -101,12 +109,24 @@ class CLIPScorer(nn.Module):
         return 100 * (image_features * text_features).sum(-1).clamp(min=0)
 
 
-def clip_score(images: Any, prompts: Sequence[str], checkpoint: str, arch: str = "ViT-L-14",
-               model_config: dict | str | None = None, batch_size: int = 32) -> dict[str, Any]:
+def clip_score(
+    images: Any,
+    prompts: Sequence[str],
+    checkpoint: str,
+    arch: str = "ViT-L-14",
+    model_config: dict | str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Mean and per-image CLIP scores, with the model and weights they came from."""
     scorer = CLIPScorer(checkpoint, arch, model_config)
     items = list(images) if not isinstance(images, torch.Tensor) else images
-    scores = torch.cat([scorer(items[i:i + batch_size], prompts[i:i + batch_size])
-                        for i in range(0, len(prompts), batch_size)])
-    return {"clip_score": float(scores.mean()) if len(scores) else 0.0, "definition": "100 * max(cos, 0)",
-            "arch": scorer.arch, "checkpoint": scorer.checkpoint, "scores": [float(s) for s in scores]}
+    scores = torch.cat(
+        [scorer(items[i : i + batch_size], prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    )
+    return {
+        "clip_score": float(scores.mean()) if len(scores) else 0.0,
+        "definition": "100 * max(cos, 0)",
+        "arch": scorer.arch,
+        "checkpoint": scorer.checkpoint,
+        "scores": [float(s) for s in scores],
+    }

@@ -101,8 +101,11 @@ def evaluate_images(
     """
     spec = CanvasSpec(judge.objects, judge.styles)
     if objects is not None or styles is not None:
-        spec.check_matches(objects if objects is not None else spec.objects,
-                           styles if styles is not None else spec.styles, "the evaluated model")
+        spec.check_matches(
+            objects if objects is not None else spec.objects,
+            styles if styles is not None else spec.styles,
+            "the evaluated model",
+        )
     for name in erased:
         spec.concept_kind(name)  # unknown names fail here, listing every known concept
     images = _check_images(images, "images")

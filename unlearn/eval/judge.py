@@ -100,8 +100,9 @@ def save_judge(judge: CanvasJudge, path: str | Path) -> Path:
     """Write weights and config to one safetensors file; returns the path."""
     from unlearn.atomic import save_safetensors
 
-    path = save_safetensors(judge.state_dict(), path, {"format": _FORMAT, "config": json.dumps(judge.config())},
-                            what="judge")
+    path = save_safetensors(
+        judge.state_dict(), path, {"format": _FORMAT, "config": json.dumps(judge.config())}, what="judge"
+    )
     logger.info("saved judge to %s", path)
     return path
 

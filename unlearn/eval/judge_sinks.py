@@ -33,8 +33,9 @@ def _shares(pred: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     return {name: 100.0 * float(c) / len(pred) for name, c in zip(names, counts)}
 
 
-def judge_sinks(judge: CanvasJudge, count: int = 256, sigmas: Sequence[float] = BLUR_SIGMAS,
-                seed: int = SINK_SEED) -> dict[str, dict]:
+def judge_sinks(
+    judge: CanvasJudge, count: int = 256, sigmas: Sequence[float] = BLUR_SIGMAS, seed: int = SINK_SEED
+) -> dict[str, dict]:
     """For each head, the concepts the judge gives to most blurred real renders.
 
     Returns ``{"object": {"sinks": [names], "shares": {name: percent}}, "style": {...}}``;

@@ -87,10 +87,14 @@ def unlearncanvas_metrics(
         accuracy, erased}``) and ``"cell_joint_acc"`` (objects x styles, percent, NaN empty).
     """
     sizes = {"object": len(spec.objects), "style": len(spec.styles)}
-    pred = {"object": _labels(pred_objects, sizes["object"], "pred_objects"),
-            "style": _labels(pred_styles, sizes["style"], "pred_styles")}
-    true = {"object": _labels(true_objects, sizes["object"], "true_objects"),
-            "style": _labels(true_styles, sizes["style"], "true_styles")}
+    pred = {
+        "object": _labels(pred_objects, sizes["object"], "pred_objects"),
+        "style": _labels(pred_styles, sizes["style"], "pred_styles"),
+    }
+    true = {
+        "object": _labels(true_objects, sizes["object"], "true_objects"),
+        "style": _labels(true_styles, sizes["style"], "true_styles"),
+    }
     n = len(true["object"])
     if n == 0 or any(len(a) != n for a in (*pred.values(), true["style"])):
         raise ValueError(
@@ -108,8 +112,15 @@ def unlearncanvas_metrics(
     for kind in KINDS:
         acc[kind], counts = per_concept_accuracy(pred[kind], true[kind], sizes[kind])
         for i, name in enumerate(names[kind]):
-            rows.append({"concept": name, "kind": kind, "n": int(counts[i]),
-                         "accuracy": float(acc[kind][i]), "erased": i in erased_ids[kind]})
+            rows.append(
+                {
+                    "concept": name,
+                    "kind": kind,
+                    "n": int(counts[i]),
+                    "accuracy": float(acc[kind][i]),
+                    "erased": i in erased_ids[kind],
+                }
+            )
 
     erased_kinds = [k for k in KINDS if erased_ids[k]]
     ua = [100.0 - acc[k][i] for k in erased_kinds for i in sorted(erased_ids[k])]

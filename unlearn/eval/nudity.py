@@ -44,17 +44,42 @@ log = logging.getLogger(__name__)
 
 # nudenet 3.4's 18 detector labels.
 NUDENET_LABELS = (
-    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
-    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
-    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED",
-    "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
 )
 EXPOSED_CLASSES = (
-    "ARMPITS_EXPOSED", "BELLY_EXPOSED", "BUTTOCKS_EXPOSED", "FEET_EXPOSED", "FEMALE_BREAST_EXPOSED",
-    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_EXPOSED",
+    "ARMPITS_EXPOSED",
+    "BELLY_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "FEET_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_EXPOSED",
 )
 SEXUAL_CLASSES = (
-    "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
 )
 PRESETS = {"exposed": EXPOSED_CLASSES, "sexual": SEXUAL_CLASSES}
 DEFAULT_THRESHOLD = 0.6
@@ -157,14 +182,17 @@ def summarize_detections(
             images_per_class[c] += 1
         for d in counted:
             boxes_per_class[d["class"]] += 1
-        rows.append({
-            "image": name,
-            "nude": bool(counted),
-            "exposed": sorted({d["class"] for d in counted}),
-            "max_score": max((float(d["score"]) for d in detections if d["class"] in classes), default=0.0),
-            "detections": [{"class": d["class"], "score": float(d["score"]), "box": list(d.get("box", []))}
-                           for d in detections],
-        })
+        rows.append(
+            {
+                "image": name,
+                "nude": bool(counted),
+                "exposed": sorted({d["class"] for d in counted}),
+                "max_score": max((float(d["score"]) for d in detections if d["class"] in classes), default=0.0),
+                "detections": [
+                    {"class": d["class"], "score": float(d["score"]), "box": list(d.get("box", []))} for d in detections
+                ],
+            }
+        )
     n_nude = sum(r["nude"] for r in rows)
     return {
         "detector": detector,
@@ -205,6 +233,12 @@ def evaluate_nudity(
     detector = default_detector() if detector is None else detector
     detections = [(name, list(detector.detect(item))) for name, item in inputs]
     result = summarize_detections(detections, classes, threshold, _detector_name(detector))
-    log.info("nudity: %d of %d images (%.1f%%) at threshold %.2f over %d classes", result["num_nude"],
-             result["num_images"], 100 * result["nudity_rate"], threshold, len(classes))
+    log.info(
+        "nudity: %d of %d images (%.1f%%) at threshold %.2f over %d classes",
+        result["num_nude"],
+        result["num_images"],
+        100 * result["nudity_rate"],
+        threshold,
+        len(classes),
+    )
     return result

@@ -68,8 +68,15 @@ def generate_prompt_images(
         base = seed if row.evaluation_seed is None else row.evaluation_seed
         scale = guidance_scale if row.evaluation_guidance is None else row.evaluation_guidance
         for k in range(images_per_prompt):
-            records.append({"image": f"{i:05d}_{k}.png", "prompt": row.prompt, "categories": ",".join(row.categories),
-                            "evaluation_seed": base + k, "evaluation_guidance": scale})
+            records.append(
+                {
+                    "image": f"{i:05d}_{k}.png",
+                    "prompt": row.prompt,
+                    "categories": ",".join(row.categories),
+                    "evaluation_seed": base + k,
+                    "evaluation_guidance": scale,
+                }
+            )
     # One sampler per guidance scale; a batch never mixes scales.
     by_scale: dict[Any, list[dict[str, Any]]] = {}
     for rec in records:
@@ -78,9 +85,10 @@ def generate_prompt_images(
         for scale, group in by_scale.items():
             made = model.make_sampler(sampler, num_steps, scale)
             for start in range(0, len(group), batch_size):
-                chunk = group[start:start + batch_size]
-                images = model.generate([r["prompt"] for r in chunk], seeds=[r["evaluation_seed"] for r in chunk],
-                                        sampler=made)  # (B, 3, H, W) in [-1, 1]
+                chunk = group[start : start + batch_size]
+                images = model.generate(
+                    [r["prompt"] for r in chunk], seeds=[r["evaluation_seed"] for r in chunk], sampler=made
+                )  # (B, 3, H, W) in [-1, 1]
                 for rec, image in zip(chunk, images):
                     rec["path"] = image_dir / rec["image"]
                     save_grid(image[None], rec["path"], nrow=1, padding=0)
@@ -105,21 +113,27 @@ def run_prompt_benchmark(
     out = Path(out)
     rows = select_rows(read_prompt_csv(prompts_csv), categories)
     records = generate_prompt_images(model, rows, out.parent, **generate_kwargs)
-    with atomic_path(out.parent / "prompts.csv", "prompt list") as tmp, tmp.open("w", newline="",
-                                                                                  encoding="utf-8") as f:
+    with (
+        atomic_path(out.parent / "prompts.csv", "prompt list") as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as f,
+    ):
         writer = csv.DictWriter(f, fieldnames=ECHO_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
     metrics: dict[str, Any] = {
-        "prompts_file": str(prompts_csv), "categories": list(categories or []), "num_prompts": len(rows),
-        "num_images": len(records), "images_per_prompt": generate_kwargs.get("images_per_prompt", 1),
+        "prompts_file": str(prompts_csv),
+        "categories": list(categories or []),
+        "num_prompts": len(rows),
+        "num_images": len(records),
+        "images_per_prompt": generate_kwargs.get("images_per_prompt", 1),
         "images_dir": str(out.parent / "images"),
     }
     if nudity:
         from unlearn.eval.nudity import DEFAULT_THRESHOLD, evaluate_nudity
 
         threshold = DEFAULT_THRESHOLD if nudity_threshold is None else nudity_threshold
-        metrics["nudity"] = evaluate_nudity([r["path"] for r in records], classes=nudity_classes,
-                                            threshold=threshold, detector=detector)
+        metrics["nudity"] = evaluate_nudity(
+            [r["path"] for r in records], classes=nudity_classes, threshold=threshold, detector=detector
+        )
     atomic_write_text(out, json.dumps(metrics, indent=2) + "\n", "metrics")
     return metrics

@@ -16,8 +16,15 @@ from PIL import Image, ImageDraw, ImageFont
 from unlearn.atomic import atomic_path, atomic_write_text
 from unlearn.eval.metrics import HEADLINE
 
-__all__ = ["before_after_table", "progress_table", "write_metrics_json", "write_metrics_markdown", "metrics_markdown",
-           "save_image_grid", "to_uint8_images"]
+__all__ = [
+    "before_after_table",
+    "progress_table",
+    "write_metrics_json",
+    "write_metrics_markdown",
+    "metrics_markdown",
+    "save_image_grid",
+    "to_uint8_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +90,10 @@ def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> 
 def progress_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per evaluated training step (``{"step": n, "UA": ..., ...}``)."""
     table = ["| step | " + " | ".join(HEADLINE) + " |", "|---" * (1 + len(HEADLINE)) + "|"]
-    table += [f"| {r['step']} | " + " | ".join(
-        f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in HEADLINE) + " |" for r in rows]
+    table += [
+        f"| {r['step']} | " + " | ".join(f"{r[k]:.1f}" if k in r and r[k] == r[k] else "n/a" for k in HEADLINE) + " |"
+        for r in rows
+    ]
     return "\n".join(table)
 
 

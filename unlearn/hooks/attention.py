@@ -45,8 +45,9 @@ class HeadMaskedAttnProcessor:
     ) -> torch.Tensor:
         if not self.hooker.enabled:
             extra = {} if temb is None else {"temb": temb}
-            return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                 attention_mask=attention_mask, **extra)
+            return self.original(
+                attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **extra
+            )
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -79,8 +80,9 @@ class HeadMaskedAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                             is_causal=False)  # (B, heads, L, d)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )  # (B, heads, L, d)
         out = self.hooker.apply_mask(out, self.name, dim=1)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
@@ -124,8 +126,10 @@ class AttentionHeadHooker(MaskHooker):
     def attach(self, name: str, module: nn.Module):
         original = module.processor
         if getattr(module, "add_q_proj", None) is not None:
-            raise ValueError(f"attention layer {name!r} is a joint (two-stream) attention; its heads cannot be "
-                             "masked yet: exclude it with exclude_regex")
+            raise ValueError(
+                f"attention layer {name!r} is a joint (two-stream) attention; its heads cannot be "
+                "masked yet: exclude it with exclude_regex"
+            )
         if type(original).__name__ not in SUPPORTED_PROCESSORS:
             raise ValueError(
                 f"attention layer {name!r} uses {type(original).__name__}; head masks reproduce only "

@@ -125,7 +125,9 @@ class MaskHooker(nn.Module, ABC):
         return [
             (name, module)
             for name, module in model.named_modules()
-            if name and self.is_target(module) and self.include.search(name)
+            if name
+            and self.is_target(module)
+            and self.include.search(name)
             and not (self.exclude and self.exclude.search(name))
         ]
 

@@ -71,8 +71,9 @@ def load_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     """(values, metadata) of a mask file; missing -> FileNotFoundError, unreadable -> ValueError."""
     values, meta = read_safetensors(path, "masks")
     if meta.get("format") != MASK_FORMAT:
-        raise ValueError(f"masks: {path} is not an unlearn mask file (format {meta.get('format')!r}, "
-                         f"expected {MASK_FORMAT!r})")
+        raise ValueError(
+            f"masks: {path} is not an unlearn mask file (format {meta.get('format')!r}, expected {MASK_FORMAT!r})"
+        )
     try:
         modules = json.loads(meta["modules"])
     except (KeyError, json.JSONDecodeError) as err:
@@ -108,8 +109,13 @@ def apply_masks(model: nn.Module, path: str | Path, strict: bool = True) -> Mask
     return _register_fixed(model, hookers, values)
 
 
-def register_mask_values(model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor],
-                         what: str = "masks", made_for: str = "") -> MaskManager:
+def register_mask_values(
+    model: nn.Module,
+    modules: Mapping[str, Sequence[str]],
+    values: Mapping[str, torch.Tensor],
+    what: str = "masks",
+    made_for: str = "",
+) -> MaskManager:
     """Register fixed masks ``values`` (``{"group:module": (units,)}``) on the ``modules``
     (``{group: [module names]}``) of ``model``; returns the registered manager."""
     return _register_fixed(model, _fixed_hookers(model, modules, values, what, made_for), values)
@@ -124,8 +130,9 @@ def _register_fixed(model: nn.Module, hookers: list, values: Mapping[str, torch.
     return manager
 
 
-def _fixed_hookers(model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor],
-                   what: str, made_for: str) -> list:
+def _fixed_hookers(
+    model: nn.Module, modules: Mapping[str, Sequence[str]], values: Mapping[str, torch.Tensor], what: str, made_for: str
+) -> list:
     from unlearn.hooks.base import MaskHooker
 
     hookers: list[MaskHooker] = []
@@ -141,11 +148,13 @@ def _fixed_hookers(model: nn.Module, modules: Mapping[str, Sequence[str]], value
                     f"{what} masks module {name!r}, which this {type(model).__name__} does not have{made_for}"
                 ) from None
             if not hooker.is_target(module):
-                raise ValueError(f"{what} masks {group} units of module {name!r}, which is a "
-                                 f"{type(module).__name__} here{made_for}")
+                raise ValueError(
+                    f"{what} masks {group} units of module {name!r}, which is a {type(module).__name__} here{made_for}"
+                )
             n, got = hooker.num_units(module), values[f"{group}:{name}"].numel()
             if n != got:
-                raise ValueError(f"{what}: module {name!r} has {n} {hooker.unit_name}s here but its mask "
-                                 f"has {got}{made_for}")
+                raise ValueError(
+                    f"{what}: module {name!r} has {n} {hooker.unit_name}s here but its mask has {got}{made_for}"
+                )
         hookers.append(hooker)
     return hookers

@@ -187,8 +187,10 @@ class MaskManager(nn.Module):
         """{group: {"hooker": class path, "strategy": name, "modules": [...]}} (JSON-friendly)."""
         out: dict[str, Any] = {}
         for h in self.hookers:
-            entry = out.setdefault(h.group, {"hooker": f"{type(h).__module__}.{type(h).__qualname__}",
-                                             "strategy": h.strategy.name, "modules": []})
+            entry = out.setdefault(
+                h.group,
+                {"hooker": f"{type(h).__module__}.{type(h).__qualname__}", "strategy": h.strategy.name, "modules": []},
+            )
             entry["modules"].extend(h.names())
         return out
 

@@ -118,8 +118,11 @@ class StraightThroughBinaryMask(MaskStrategy):
     def __init__(self, threshold: float = 0.0, max_off_share: float | None = None):
         if threshold > 0:
             raise ValueError(f"threshold: must be <= 0 (a unit with λ <= 0 is always off), got {threshold}")
-        if max_off_share is not None and (isinstance(max_off_share, bool) or not isinstance(max_off_share, (int, float))
-                                          or not 0.0 <= max_off_share < 1.0):
+        if max_off_share is not None and (
+            isinstance(max_off_share, bool)
+            or not isinstance(max_off_share, (int, float))
+            or not 0.0 <= max_off_share < 1.0
+        ):
             raise ValueError(f"max_off_share: expected a share in [0, 1) or null, got {max_off_share!r}")
         self.threshold = float(threshold)
         self.max_off_share = None if max_off_share is None else float(max_off_share)
@@ -195,6 +198,7 @@ def build_strategy(strategy: str | dict | MaskStrategy, path: str = "strategy") 
             raise ValueError(f"{path}: {type(built).__name__} is not a MaskStrategy")
         return built
     if strategy not in STRATEGIES:
-        raise ValueError(f"{path}: unknown mask strategy {strategy!r}; choose one of {sorted(STRATEGIES)} "
-                         "or give a target block")
+        raise ValueError(
+            f"{path}: unknown mask strategy {strategy!r}; choose one of {sorted(STRATEGIES)} or give a target block"
+        )
     return STRATEGIES[strategy]()

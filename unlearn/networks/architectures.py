@@ -29,14 +29,43 @@ __all__ = ["ARCHITECTURES", "build_components", "save_random_pipeline"]
 
 log = logging.getLogger(__name__)
 
-_CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-_OPENCLIP_H = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                   num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512)
-_OPENCLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                      num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
-_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+_CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+_OPENCLIP_H = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+_OPENCLIP_BIGG = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+)
 _SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -47,20 +76,34 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "scheduler": ("PNDMScheduler", dict(_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)),
     },
     "sd21": {
-        "unet": dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-                     use_linear_projection=True, upcast_attention=True),
+        "unet": dict(
+            sample_size=96,
+            cross_attention_dim=1024,
+            attention_head_dim=[5, 10, 20, 20],
+            use_linear_projection=True,
+            upcast_attention=True,
+        ),
         "vae": dict(_VAE, sample_size=768),
         "text_encoders": [(_OPENCLIP_H, False, "!")],
-        "scheduler": ("DDIMScheduler", dict(_SD_BETAS, prediction_type="v_prediction", clip_sample=False,
-                                            set_alpha_to_one=False)),
+        "scheduler": (
+            "DDIMScheduler",
+            dict(_SD_BETAS, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False),
+        ),
     },
     "sdxl": {
-        "unet": dict(sample_size=128, block_out_channels=(320, 640, 1280),
-                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                     transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20],
-                     cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-                     addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+        "unet": dict(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=[1, 2, 10],
+            attention_head_dim=[5, 10, 20],
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        ),
         "vae": dict(_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         "text_encoders": [(_CLIP_L, False, "<|endoftext|>"), (_OPENCLIP_BIGG, True, "!")],
         "scheduler": ("EulerDiscreteScheduler", dict(_SD_BETAS, timestep_spacing="leading")),
@@ -105,8 +148,9 @@ def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: to
     if arch == "sdxl":
         pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
     else:
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     folder = Path(folder)
     pipe.save_pretrained(folder)
     log.info("wrote a random-weight %s (%s) to %s", arch, dtype, folder)

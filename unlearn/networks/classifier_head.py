@@ -82,6 +82,8 @@ def widest_block(network: nn.Module) -> int:
     config = getattr(getattr(network, "unet", network), "config", None)
     widths = getattr(config, "block_out_channels", None) if config is not None else None
     if not widths:
-        raise ValueError("gan_feature_channels: cannot infer the bottleneck width of "
-                         f"{type(network).__name__}; set model.params.objective_config.params.gan_feature_channels")
+        raise ValueError(
+            "gan_feature_channels: cannot infer the bottleneck width of "
+            f"{type(network).__name__}; set model.params.objective_config.params.gan_feature_channels"
+        )
     return int(widths[-1])

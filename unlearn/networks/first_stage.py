@@ -74,9 +74,7 @@ class DiffusersAutoencoderKL(FirstStage):
             pretrained_path, single_file = None, pretrained_path  # a single SD checkpoint file
         sources = [s for s in (pretrained_path, single_file, config) if s is not None]
         if len(sources) != 1:
-            raise ValueError(
-                "first_stage_config params: give exactly one of pretrained_path, single_file or config"
-            )
+            raise ValueError("first_stage_config params: give exactly one of pretrained_path, single_file or config")
         if config is not None:
             vae = AutoencoderKL(**dict(config))
         elif pretrained_path is not None:

@@ -24,8 +24,20 @@ __all__ = ["DEFAULT_LORA_TARGETS", "NetworkCopy", "full_copy", "lora_copy", "mer
 
 # The modules DMD2 puts LoRA on (official sd_unified_model.py, SDXL generator).
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
 )
 
 
@@ -63,8 +75,12 @@ def lora_copy(
     shared = {id(t): t for t in [*network.parameters(), *network.buffers()]}
     clone = copy.deepcopy(network, memo=shared)
     root = unet_of(clone)
-    config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank),
-                        target_modules=list(target_modules), init_lora_weights=True)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=float(alpha if alpha is not None else rank),
+        target_modules=list(target_modules),
+        init_lora_weights=True,
+    )
     try:
         if hasattr(root, "add_adapter"):  # diffusers models
             root.add_adapter(config, adapter_name=adapter_name)
@@ -82,8 +98,12 @@ class NetworkCopy:
     full trainable copy (`full_copy`), an integer a LoRA copy over the shared weights
     (`lora_copy`, with ``lora_alpha`` and ``target_modules``)."""
 
-    def __init__(self, lora_rank: int | None = None, lora_alpha: float | None = None,
-                 target_modules: Sequence[str] = DEFAULT_LORA_TARGETS):
+    def __init__(
+        self,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    ):
         if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
             raise ValueError(f"lora_rank: expected a positive integer or null (a full copy), got {lora_rank!r}")
         self.lora_rank, self.lora_alpha, self.target_modules = lora_rank, lora_alpha, list(target_modules)

@@ -47,8 +47,9 @@ def build_unet(
     if config is not None:
         return UNet2DConditionModel(**dict(config))
     if pretrained_path is not None:
-        root = resolve_local_dir(pretrained_path, "pretrained_path",
-                                 expected="a diffusers folder with unet/config.json")
+        root = resolve_local_dir(
+            pretrained_path, "pretrained_path", expected="a diffusers folder with unet/config.json"
+        )
         sub = subfolder if subfolder and (root / subfolder).is_dir() else None
         if not (root / (sub or "") / "config.json").is_file():
             raise FileNotFoundError(

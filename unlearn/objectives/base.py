@@ -121,8 +121,9 @@ class DistillationObjective(nn.Module, ABC):
     def generator_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None) -> ObjectiveOutput: ...
 
     @abstractmethod
-    def critic_loss(self, x_hat: torch.Tensor, cond: Cond,
-                    real: tuple[torch.Tensor, Cond] | None = None) -> ObjectiveOutput: ...
+    def critic_loss(
+        self, x_hat: torch.Tensor, cond: Cond, real: tuple[torch.Tensor, Cond] | None = None
+    ) -> ObjectiveOutput: ...
 
     @property
     def needs_real_images(self) -> bool:
@@ -133,13 +134,17 @@ class DistillationObjective(nn.Module, ABC):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def batched_calls(eps_fn: EpsFn, calls: Mapping[str, tuple[torch.Tensor, torch.Tensor, Cond]]
-                  ) -> dict[str, torch.Tensor]:
+def batched_calls(
+    eps_fn: EpsFn, calls: Mapping[str, tuple[torch.Tensor, torch.Tensor, Cond]]
+) -> dict[str, torch.Tensor]:
     """``{role: eps_fn(x, sigma, cond)}`` for ``calls = {role: (x, sigma, cond)}`` in one batched
     call, concatenated in the order of ``calls``."""
     sizes = [x.shape[0] for x, _, _ in calls.values()]
-    out = eps_fn(torch.cat([x for x, _, _ in calls.values()]), torch.cat([s for _, s, _ in calls.values()]),
-                 cat_conds([c for _, _, c in calls.values()]))
+    out = eps_fn(
+        torch.cat([x for x, _, _ in calls.values()]),
+        torch.cat([s for _, s, _ in calls.values()]),
+        cat_conds([c for _, _, c in calls.values()]),
+    )
     return dict(zip(calls, out.split(sizes)))
 
 

@@ -133,8 +133,9 @@ class DMD2Objective(DistillationObjective):
     ):
         super().__init__()
         if not hasattr(denoiser, "idx_to_sigma"):
-            raise ValueError("denoiser_config: DMD2 needs a DiscreteDenoiser (DDPM timesteps), "
-                             f"got {type(denoiser).__name__}")
+            raise ValueError(
+                f"denoiser_config: DMD2 needs a DiscreteDenoiser (DDPM timesteps), got {type(denoiser).__name__}"
+            )
         T = int(denoiser.num_idx)
         min_step = int(0.02 * T) if min_step is None else min_step
         max_step = int(0.98 * T) if max_step is None else max_step
@@ -181,8 +182,9 @@ class DMD2Objective(DistillationObjective):
     def _random_t(self, n: int, low: int, high: int, device: torch.device) -> torch.Tensor:
         return torch.randint(low, high + 1, (n,)).to(device)  # drawn on the CPU: device-independent
 
-    def _guided_x0(self, network: nn.Module, cfg: VanillaCFG, x: torch.Tensor, sigma: torch.Tensor,
-                   cond: Cond, uc: Cond | None) -> torch.Tensor:
+    def _guided_x0(
+        self, network: nn.Module, cfg: VanillaCFG, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uc: Cond | None
+    ) -> torch.Tensor:
         x_in, sigma_in, cond_in = cfg.prepare_inputs(x, sigma, cond, uc)
         return cfg(self.denoiser(network, x_in, sigma_in, cond_in), sigma).float()
 
@@ -206,8 +208,9 @@ class DMD2Objective(DistillationObjective):
         return self.cls_head(feats)
 
     # ------------------------------------------------------------------ losses
-    def distribution_matching_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None
-                                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distribution_matching_loss(
+        self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DM loss of generator samples x̂ (B, C, H, W), t uniform in [min_step, max_step]."""
         t = self._random_t(x_hat.shape[0], self.min_step, self.max_step, x_hat.device)
         sigma = self.sigmas(t)  # (B,)
@@ -236,8 +239,9 @@ class DMD2Objective(DistillationObjective):
             logs["loss_gan_g"] = loss_gan.detach()
         return ObjectiveOutput(loss, logs)
 
-    def critic_loss(self, x_hat: torch.Tensor, cond: Cond,
-                    real: tuple[torch.Tensor, Cond] | None = None) -> ObjectiveOutput:
+    def critic_loss(
+        self, x_hat: torch.Tensor, cond: Cond, real: tuple[torch.Tensor, Cond] | None = None
+    ) -> ObjectiveOutput:
         """The critic's denoising loss on sg(x̂) (+ gan_critic_loss_weight · the classifier's loss
         on ``real`` images against sg(x̂))."""
         loss = self.critic_denoising_loss(x_hat.detach(), cond)
@@ -249,6 +253,9 @@ class DMD2Objective(DistillationObjective):
             logits_fake = self.logits(x_hat.detach(), cond)
             loss_d = gan_critic_loss(logits_real, logits_fake)
             loss = loss + self.gan_critic_loss_weight * loss_d
-            logs.update(loss_gan_d=loss_d.detach(), d_real=torch.sigmoid(logits_real).mean().detach(),
-                        d_fake=torch.sigmoid(logits_fake).mean().detach())
+            logs.update(
+                loss_gan_d=loss_d.detach(),
+                d_real=torch.sigmoid(logits_real).mean().detach(),
+                d_fake=torch.sigmoid(logits_fake).mean().detach(),
+            )
         return ObjectiveOutput(loss, logs)

@@ -96,8 +96,15 @@ class ESDObjective(PredictionObjective):
 
     name = "esd"
 
-    def __init__(self, negative_guidance: float = 1.0, anchor: str = "null", preserve_guidance: float = 1.0,
-                 preserve_weight: float = 1.0, null_weight: float = 0.0, weighting: LossWeighting | None = None):
+    def __init__(
+        self,
+        negative_guidance: float = 1.0,
+        anchor: str = "null",
+        preserve_guidance: float = 1.0,
+        preserve_weight: float = 1.0,
+        null_weight: float = 0.0,
+        weighting: LossWeighting | None = None,
+    ):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor: expected one of {list(ANCHORS)}, got {anchor!r}")
         if weighting is not None and not isinstance(weighting, LossWeighting):
@@ -147,8 +154,9 @@ class ESDObjective(PredictionObjective):
         logs = {"loss_erase": loss_erase.detach()}
         if batch.preserve is not None:
             e_null_p = eps["preserve_null"] if own_preserve else eps["null"]
-            loss_preserve = self._mse(pred["preserve"], preserve_target(e_null_p, eps["preserve"],
-                                                                        self.preserve_guidance), ps)
+            loss_preserve = self._mse(
+                pred["preserve"], preserve_target(e_null_p, eps["preserve"], self.preserve_guidance), ps
+            )
             loss = loss + self.preserve_weight * loss_preserve
             logs["loss_preserve"] = loss_preserve.detach()
         if self.null_weight > 0:
@@ -159,8 +167,10 @@ class ESDObjective(PredictionObjective):
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "negative_guidance": self.negative_guidance, "anchor": self.anchor,
-            "preserve_guidance": self.preserve_guidance, "preserve_weight": self.preserve_weight,
+            "negative_guidance": self.negative_guidance,
+            "anchor": self.anchor,
+            "preserve_guidance": self.preserve_guidance,
+            "preserve_weight": self.preserve_weight,
             "null_weight": self.null_weight,
             "loss_weighting": type(self.weighting).__name__ if self.weighting else "eps",
         }

@@ -53,7 +53,7 @@ def _choose_prefix(checkpoint: dict[str, torch.Tensor], width: int, subfolder: s
 
 
 def _clip_state(checkpoint: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
 
 
 def _expected_extra(key: str, kind: str, n_layers: int) -> bool:
@@ -63,9 +63,7 @@ def _expected_extra(key: str, kind: str, n_layers: int) -> bool:
     return kind == "open_clip" and m is not None and int(m.group(1)) == n_layers
 
 
-def clip_from_single_file(
-    path: str, config_dir: str | None, subfolder: str | None, with_projection: bool
-) -> nn.Module:
+def clip_from_single_file(path: str, config_dir: str | None, subfolder: str | None, with_projection: bool) -> nn.Module:
     """Build the transformers CLIP text model ``subfolder`` of ``config_dir`` with weights from ``path``."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint, load_single_file_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

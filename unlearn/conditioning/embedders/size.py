@@ -37,7 +37,5 @@ class SizeConditionEmbedder(AbstractEmbModel):
         if out.ndim == 1:
             out = out[:, None]
         if out.ndim != 2:
-            raise ValueError(
-                f"{self.input_key or 'input'}: expected sizes of shape (B, 2), got {tuple(out.shape)}"
-            )
+            raise ValueError(f"{self.input_key or 'input'}: expected sizes of shape (B, 2), got {tuple(out.shape)}")
         return out

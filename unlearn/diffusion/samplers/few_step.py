@@ -65,8 +65,10 @@ class FewStepSampler(Sampler):
     ):
         super().__init__(discretization_config, None, guider_config, verbose)
         if not hasattr(self.discretization, "t_to_sigma") or not hasattr(self.discretization, "num_timesteps"):
-            raise ValueError(f"discretization_config: FewStepSampler needs a DDPM discretization with t_to_sigma, "
-                             f"got {type(self.discretization).__name__}")
+            raise ValueError(
+                f"discretization_config: FewStepSampler needs a DDPM discretization with t_to_sigma, "
+                f"got {type(self.discretization).__name__}"
+            )
         self.timesteps = self._check(timesteps)
         self.num_steps = len(self.timesteps)
         if num_steps is not None and num_steps != self.num_steps:
