@@ -17,7 +17,9 @@
 # long the CPU-bound runs train. Masks run once per MASK_VARIANTS entry (default "paper
 # budget"): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
 # after training), "budget" trains binary straight-through masks capped at the same 5% in every
-# forward (the binary strategy's max_off_share), so training optimises the masks that are saved. ESD runs once per setting in ESD_RUNS, each a learning rate
+# forward (the binary strategy's max_off_share), so training optimises the masks that are saved;
+# MASK_SEED (default 0, the seed the table's mask rows were drawn with) is their model.params.seed.
+# ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
 # for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py); the
@@ -31,6 +33,7 @@ IMAGES=${IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
 MASK_VARIANTS=${MASK_VARIANTS:-paper budget}
+MASK_SEED=${MASK_SEED:-0}
 ESD_RUNS=${ESD_RUNS:-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 MODEL=configs/models/toy_canvas.yaml
@@ -104,7 +107,8 @@ params: {max_off_share: 0.05}}") ;;
     name=${prefix}_$kind
     done_ "$name" && continue
     timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" "${overrides[@]}" \
-      lightning.trainer.max_steps="$MASK_STEPS" lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
+      lightning.trainer.max_steps="$MASK_STEPS" model.params.seed="$MASK_SEED" lightning.callbacks.toy_benchmark=null \
+      >"$OUT/$name.run"
     evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
   done
 done
