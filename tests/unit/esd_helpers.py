@@ -41,6 +41,7 @@ def esd_params(
     loss_weighting_config: dict | None = None,
     step_range: Any = None,
     pool_size: int = 8,
+    reuse: int = 1,
     **engine: Any,
 ) -> dict[str, Any]:
     """`FineTuneEngine` arguments for ESD with these settings (``engine``: every other argument)."""
@@ -67,7 +68,7 @@ def esd_params(
         "trajectory_sampler_config": sampler_block,
         "trajectory_config": {
             "target": "unlearn.engine.trajectories.TrajectoryPool",
-            "params": {"pool_size": pool_size, "step_range": step_range},
+            "params": {"pool_size": pool_size, "step_range": step_range, "reuse": reuse},
         },
     }
 

@@ -222,7 +222,7 @@ def test_apply_errors_name_file_and_parameter(tmp_path, engine):
         ({"concept": "stripy", "metadata": TOY_META}, "unknown concept 'stripy'; known objects"),
         ({"concept": "striped,,dotted", "separator": ","}, "concept: empty"),
         ({"concept": "striped", "separator": ""}, "separator"),
-        ({"batch_size": 5}, r"model.params.batch_size: expected an integer in \[1, pool_size=4\]"),
+        ({"batch_size": 5}, r"model.params.batch_size: expected an integer in \[1, 4\] \(the trajectory source"),
         (
             {"sampler": {"target": "unlearn.diffusion.samplers.PLMSSampler"}},
             "model.params.trajectory_sampler_config.target: module 'unlearn.diffusion.samplers' has no attribute "

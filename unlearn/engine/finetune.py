@@ -82,7 +82,8 @@ class FineTuneEngine(ErasureEngine):
             with ``num_steps`` and its ``guider_config`` (CFG); the model's discretization
             is filled in when the block has none.
         trajectory_config: the source of x_t (`TrajectoryPool` params ``pool_size``,
-            ``step_range``: [lo, hi] to take x_t only after lo..hi-1 sampler steps).
+            ``step_range``: [lo, hi] to take x_t only after lo..hi-1 sampler steps, ``reuse``:
+            samples per frozen trajectory).
         separator: splits ``concept`` (and ``preserve``) into several; null: one concept.
         template / prompt_templates / prompt_csv: concept → prompts (`unlearn.data.prompts`).
         erase_from: prompt c_from to erase the concept from (official ``--erase_from``).
@@ -169,11 +170,11 @@ class FineTuneEngine(ErasureEngine):
             self.preserve_pool = self._trajectory_source(
                 trajectory_config, len(self.preserve), stream=1, step_range=list(self.preserve_step_range)
             )
-        pool_size = self.pool.pool_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= pool_size:
+        capacity = min(p.capacity for p in (self.pool, self.preserve_pool) if p is not None)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= capacity:
             raise ConfigError(
-                f"model.params.batch_size: expected an integer in [1, pool_size={self.pool.pool_size}], "
-                f"got {batch_size!r}"
+                f"model.params.batch_size: expected an integer in [1, {capacity}] (the trajectory source's "
+                f"samples per refill, pool_size x reuse), got {batch_size!r}"
             )
         self.batch_size = batch_size
         self.train_image_size = int(train_image_size or self.image_size)

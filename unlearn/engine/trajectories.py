@@ -11,16 +11,23 @@ fresh noise, its own randomly drawn prompt and its own uniformly drawn stop step
 batch is sorted by t and shrinks as trajectories reach their step (a trajectory stopped at
 t takes exactly t sampler steps), so the pool costs the same UNet work as the reference,
 sum of t, but in at most N - 1 batched calls per ``pool_size`` samples. Each training
-iteration takes ``n`` trajectories no iteration has used yet. Every iteration therefore
-gets ``n`` samples that are independent of each other and of every other iteration's
-(own noise, own t, the reference's distribution); the sampling model is frozen, so the
-pool never goes stale. When fewer than ``n`` unused trajectories are left the pool is
+iteration takes ``n`` samples no iteration has used yet; the sampling model is frozen, so
+the pool never goes stale. When fewer than ``n`` unused samples are left the pool is
 refilled (leftovers are dropped, never reused).
 
-Cost per iteration (``n`` = batch size, P = ``pool_size``, N = ``ddim_steps``): about
-(N - 1) n UNet image-forwards for x_t on average, as in the reference, spread over
+``reuse`` = 1 (the default, the reference's semantics): every sample comes from its own
+trajectory, so the samples of every iteration are independent of each other and of every
+other iteration's. ``reuse`` = r > 1: each trajectory stops at r distinct steps drawn
+uniformly from the step range and is run once, to the last of them; its x at each of the
+r steps is a sample, and the pool's P r samples are shuffled. Each sample's step is still
+uniform and its x_t has the reference's distribution at that step (a fresh trajectory's);
+only samples that share a trajectory are correlated. The cost per sample drops from about
+N / 2 sampler steps to E[max of r steps] / r ≈ N / (r + 1).
+
+Cost per iteration (``n`` = batch size, P = ``pool_size``, N = ``ddim_steps``, reuse 1):
+about (N - 1) n UNet image-forwards for x_t on average, as in the reference, spread over
 (N - 1) n / P batched sampler calls instead of (N - 1) / 2 calls at batch 2; plus the
-loss's forwards. Memory: P latents (and their P noises).
+loss's forwards. Memory: P r latents (and their starting noises).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from unlearn.diffusion.samplers import Sampler, default_noise_sampler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrajectoryBatch", "TrajectoryPool", "sample_to_steps"]
+__all__ = ["TrajectoryBatch", "TrajectoryPool", "sample_at_steps", "sample_to_steps"]
 
 Cond = Mapping[str, Any]
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -62,36 +69,39 @@ def _head(value: Any, batch: int, keep: int) -> Any:
 
 
 @torch.no_grad()
-def sample_to_steps(
+def sample_at_steps(
     sampler: Sampler,
     denoiser: DenoiserFn,
     noise: torch.Tensor,
-    stop: torch.Tensor,
+    stops: torch.Tensor,
     sigmas: torch.Tensor,
     cond: Cond,
     uc: Cond | None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Run each sample's trajectory for ``stop[i]`` steps, in one shrinking batch.
+    """Run each sample's trajectory once, recording it after each of its ``stops``, in one shrinking batch.
 
-    noise: (P, C, H, W) unit Gaussian; stop: (P,) long in [0, len(sigmas) - 1). Returns x
-    (P, C, H, W) with x[i] at sigmas[stop[i]], the same as ``sampler(..., end_step=stop[i])``
-    on sample i alone. Samples are sorted by ``stop`` so the running set is a prefix;
+    noise: (P, C, H, W) unit Gaussian; stops: (P, r) long in [0, len(sigmas) - 1). Returns x
+    (P, r, C, H, W) with x[i, k] at sigmas[stops[i, k]], the same as ``sampler(..., end_step=stops[i, k])``
+    on sample i alone. Samples are sorted by their last stop so the running set is a prefix;
     per-sample entries of the sampler's ``state`` (multistep history) are cut with it.
     """
-    order = torch.argsort(stop.cpu(), descending=True, stable=True)  # (P,)
-    stop_sorted = stop.cpu()[order]
+    stops = stops.cpu()
+    last = stops.max(dim=1).values  # (P,)
+    order = torch.argsort(last, descending=True, stable=True)  # (P,)
+    last_sorted, stops_sorted = last[order], stops[order]
     idx = order.to(noise.device)
     x = noise[idx] * torch.sqrt(1.0 + sigmas[0] ** 2)  # x at sigmas[0]
     cond = {k: v[idx] if torch.is_tensor(v) else v for k, v in cond.items()}
     uc = None if uc is None else {k: v[idx] if torch.is_tensor(v) else v for k, v in uc.items()}
-    out = torch.empty_like(x)
+    out = torch.empty((x.shape[0], stops.shape[1], *x.shape[1:]), dtype=x.dtype, device=x.device)
     state: MutableMapping[str, Any] = {}
     noise_sampler = default_noise_sampler(generator)
     running = x.shape[0]
-    for i in range(int(stop_sorted[0]) + 1):
-        keep = int((stop_sorted > i).sum())  # samples that still need step i
-        out[keep:running] = x[keep:]  # samples stopping at step i are at sigmas[i]
+    for i in range(int(last_sorted[0]) + 1):
+        rows, cols = (stops_sorted[:running] == i).nonzero(as_tuple=True)  # samples recorded at step i
+        out[rows.to(x.device), cols.to(x.device)] = x[rows.to(x.device)]
+        keep = int((last_sorted > i).sum())  # samples that still need step i
         if keep == 0:
             break
         if keep < running:
@@ -104,6 +114,20 @@ def sample_to_steps(
     result = torch.empty_like(out)
     result[idx] = out
     return result
+
+
+def sample_to_steps(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    noise: torch.Tensor,
+    stop: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Cond,
+    uc: Cond | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`sample_at_steps` with one stop per sample: stop (P,) -> x (P, C, H, W) at sigmas[stop]."""
+    return sample_at_steps(sampler, denoiser, noise, stop[:, None], sigmas, cond, uc, generator)[:, 0]
 
 
 def check_step_range(step_range: Any, num_steps: int, name: str = "step_range") -> tuple[int, int]:
@@ -131,6 +155,8 @@ class TrajectoryPool:
     Args:
         pool_size: trajectories generated per refill, in one batch.
         step_range: [lo, hi]: t ~ U{lo, ..., hi-1} of the sampler's N steps (None: every step).
+        reuse: samples per trajectory, at distinct steps (1: the reference, independent samples;
+            see the module docstring); at most the number of steps in ``step_range``.
         sampler: (runtime) the frozen sampler with its guider (CFG) and ``num_steps`` N set.
         num_prompts: (runtime) trajectories draw their prompt uniformly from ``range(num_prompts)``.
         seed: (runtime) seeds the CPU generator of noise, prompts and steps (device independent).
@@ -143,6 +169,7 @@ class TrajectoryPool:
         seed: int = 0,
         pool_size: int = 8,
         step_range: Sequence[int] | None = None,
+        reuse: int = 1,
     ):
         num_steps = getattr(sampler, "num_steps", None)
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -152,15 +179,19 @@ class TrajectoryPool:
         if num_prompts < 1:
             raise ValueError("num_prompts: expected at least one prompt")
         self.step_range = check_step_range(step_range, num_steps)
+        span = self.step_range[1] - self.step_range[0]
+        if isinstance(reuse, bool) or not isinstance(reuse, int) or not 1 <= reuse <= span:
+            raise ValueError(f"reuse: expected an integer in [1, {span}] (the steps in step_range), got {reuse!r}")
+        self.reuse = reuse
         self.sampler = sampler
         self.num_steps = num_steps
         self.pool_size = pool_size
         self.num_prompts = num_prompts
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.x: torch.Tensor | None = None  # (P, C, H, W) each at sigmas[steps[i]]
-        self.noise: torch.Tensor | None = None  # (P, C, H, W) their starting noise
-        self.steps: torch.Tensor | None = None  # (P,)
-        self.prompts: torch.Tensor | None = None  # (P,)
+        self.x: torch.Tensor | None = None  # (P r, C, H, W) each at sigmas[steps[i]]
+        self.noise: torch.Tensor | None = None  # (P r, C, H, W) their trajectories' starting noise
+        self.steps: torch.Tensor | None = None  # (P r,)
+        self.prompts: torch.Tensor | None = None  # (P r,)
         self.sigmas: torch.Tensor | None = None  # (N + 1,)
         self.cursor = 0
         self.refills = 0
@@ -170,9 +201,14 @@ class TrajectoryPool:
         self.generator.manual_seed(int(seed))
 
     @property
+    def capacity(self) -> int:
+        """Samples per refill: ``pool_size`` trajectories times ``reuse``."""
+        return self.pool_size * self.reuse
+
+    @property
     def remaining(self) -> int:
-        """Trajectories not handed out yet."""
-        return 0 if self.x is None else self.pool_size - self.cursor
+        """Samples not handed out yet."""
+        return 0 if self.x is None else self.capacity - self.cursor
 
     @torch.no_grad()
     def refill(
@@ -182,19 +218,29 @@ class TrajectoryPool:
         latent_shape: tuple[int, ...],
         device: torch.device | str | None = None,
     ) -> None:
-        """Sample ``pool_size`` new trajectories from fresh noise, each to its own random step."""
+        """Sample ``pool_size`` new trajectories from fresh noise, each to ``reuse`` random steps of its own."""
         g = self.generator
-        prompts = torch.randint(self.num_prompts, (self.pool_size,), generator=g)  # (P,)
-        steps = torch.randint(*self.step_range, (self.pool_size,), generator=g)  # (P,)
-        noise = torch.randn((self.pool_size, *latent_shape), generator=g).to(device)  # (P, C, H, W)
+        P, r = self.pool_size, self.reuse
+        prompts = torch.randint(self.num_prompts, (P,), generator=g)  # (P,)
+        if r == 1:
+            steps = torch.randint(*self.step_range, (P,), generator=g)[:, None]  # (P, 1)
+        else:  # r distinct steps per trajectory, each uniform over the range
+            lo, hi = self.step_range
+            steps = torch.rand(P, hi - lo, generator=g).argsort(dim=1)[:, :r].sort(dim=1).values + lo  # (P, r)
+        noise = torch.randn((P, *latent_shape), generator=g).to(device)  # (P, C, H, W)
         cond, uc = conds_for(prompts)
         sigmas = self.sampler.get_sigmas(self.num_steps, device=noise.device)  # (N + 1,)
-        self.x = sample_to_steps(self.sampler, denoiser, noise, steps, sigmas, cond, uc, generator=g)
-        self.noise, self.sigmas = noise, sigmas
-        self.steps, self.prompts = steps.to(noise.device), prompts.to(noise.device)
+        x = sample_at_steps(self.sampler, denoiser, noise, steps, sigmas, cond, uc, generator=g)  # (P, r, C, H, W)
+        # Shuffled so that an iteration's samples (and consecutive iterations) mix trajectories.
+        order = torch.arange(P * r) if r == 1 else torch.randperm(P * r, generator=g)
+        self.x = x.flatten(0, 1)[order.to(x.device)]
+        self.noise = noise.repeat_interleave(r, dim=0)[order.to(noise.device)]
+        self.steps = steps.flatten()[order].to(noise.device)
+        self.prompts = prompts.repeat_interleave(r)[order].to(noise.device)
+        self.sigmas = sigmas
         self.cursor = 0
         self.refills += 1
-        log.debug("trajectory pool refill %d: %d trajectories, steps %s", self.refills, self.pool_size, steps.tolist())
+        log.debug("trajectory pool refill %d: %d trajectories, steps %s", self.refills, P, steps.tolist())
 
     def take(
         self,
@@ -204,9 +250,9 @@ class TrajectoryPool:
         latent_shape: tuple[int, ...],
         device: torch.device | str | None = None,
     ) -> TrajectoryBatch:
-        """``n`` unused trajectories at their own random steps; refills when too few are left."""
-        if not 1 <= n <= self.pool_size:
-            raise ValueError(f"batch_size: expected 1 <= batch_size <= pool_size ({self.pool_size}), got {n}")
+        """``n`` unused samples at their own random steps; refills when too few are left."""
+        if not 1 <= n <= self.capacity:
+            raise ValueError(f"batch_size: expected 1 <= batch_size <= pool_size x reuse ({self.capacity}), got {n}")
         if self.remaining < n:
             self.refill(denoiser, conds_for, latent_shape, device)
         assert self.x is not None and self.steps is not None and self.prompts is not None and self.sigmas is not None
