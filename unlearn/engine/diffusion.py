@@ -109,6 +109,11 @@ class DiffusionEngine(pl.LightningModule):
         """x0 estimate D(x, sigma, cond); x: (B, C, H, W) in sigma space, sigma: (B,)."""
         return self.denoiser(self.network, x, sigma, cond)
 
+    @property
+    def sampling_network(self) -> nn.Module:
+        """The network `generate` samples (a distilled student's engine samples its generator)."""
+        return self.network
+
     def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
         return self.first_stage.encode(x)
 

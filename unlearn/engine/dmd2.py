@@ -199,6 +199,10 @@ class DMD2Engine(ErasureEngine):
         )
 
     # ------------------------------------------------------------------ model calls
+    @property
+    def sampling_network(self) -> nn.Module:
+        return self.network if self._sample_teacher else self.generator
+
     def student_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         """The generator's x̂ = G(x, sigma); x: (B, C, H, W), sigma: (B,)."""
         return self.denoiser(self.generator, x, sigma, cond)

@@ -108,6 +108,14 @@ class CLIPScorer(nn.Module):
         text_features = self.model.encode_text(self.tokenizer(list(prompts)).to(device), normalize=True)  # (B, E)
         return 100 * (image_features * text_features).sum(-1).clamp(min=0)
 
+    @torch.no_grad()
+    def similarities(self, images: Any, texts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarities (B, T) of every image with every text (zero-shot classification)."""
+        device = next(self.model.parameters()).device
+        image_features = self.model.encode_image(self._pixels(images).to(device), normalize=True)  # (B, E)
+        text_features = self.model.encode_text(self.tokenizer(list(texts)).to(device), normalize=True)  # (T, E)
+        return image_features @ text_features.T
+
 
 def clip_score(
     images: Any,

@@ -36,7 +36,14 @@ import torch
 
 from unlearn.data.canvas import CANVAS, CanvasSpec
 
-__all__ = ["HEADLINE", "per_concept_accuracy", "unlearncanvas_metrics", "metrics_against", "frechet_distance"]
+__all__ = [
+    "HEADLINE",
+    "per_concept_accuracy",
+    "unlearncanvas_metrics",
+    "metrics_against",
+    "frechet_distance",
+    "wilson_interval",
+]
 
 KINDS = ("object", "style")
 HEADLINE = ("UA", "IRA", "CRA", "FD")  # the figures every erasure report leads with
@@ -51,6 +58,19 @@ def _labels(values: Sequence[int] | np.ndarray | torch.Tensor, n_classes: int, n
     if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
         raise ValueError(f"{name} has labels outside [0, {n_classes}): min {arr.min()}, max {arr.max()}")
     return arr.astype(np.int64)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a share ``successes / n`` in percent (95% by default; Wilson
+    1927): right where the normal approximation fails, at 0, 1 and small n. n = 0: (nan, nan)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n={n}], got {successes}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
 def _mean(values: list[float]) -> float:
