@@ -3,7 +3,7 @@
 At the end of training it calls the module's ``export(run_dir)`` (``erased.safetensors``,
 ``masks.safetensors``, ``student.safetensors``, ...). A run that stops early (an interrupt, a
 non-finite loss, an error) writes no export and says so: the run's ``last.ckpt`` holds its
-state, and ``main.py --resume <run>`` finishes it and exports then.
+state, and a resumed run that finishes exports then.
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ class ExportArtifacts(pl.Callback):
         if trainer.is_global_zero:
             name = getattr(pl_module, "export_name", "") or "the export"
             log.warning(
-                "training stopped at step %d (%s): %s was not written; `python main.py --resume %s` "
-                "continues the run and writes it",
+                "training stopped at step %d by %s: %s was not written",
                 trainer.global_step,
                 type(exception).__name__,
                 name,
-                trainer.default_root_dir,
             )
