@@ -65,6 +65,15 @@ class TextEncoderAccess:
         """(V, D) the embedding table."""
         return self.table.weight
 
+    @property
+    def special_ids(self) -> list[int]:
+        """The start / end / padding token ids, which no attack should pick as one of its tokens."""
+        return sorted(_special_ids(self.embedder))
+
+    def placeholders_in(self, text: str) -> int:
+        """How many placeholders survive tokenizing ``text`` (truncation to the max length drops some)."""
+        return int((self.embedder.tokenize([text])[0] == self.placeholder_id).sum())
+
     def token_ids(self, text: str) -> list[int]:
         """The ids of ``text``'s tokens, without the start / end / padding tokens."""
         ids = self.embedder.tokenize([text])[0].tolist()
@@ -125,13 +134,17 @@ class TokenInjection:
     """Replace the embedding of each prompt's k-th placeholder by the k-th injected vector.
 
     Use as a context manager around any call that runs the conditioner; the vectors may carry
-    gradients (soft prompts). Prompts without placeholders are left as they are.
+    gradients (soft prompts). Prompts without placeholders are left as they are. While vectors
+    that need gradients are injected, frozen embedders (``is_trainable: false``, which the
+    conditioner runs under ``no_grad``) are run with gradients too, so that they reach the
+    vectors; the embedders' own weights stay frozen, and ``is_trainable`` is restored on exit.
     """
 
     def __init__(self, encoders: Sequence[TextEncoderAccess], tokens: InjectedTokens):
         self.encoders = list(encoders)
         self.tokens = tokens
         self._handles: list = []
+        self._unfrozen: list[nn.Module] = []
 
     def _hook(self, index: int, access: TextEncoderAccess):
         def hook(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
@@ -156,12 +169,21 @@ class TokenInjection:
     def __enter__(self) -> TokenInjection:
         for index, access in enumerate(self.encoders):
             self._handles.append(access.table.register_forward_hook(self._hook(index, access)))
+        vectors = self.tokens.vectors or {}
+        if any(torch.is_tensor(v) and v.requires_grad for v in vectors.values()):
+            for access in self.encoders:
+                if getattr(access.embedder, "is_trainable", True) is False:
+                    access.embedder.is_trainable = True
+                    self._unfrozen.append(access.embedder)
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for embedder in self._unfrozen:
+            embedder.is_trainable = False
+        self._unfrozen.clear()
 
 
 def batched_tokens(
