@@ -101,3 +101,26 @@ def test_frechet_distance():
     assert math.isfinite(frechet_distance(few, few + 0.1))
     with pytest.raises(ValueError, match="feature sizes differ"):
         frechet_distance(a, a[:, :8])
+
+
+def test_every_percentage_carries_its_sample_size_and_wilson_interval():
+    from unlearn.eval.metrics import wilson_interval
+    from unlearn.eval.report import before_after_table, metrics_markdown
+
+    objects = np.repeat(np.arange(8), 16)  # 8 objects x 8 styles x 2 images, balanced as the benchmark draws
+    styles = np.tile(np.repeat(np.arange(8), 2), 8)
+    pred_styles = styles.copy()
+    pred_styles[np.flatnonzero(styles == 5)[:4]] = 0  # 4 of the 16 "outlined" images read as another style
+    pred_styles[np.flatnonzero(styles == 1)[:8]] = 0  # 8 of the 16 "striped" images missed
+    m = unlearncanvas_metrics(objects, pred_styles, objects, styles, erased=["outlined"])
+    assert m["intervals"]["UA"] == {"k": 4, "n": 16, "ci95": list(wilson_interval(4, 16))}
+    assert m["UA"] == 25.0 and m["intervals"]["IRA"]["k"] == 112 - 8 and m["intervals"]["IRA"]["n"] == 112
+    assert m["IRA"] == pytest.approx(100 * 104 / 112)  # the mean of per-style shares = the pooled share
+    assert m["intervals"]["CRA"] == {"k": 128, "n": 128, "ci95": list(wilson_interval(128, 128))}
+    assert "FD" not in m["intervals"]
+    md = metrics_markdown({**m, "FD": 3.0})
+    lo, hi = wilson_interval(4, 16)
+    assert f"n 16, 95% CI {lo:.1f}–{hi:.1f}" in md
+    table = before_after_table(None, {**m, "FD": 3.0})
+    assert f"| UA | n/a | 25.00 |  | n 16, 95% CI {lo:.1f}–{hi:.1f} |" in table
+    assert "| FD | n/a | 3.00 |  |  |" in table

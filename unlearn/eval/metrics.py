@@ -42,6 +42,7 @@ __all__ = [
     "unlearncanvas_metrics",
     "metrics_against",
     "frechet_distance",
+    "share_interval",
     "wilson_interval",
 ]
 
@@ -71,6 +72,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def share_interval(pairs: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """{"k", "n", "ci95"} of the pooled share of (hits, images) pairs. The benchmark's figures are
+    means of per-concept shares; with the same number of images per concept (as the benchmark
+    draws them) that mean is the pooled share, and this is its 95% Wilson interval."""
+    k, n = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return {"k": k, "n": n, "ci95": list(wilson_interval(k, n))}
 
 
 def _mean(values: list[float]) -> float:
@@ -143,12 +152,26 @@ def unlearncanvas_metrics(
             )
 
     erased_kinds = [k for k in KINDS if erased_ids[k]]
+    counted = {"UA": [], "IRA": [], "CRA": []}  # (hits, images) of the concepts each figure averages
+    for kind in KINDS:
+        hits = np.bincount(true[kind][pred[kind] == true[kind]], minlength=sizes[kind])
+        counts = np.bincount(true[kind], minlength=sizes[kind])
+        for i in range(sizes[kind]):
+            if i in erased_ids[kind]:
+                counted["UA"].append((int(counts[i] - hits[i]), int(counts[i])))
+            elif kind in erased_kinds:
+                counted["IRA"].append((int(hits[i]), int(counts[i])))
+            elif erased_kinds:
+                counted["CRA"].append((int(hits[i]), int(counts[i])))
     ua = [100.0 - acc[k][i] for k in erased_kinds for i in sorted(erased_ids[k])]
     ira = [acc[k][i] for k in erased_kinds for i in range(sizes[k]) if i not in erased_ids[k]]
     cra = [acc[k][i] for k in KINDS if erased_kinds and k not in erased_kinds for i in range(sizes[k])]
 
     ok_obj = pred["object"] == true["object"]
     ok_style = pred["style"] == true["style"]
+    counted["object_acc"] = [(int(ok_obj.sum()), n)]
+    counted["style_acc"] = [(int(ok_style.sum()), n)]
+    counted["joint_acc"] = [(int((ok_obj & ok_style).sum()), n)]
     cell_n = np.zeros((sizes["object"], sizes["style"]))
     cell_hits = np.zeros_like(cell_n)
     np.add.at(cell_n, (true["object"], true["style"]), 1.0)
@@ -163,6 +186,7 @@ def unlearncanvas_metrics(
         "style_acc": 100.0 * float(ok_style.mean()),
         "joint_acc": 100.0 * float((ok_obj & ok_style).mean()),
         "n_images": n,
+        "intervals": {key: share_interval(pairs) for key, pairs in counted.items() if pairs},
         "erased": erased,
         "per_concept": rows,
         "cell_joint_acc": cell.tolist(),

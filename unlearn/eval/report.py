@@ -63,6 +63,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
         "| " + " | ".join(_fmt(metrics.get(k)) for k in head) + " |",
+        "| " + " | ".join(interval_text(metrics, k) for k in head) + " |",
     ]
     rows = metrics.get("per_concept", [])
     if rows:
@@ -79,11 +80,28 @@ def _fmt_number(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
 
 
+def interval_text(metrics: dict[str, Any] | None, key: str) -> str:
+    """``"n 32, 95% CI 89.3–100.0"`` for a percentage of ``metrics`` (see `share_interval`); "" for
+    a figure without one (FD)."""
+    interval = ((metrics or {}).get("intervals") or {}).get(key)
+    if not interval or interval.get("ci95") is None or None in interval["ci95"]:
+        return ""
+    lo, hi = interval["ci95"]
+    return f"n {interval['n']}, 95% CI {lo:.1f}–{hi:.1f}"
+
+
 def before_after_table(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
-    """Markdown: one row per headline metric (UA, IRA, CRA, FD), columns before / after."""
-    lines = ["| metric | before | after |", "|---|---|---|"]
+    """Markdown: one row per headline metric (UA, IRA, CRA, FD), columns before / after, then
+    each percentage's sample size and 95% Wilson interval."""
+    lines = [
+        "| metric | before | after | before: images, interval | after: images, interval |",
+        "|---|---|---|---|---|",
+    ]
     for key in HEADLINE:
-        lines.append(f"| {key} | {_fmt_number((before or {}).get(key))} | {_fmt_number(after.get(key))} |")
+        lines.append(
+            f"| {key} | {_fmt_number((before or {}).get(key))} | {_fmt_number(after.get(key))} "
+            f"| {interval_text(before, key)} | {interval_text(after, key)} |"
+        )
     return "\n".join(lines)
 
 
