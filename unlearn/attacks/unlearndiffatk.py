@@ -89,8 +89,9 @@ class UnlearnDiffAtk(Attack):
             tokens = InjectedTokens(vectors={i: choice @ e.weight for i, e in enumerate(encoders)})
             with injected(model.conditioner, tokens):
                 loss = loss_fn(model.conditioning_for([text]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Only the logits get a gradient: a model whose own weights train (adversarial erasure)
+            # must not collect the attack's.
+            (logits.grad,) = torch.autograd.grad(loss, [logits])
             optimizer.step()
             if self.check_every and step % self.check_every == 0:
                 detected = self._detects(target, text, self._ids(logits))
