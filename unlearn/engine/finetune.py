@@ -95,6 +95,8 @@ class FineTuneEngine(ErasureEngine):
         batch_size: trajectories per iteration (1 like the reference).
         train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
         export_diffusers: also write ``<run_dir>/unet/`` with ``save_pretrained``.
+        adversary_config: prompts that bring the concept back, searched during training and erased
+            too (`unlearn.engine.adversarial.AdversarialPrompts`, with an attack block); None: off.
     """
 
     default_optimizer_config = {"target": "torch.optim.Adam", "params": {}}  # the ESD reference uses plain Adam
@@ -119,6 +121,7 @@ class FineTuneEngine(ErasureEngine):
         batch_size: int = 1,
         train_image_size: int | None = None,
         export_diffusers: bool = False,
+        adversary_config: dict | None = None,
         **engine_kwargs: Any,
     ):
         super().__init__(**engine_kwargs)
@@ -182,6 +185,13 @@ class FineTuneEngine(ErasureEngine):
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
             raise ConfigError("model.params.export_diffusers: the network has no diffusers UNet to save_pretrained")
         self._cond_table: dict[str, dict[str, Any]] | None = None
+        self.adversary = None
+        if adversary_config:
+            if erase_from is not None:
+                raise ConfigError("model.params.adversary_config: adversarial prompts stand for the concept's; they "
+                                  "do not apply with erase_from")  # fmt: skip
+            self.adversary = instantiate_from_config(adversary_config, _path="model.params.adversary_config")
+        self._adversary_generator = torch.Generator().manual_seed((self.seed + 104_729) % 2**63)
 
         root, prefix = selection_root(self.network)
         self.selected = self.selector(root)  # diffusers UNet names
@@ -302,6 +312,10 @@ class FineTuneEngine(ErasureEngine):
             preserve_x=preserve_x,
             preserve_sigma=preserve_sigma,
         )
+        if self.adversary is not None:
+            batch.trained_concept, self._adversarial_rows = self.adversary.replace(
+                batch.concept, self._adversary_generator
+            )
         return batch, traj.step
 
     # ------------------------------------------------------------ training
@@ -315,9 +329,15 @@ class FineTuneEngine(ErasureEngine):
         return DataLoader(range(steps), batch_size=None, num_workers=0)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.adversary is not None:
+            concept = (self.separator or ",").join(self.concepts)
+            self.adversary.maybe_search(self, self.prompts, concept, self.global_step, self._adversary_generator)
         erase, steps = self.erasure_batch()
         out = self.objective(self.student_eps, self.teacher_eps, erase)
-        self.log_losses(out, erase.x.shape[0], t_step=steps.float().mean())
+        extra = {"t_step": steps.float().mean()}
+        if self.adversary is not None:
+            extra["adversarial_share"] = self._adversarial_rows.float().mean()
+        self.log_losses(out, erase.x.shape[0], **extra)
         return out.loss
 
     # ------------------------------------------------------------ outputs
@@ -349,6 +369,7 @@ class FineTuneEngine(ErasureEngine):
             "preserve_step_range": list(self.preserve_step_range),
             "iterations": self.global_step if self._trainer is not None else 0,
             "base_ckpt": str(self._base_weights),
+            "adversary": "" if self.adversary is None else self.adversary.attack.name,
             "network": type(getattr(net, "unet", net)).__name__,
         }
 

@@ -56,6 +56,8 @@ class ErasureBatch:
         preserve: a prompt to keep unchanged, else None.
         preserve_x, preserve_sigma: (B, C, H, W) and (B,), the latents the preserve prompt is
             checked on when they come from its own trajectories; None: on ``x`` and ``sigma``.
+        trained_concept: what the trained model sees on the erase term when it differs from
+            ``erase_from`` / ``concept`` (adversarial prompts), else None.
     """
 
     x: torch.Tensor
@@ -66,6 +68,15 @@ class ErasureBatch:
     preserve: Cond | None = None
     preserve_x: torch.Tensor | None = None
     preserve_sigma: torch.Tensor | None = None
+    trained_concept: Cond | None = None
+
+    @property
+    def erase_prompt(self) -> Cond:
+        """What the trained model sees on the erase term: ``trained_concept``, else ``erase_from``,
+        else ``concept``."""
+        if self.trained_concept is not None:
+            return self.trained_concept
+        return self.erase_from if self.erase_from is not None else self.concept
 
     @property
     def preserve_latents(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,7 +143,7 @@ class ESDObjective(PredictionObjective):
             e_anchor = eps["concept"] if self.anchor == "concept" else eps["null"]
         target = esd_target(eps["null"], eps["concept"], self.negative_guidance, e_anchor)
 
-        student_calls = {"erase": (x, sigma, batch.erase_from if batch.erase_from is not None else batch.concept)}
+        student_calls = {"erase": (x, sigma, batch.erase_prompt)}
         if batch.preserve is not None:
             student_calls["preserve"] = (px, ps, batch.preserve)
         if self.null_weight > 0:
