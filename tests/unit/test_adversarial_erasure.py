@@ -81,3 +81,26 @@ def test_bad_adversary_settings_name_their_key():
         make_engine(ddim_steps=4, adversary_config=adversary(), erase_from="a striped circle")
     with pytest.raises(ConfigError, match="p4d-n needs the original model as a separate network"):
         make_engine(ddim_steps=4, adversary_config=adversary(attack={"target": "unlearn.attacks.P4D"}))
+
+
+def test_masks_train_against_adversarial_prompts_too(tmp_path):
+    from unlearn.config import instantiate_from_config, load_configs
+
+    smoke_model = ["model.params.loss_fn_config=null", "model.params.base_learning_rate=null"]
+    steps = "model.params.trajectory_sampler_config.params.num_steps=2"
+    cfg = load_configs(
+        ["configs/toy/smoke.yaml", "configs/methods/minimalist.yaml"],
+        ["concept=striped", *smoke_model, steps, "lightning.callbacks.toy_benchmark=null"],
+    )
+    cfg.model.params.adversary_config = adversary(every_n_steps=2, share=1.0)
+    torch.manual_seed(0)
+    engine = instantiate_from_config(cfg.model, _path="model")
+    seen = []
+    conditioning = engine.conditioning_for
+    engine.conditioning_for = lambda prompts, *a: seen.append(list(prompts)) or conditioning(prompts, *a)
+    lambdas = {k: v.detach().clone() for k, v in engine.masks.masks().items()}
+    fit(engine, 3, tmp_path)
+    assert engine.adversary.searches == 2  # steps 0 and 2
+    assert all(f.text.startswith("sks sks ") for f in engine.adversary.found)
+    assert any(p.startswith("sks sks ") for prompts in seen for p in prompts)  # the adversarial prompts were encoded
+    assert any(not torch.equal(v, engine.masks.masks()[k]) for k, v in lambdas.items())  # and the masks trained

@@ -96,6 +96,7 @@ class DMD2Engine(ErasureEngine):
 
     uses_base_learning_rate = False
     learning_rate_keys = "DMD2 sets generator_lr and critic_lr"
+    supports_adversary = False
     export_name = "student.safetensors"
 
     def __init__(

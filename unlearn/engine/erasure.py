@@ -50,6 +50,9 @@ class ErasureEngine(DiffusionEngine):
     Args:
         seed: seeds the method's own random draws (prompts, trajectories, mask noise);
             None: ``torch.initial_seed()``, i.e. main.py's ``--seed``.
+        adversary_config: prompts that bring the concept back, searched during training and
+            erased too (`unlearn.engine.adversarial.AdversarialPrompts`, with an attack block), for
+            methods that train against their concept prompts; None: off.
     """
 
     # The default optimizer when the config gives no optimizer_config.
@@ -60,10 +63,18 @@ class ErasureEngine(DiffusionEngine):
     network_follows_train_mode: bool = False
     # The file `export` writes into the run directory.
     export_name: str = ""
+    # Whether the method can train against adversarial prompts (adversary_config).
+    supports_adversary: bool = True
 
     learning_rate_keys = "the method config sets its learning rates"
 
-    def __init__(self, seed: int | None = None, base_learning_rate: float | None = None, **engine_kwargs: Any):
+    def __init__(
+        self,
+        seed: int | None = None,
+        base_learning_rate: float | None = None,
+        adversary_config: dict | None = None,
+        **engine_kwargs: Any,
+    ):
         for key in TRAINING_RECIPE_KEYS:
             if engine_kwargs.get(key):
                 raise ConfigError(
@@ -80,6 +91,14 @@ class ErasureEngine(DiffusionEngine):
         seed = optional_seed(seed, "model.params.seed")
         # main.py seeds the global RNG before it builds the model, so --seed reaches the method too.
         self.seed = (torch.initial_seed() if seed is None else seed) % 2**63
+        self.adversary = None
+        if adversary_config:
+            if not self.supports_adversary:
+                raise ConfigError(
+                    f"model.params.adversary_config: {type(self).__name__} does not train against prompts"
+                )
+            self.adversary = instantiate_from_config(adversary_config, _path="model.params.adversary_config")
+        self._adversary_generator = torch.Generator().manual_seed((self.seed + 104_729) % 2**63)
         self.loss_terms: dict[str, torch.Tensor] = {}
         for module in self.frozen_parts():
             module.requires_grad_(False)
@@ -98,6 +117,18 @@ class ErasureEngine(DiffusionEngine):
                 f"{contract.__name__}, which {type(self).__name__} trains with"
             )
         return objective
+
+    def adversarial_search(self, prompts: list[str], concept: str) -> None:
+        """With an adversary, search anew when it is due (before the step's inputs are made)."""
+        if self.adversary is not None:
+            self.adversary.maybe_search(self, prompts, concept, self.global_step, self._adversary_generator)
+
+    def adversarial_rows(self, cond: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """``cond`` (one row per sample of the concept) with the adversary's share of rows replaced
+        by adversarial prompts, and those rows (None without an adversary)."""
+        if self.adversary is None:
+            return cond, None
+        return self.adversary.replace(cond, self._adversary_generator)
 
     # ------------------------------------------------------------------ frozen parts
     def frozen_parts(self) -> list[nn.Module]:

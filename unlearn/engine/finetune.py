@@ -95,8 +95,6 @@ class FineTuneEngine(ErasureEngine):
         batch_size: trajectories per iteration (1 like the reference).
         train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
         export_diffusers: also write ``<run_dir>/unet/`` with ``save_pretrained``.
-        adversary_config: prompts that bring the concept back, searched during training and erased
-            too (`unlearn.engine.adversarial.AdversarialPrompts`, with an attack block); None: off.
     """
 
     default_optimizer_config = {"target": "torch.optim.Adam", "params": {}}  # the ESD reference uses plain Adam
@@ -121,7 +119,6 @@ class FineTuneEngine(ErasureEngine):
         batch_size: int = 1,
         train_image_size: int | None = None,
         export_diffusers: bool = False,
-        adversary_config: dict | None = None,
         **engine_kwargs: Any,
     ):
         super().__init__(**engine_kwargs)
@@ -185,13 +182,11 @@ class FineTuneEngine(ErasureEngine):
         if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
             raise ConfigError("model.params.export_diffusers: the network has no diffusers UNet to save_pretrained")
         self._cond_table: dict[str, dict[str, Any]] | None = None
-        self.adversary = None
-        if adversary_config:
-            if erase_from is not None:
-                raise ConfigError("model.params.adversary_config: adversarial prompts stand for the concept's; they "
-                                  "do not apply with erase_from")  # fmt: skip
-            self.adversary = instantiate_from_config(adversary_config, _path="model.params.adversary_config")
-        self._adversary_generator = torch.Generator().manual_seed((self.seed + 104_729) % 2**63)
+        if self.adversary is not None and erase_from is not None:
+            raise ConfigError(
+                "model.params.adversary_config: adversarial prompts stand for the concept's; they do not apply "
+                "with erase_from"
+            )
 
         root, prefix = selection_root(self.network)
         self.selected = self.selector(root)  # diffusers UNet names
@@ -313,9 +308,7 @@ class FineTuneEngine(ErasureEngine):
             preserve_sigma=preserve_sigma,
         )
         if self.adversary is not None:
-            batch.trained_concept, self._adversarial_rows = self.adversary.replace(
-                batch.concept, self._adversary_generator
-            )
+            batch.trained_concept, self._adversarial_rows = self.adversarial_rows(batch.concept)
         return batch, traj.step
 
     # ------------------------------------------------------------ training
@@ -329,9 +322,7 @@ class FineTuneEngine(ErasureEngine):
         return DataLoader(range(steps), batch_size=None, num_workers=0)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if self.adversary is not None:
-            concept = (self.separator or ",").join(self.concepts)
-            self.adversary.maybe_search(self, self.prompts, concept, self.global_step, self._adversary_generator)
+        self.adversarial_search(self.prompts, (self.separator or ",").join(self.concepts))
         erase, steps = self.erasure_batch()
         out = self.objective(self.student_eps, self.teacher_eps, erase)
         extra = {"t_step": steps.float().mean()}

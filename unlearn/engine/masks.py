@@ -241,10 +241,14 @@ class MaskErasureEngine(ErasureEngine):
         opt.zero_grad(set_to_none=True)
         concept, deconcept, keep = list(batch["concept"]), list(batch["deconcept"]), list(batch["keep"])
         n = len(concept)
+        self.adversarial_search(self.prompts.concept_prompts, self.concept)
         self.masks.apply_off_budget()
         seeds = self._step_seeds()
         with torch.no_grad():
             cond_masked = self.conditioning_for(concept + keep)
+            if self.adversary is not None:  # the masked model sees adversarial prompts for a share of the concept rows
+                head, _ = self.adversarial_rows({k: v[:n] for k, v in cond_masked.items()})
+                cond_masked = {k: torch.cat([head[k], v[n:]]) for k, v in cond_masked.items()}
             cond_target = self.conditioning_for(deconcept + keep)
             uc = self.unconditional_for([""] * (2 * n)) if self.conditioner is not None else None
             uc_target = uc
