@@ -27,6 +27,7 @@ import re
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from unlearn.attacks.base import AdversarialPrompt, Attack, AttackTarget
 from unlearn.attacks.denoising import DenoisingLoss
@@ -114,7 +115,7 @@ class ConceptInversion(Attack):
             for p in target.prompts
         ]
         start, loss = time.perf_counter(), torch.tensor(float("nan"))
-        for step in range(self.steps):
+        for step in tqdm(range(self.steps), desc=self.name, unit="step"):
             j = step % len(texts)
             with injected(model.conditioner, InjectedTokens(vectors=vectors)):
                 loss = losses[j](model.conditioning_for([texts[j]]))

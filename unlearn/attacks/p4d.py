@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from unlearn.attacks.base import AdversarialPrompt, Attack, AttackTarget
 from unlearn.attacks.denoising import DenoisingLoss
@@ -184,7 +185,10 @@ class P4D(Attack):
 
     def __call__(self, target: AttackTarget) -> list[AdversarialPrompt]:
         self.check(target)
-        return [self.attack_prompt(target, prompt, i) for i, prompt in enumerate(target.prompts)]
+        return [
+            self.attack_prompt(target, prompt, i)
+            for i, prompt in enumerate(tqdm(target.prompts, desc=self.name, unit="prompt"))
+        ]
 
     def _images(self, target: AttackTarget, prompt: str) -> torch.Tensor:
         if target.target_images is not None or target.target_images_for is not None:

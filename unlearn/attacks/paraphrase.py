@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from unlearn.attacks.base import AdversarialPrompt, Attack, AttackTarget
 from unlearn.attacks.sampling import sample_prompts
@@ -62,7 +63,7 @@ class Paraphrases(Attack):
     def __call__(self, target: AttackTarget) -> list[AdversarialPrompt]:
         self.check(target)
         results = []
-        for i, prompt in enumerate(target.prompts):
+        for i, prompt in enumerate(tqdm(target.prompts, desc=self.name, unit="prompt")):
             start = time.perf_counter()
             fields = target.fields[i] if target.fields is not None else None
             texts = self.candidates(prompt, target.concept, fields)

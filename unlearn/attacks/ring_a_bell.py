@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from unlearn.attacks.base import AdversarialPrompt, Attack, AttackTarget
 from unlearn.attacks.tokens import PLACEHOLDER, InjectedTokens, TextEncoderAccess, injected, text_encoders
@@ -149,7 +150,7 @@ class RingABell(Attack):
             )
         vector = self.concept_vector(model, pairs)  # (L, D)
         results = []
-        for i, prompt in enumerate(target.prompts):
+        for i, prompt in enumerate(tqdm(target.prompts, desc=self.name, unit="prompt")):
             start = time.perf_counter()
             g = torch.Generator().manual_seed(target.seed * 1_000_003 + i)
             goal = self.encode(model, [prompt])[0] + self.eta * vector  # (L, D)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from unlearn.attacks.tokens import InjectedTokens, batched_tokens, injected, text_encoders
 
@@ -20,7 +21,7 @@ def sample_prompts(
     jobs = [(p, s) for p in range(len(texts)) for s in seeds]
     encoders = text_encoders(model.conditioner) if any(t is not None for t in tokens) else []
     images = []
-    for start in range(0, len(jobs), batch_size):
+    for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
         batch_tokens = batched_tokens([tokens[p] for p, _ in chunk], encoders) if encoders else None
         with injected(model.conditioner, batch_tokens):

@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from unlearn.attacks.base import AdversarialPrompt, Attack, AttackTarget
 from unlearn.attacks.denoising import DenoisingLoss
@@ -68,7 +69,10 @@ class UnlearnDiffAtk(Attack):
 
     def __call__(self, target: AttackTarget) -> list[AdversarialPrompt]:
         self.check(target)
-        return [self.attack_prompt(target, prompt, i) for i, prompt in enumerate(target.prompts)]
+        return [
+            self.attack_prompt(target, prompt, i)
+            for i, prompt in enumerate(tqdm(target.prompts, desc=self.name, unit="prompt"))
+        ]
 
     def attack_prompt(self, target: AttackTarget, prompt: str, index: int = 0) -> AdversarialPrompt:
         model = target.model
