@@ -26,10 +26,15 @@
 # table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
 # default: the one with the highest UA, the first listed on ties; a student can only stay
 # as erased as its teacher).
-# A step whose metrics.json exists is skipped, so an interrupted run continues.
+# Every erased model is then attacked with each config of ATTACKS (default UnlearnDiffAtk; "" for
+# none) by scripts/attack.py: its concept's prompts, ATTACK_IMAGES (4) held-out seeds each, the
+# ASR before and after into OUT/attacks/<row>/<attack>/attack.json and the table.
+# A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
 IMAGES=${IMAGES:-4}
+ATTACKS=${ATTACKS-configs/attacks/unlearndiffatk.yaml}
+ATTACK_IMAGES=${ATTACK_IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
 MASK_VARIANTS=${MASK_VARIANTS:-paper budget}
@@ -63,6 +68,16 @@ evaluate() {  # evaluate NAME [--concept C] [model args...]
   "$PY" scripts/evaluate.py --images-per-prompt "$IMAGES" --out "$OUT/eval/$name/metrics.json" "$@" \
     >"$OUT/eval_$name.log" 2>&1 || { tail -30 "$OUT/eval_$name.log" >&2; exit 1; }
 }
+attack() {  # attack NAME CONCEPT [model args...] -- every ATTACKS config on the erased model
+  local name=$1 concept=$2; shift 2
+  for config in $ATTACKS; do
+    local out="$OUT/attacks/$name/$(basename "$config" .yaml)/attack.json"
+    [ -f "$out" ] && continue
+    mkdir -p "$(dirname "$out")"
+    "$PY" scripts/attack.py "$@" --concept "$concept" --attack "$config" --images-per-prompt "$ATTACK_IMAGES" \
+      --out "$out" >"$(dirname "$out")/attack.log" 2>&1 || { tail -30 "$(dirname "$out")/attack.log" >&2; exit 1; }
+  done
+}
 timed() {  # timed NAME CMD... -- appends "NAME seconds" to OUT/times.txt
   local name=$1; shift; local t0=$SECONDS
   "$@"
@@ -87,10 +102,12 @@ for setting in $ESD_RUNS; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
     train_method=$([ "$variant" = esd_x ] && echo xattn || echo noxattn)
-    done_ "$name" && continue
-    timed "$name" train "${name}_$concept" configs/methods/esd_x.yaml train_method="$train_method" \
-      concept="$concept" lr="$lr" iterations="$iterations" lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
-    evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
+    if ! done_ "$name"; then
+      timed "$name" train "${name}_$concept" configs/methods/esd_x.yaml train_method="$train_method" \
+        concept="$concept" lr="$lr" iterations="$iterations" lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
+      evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
+    fi
+    attack "$name" "$concept" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors"
   done
 done
 
@@ -105,11 +122,13 @@ params: {max_off_share: 0.05}}") ;;
   for kind in style object; do
     concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
     name=${prefix}_$kind
-    done_ "$name" && continue
-    timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" "${overrides[@]}" \
-      lightning.trainer.max_steps="$MASK_STEPS" model.params.seed="$MASK_SEED" lightning.callbacks.toy_benchmark=null \
-      >"$OUT/$name.run"
-    evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
+    if ! done_ "$name"; then
+      timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" "${overrides[@]}" \
+        lightning.trainer.max_steps="$MASK_STEPS" model.params.seed="$MASK_SEED" \
+        lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
+      evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
+    fi
+    attack "$name" "$concept" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors"
   done
 done
 
@@ -126,14 +145,16 @@ suffix=$(suffix_of "$ESD_TEACHER")
 teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
 for steps in 4 1; do
   name=dmd2_${steps}step$suffix
-  done_ "$name" && continue
-  timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
-  timed "$name" train "$name" configs/methods/dmd2.yaml \
-    model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
-    lightning.trainer.max_steps="$DMD2_STEPS" configs/eval/toy.yaml lightning.callbacks.toy_benchmark.params.before=false \
-    lightning.callbacks.toy_benchmark.params.every_n_steps=500 >"$OUT/$name.run"
-  evaluate "$name" --run "$(cat "$OUT/$name.run")" --concept "$STYLE"
-  cp "$(cat "$OUT/$name.run")/eval/progress.md" "$OUT/eval/$name/progress.md"
+  if ! done_ "$name"; then
+    timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
+    timed "$name" train "$name" configs/methods/dmd2.yaml \
+      model.params.teacher_weights="$teacher" model.params.generator_timesteps="$timesteps" \
+      lightning.trainer.max_steps="$DMD2_STEPS" configs/eval/toy.yaml lightning.callbacks.toy_benchmark.params.before=false \
+      lightning.callbacks.toy_benchmark.params.every_n_steps=500 >"$OUT/$name.run"
+    evaluate "$name" --run "$(cat "$OUT/$name.run")" --concept "$STYLE"
+    cp "$(cat "$OUT/$name.run")/eval/progress.md" "$OUT/eval/$name/progress.md"
+  fi
+  attack "$name" "$STYLE" --run "$(cat "$OUT/$name.run")"
 done
 
 "$PY" scripts/bench/toy_table.py "$OUT" --style "$STYLE" --object "$OBJECT" --images "$IMAGES"

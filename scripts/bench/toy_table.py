@@ -81,6 +81,24 @@ def _fmt(value: Any) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else str(value)
 
 
+def _attacks(folder: Path) -> dict[str, Any]:
+    """{attack: its ASR before and after, budget} of ``toy_methods.sh``'s attacks on one row."""
+    found = {}
+    for path in sorted(folder.glob("*/attack.json")):
+        result = json.loads(path.read_text())
+        found[path.parent.name] = {
+            "attack": result["attack"], "before": result["before"], "after": result["after"],
+            "steps": result["attack_steps"], "seconds": result["attack_seconds"], "prompts": len(result["prompts"]),
+            "seeds": result["seeds"],
+        }  # fmt: skip
+    return found
+
+
+def _asr(rate: dict[str, Any]) -> str:
+    lo, hi = rate["ci95"]
+    return f"{_fmt(rate['asr'])} (n {rate['n']}, 95% CI {_fmt(lo)}–{_fmt(hi)})"
+
+
 def _off_share(run_file: Path) -> float | None:
     if not run_file.is_file():
         return None
@@ -115,6 +133,9 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
         }
         if name.startswith("masks_"):
             row["off_pct"] = _off_share(out / f"{name}.run")
+        attacks = _attacks(out / "attacks" / name)
+        if attacks:
+            row["attacks"] = attacks
         rows.append(row)
     # The base model judged against each erased concept: what UA/IRA/CRA are before erasure
     # (means of its per-concept accuracies, so its one evaluation serves both concepts).
@@ -157,6 +178,24 @@ def markdown(result: dict[str, Any], images: int) -> str:
     for kind, name in (("style", result["style"]), ("object", result["object"])):
         b = result["before"].get(kind) or {}
         lines.append(f"| {name} | {_fmt(b.get('UA'))} | {_fmt(b.get('IRA'))} | {_fmt(b.get('CRA'))} |")
+    attacked = [r for r in result["rows"] if r.get("attacks")]
+    if attacked:
+        seeds = next(iter(attacked[0]["attacks"].values()))["seeds"]
+        lines += [
+            "",
+            f"Under attack (scripts/attack.py: the concept's prompts, held-out seeds {seeds[0]}–{seeds[-1]}; ASR is "
+            "the share of images the judge gives the erased concept, before and after the attack):",
+            "",
+            "| method | concept | attack | prompts | steps | attack s | ASR before | ASR after |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in attacked:
+            extra = f" ({_fmt(r['off_pct'])}% off)" if r.get("off_pct") is not None else ""
+            for a in r["attacks"].values():
+                lines.append(
+                    f"| {r['method']}{extra} | {r['concept'] or ''} | {a['attack']} | {a['prompts']} | {a['steps']} | "
+                    f"{a['seconds']:.0f} | {_asr(a['before'])} | {_asr(a['after'])} |"
+                )
     by_name = {r["name"]: r for r in result["rows"]}
     students = [r for r in result["rows"] if r["name"].startswith("dmd2_") and _teacher_of(r["name"]) in by_name]
     if students:

@@ -97,3 +97,28 @@ def test_run_suffixes_name_the_esd_setting():
 def test_table_without_runs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no metrics.json"):
         _table().main([str(tmp_path), "--style", "striped", "--object", "circle"])
+
+
+def test_attack_results_join_their_rows_with_sample_sizes_and_intervals(tmp_path):
+    _metrics(tmp_path, "esd_x_lr1e-3_it1000", UA=100.0, IRA=82.5, CRA=98.75, FD=16.0)
+    _metrics(tmp_path, "masks_style", UA=70.0, IRA=85.0, CRA=90.0, FD=11.0)
+    result = {
+        "attack": "unlearndiffatk", "seeds": [1000, 1001, 1002, 1003], "attack_steps": 960, "attack_seconds": 123.4,
+        "before": {"asr": 3.125, "k": 1, "n": 32, "ci95": [0.55, 15.74]},
+        "after": {"asr": 25.0, "k": 8, "n": 32, "ci95": [13.25, 42.11]},
+        "prompts": [{}] * 8,
+    }  # fmt: skip
+    path = tmp_path / "attacks" / "esd_x_lr1e-3_it1000" / "unlearndiffatk" / "attack.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(result))
+    _table().main([str(tmp_path), "--style", "striped", "--object", "circle"])
+    rows = {r["name"]: r for r in json.loads((tmp_path / "toy_methods.json").read_text())["rows"]}
+    attack = rows["esd_x_lr1e-3_it1000"]["attacks"]["unlearndiffatk"]
+    assert attack["after"]["k"] == 8 and attack["steps"] == 960 and attack["prompts"] == 8
+    assert "attacks" not in rows["masks_style"]
+    md = (tmp_path / "toy_methods.md").read_text()
+    assert "held-out seeds 1000–1003" in md
+    assert (
+        "| ESD-x (xattn), lr 1e-3, 1000 it | striped | unlearndiffatk | 8 | 960 | 123 | "
+        "3.1 (n 32, 95% CI 0.6–15.7) | 25.0 (n 32, 95% CI 13.2–42.1) |"
+    ) in md
