@@ -164,3 +164,17 @@ def test_attack_params_are_checked():
         UnlearnDiffAtk().check(AttackTarget(model=None, concept="striped", prompts=["x"], detector=None))
     with pytest.raises(FileNotFoundError, match="prompts_file: no such file"):
         Paraphrases(prompts_file=str(Path("/nonexistent/prompts.txt")))
+
+
+def test_unlearndiffatk_never_picks_special_tokens_or_the_placeholder(model):
+    (encoder,) = text_encoders(model.conditioner)
+    banned_ids = sorted(set(encoder.special_ids) | {encoder.placeholder_id})
+    assert len(banned_ids) >= 3
+    logits = torch.zeros(2, encoder.vocab_size)
+    logits[0, banned_ids[0]], logits[0, 5] = 10.0, 1.0  # the best logit is a special token
+    logits[1, encoder.placeholder_id], logits[1, 7] = 10.0, 1.0
+    banned = torch.zeros(encoder.vocab_size, dtype=torch.bool)
+    banned[banned_ids] = True
+    assert UnlearnDiffAtk._ids(logits, banned) == [5, 7]
+    (found,) = UnlearnDiffAtk(num_tokens=3, steps=2, check_every=0)(_target(model))
+    assert not set(banned_ids) & set(found.tokens.ids)

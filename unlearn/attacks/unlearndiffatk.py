@@ -83,11 +83,14 @@ class UnlearnDiffAtk(Attack):
         g = torch.Generator().manual_seed(target.seed * 1_000_003 + index)
         logits = (1e-3 * torch.randn(self.num_tokens, vocab.pop(), generator=g)).to(model.device).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.lr)
+        # Start / end / padding tokens and the placeholder itself are never chosen.
+        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        banned[sorted(set(encoders[0].special_ids) | {encoders[0].placeholder_id})] = True
         loss_fn = DenoisingLoss(model, target.images_for(prompt), self.images_per_step, self.steps_per_timestep, g)
         text = with_placeholders(prompt, self.num_tokens)
         start, detected, step = time.perf_counter(), False, 0
         for step in range(1, self.steps + 1):
-            soft = F.softmax(logits, dim=-1)  # (K, V)
+            soft = F.softmax(logits.masked_fill(banned, -float("inf")), dim=-1)  # (K, V)
             hard = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
             choice = hard + soft - soft.detach()  # forward: real tokens; backward: through the softmax
             tokens = InjectedTokens(vectors={i: choice @ e.weight for i, e in enumerate(encoders)})
@@ -98,10 +101,10 @@ class UnlearnDiffAtk(Attack):
             (logits.grad,) = torch.autograd.grad(loss, [logits])
             optimizer.step()
             if self.check_every and step % self.check_every == 0:
-                detected = self._detects(target, text, self._ids(logits))
+                detected = self._detects(target, text, self._ids(logits, banned))
                 if detected:
                     break
-        ids = self._ids(logits)
+        ids = self._ids(logits, banned)
         return AdversarialPrompt(
             source=prompt,
             text=text,
@@ -114,8 +117,8 @@ class UnlearnDiffAtk(Attack):
         )
 
     @staticmethod
-    def _ids(logits: torch.Tensor) -> list[int]:
-        return logits.detach().argmax(dim=-1).tolist()
+    def _ids(logits: torch.Tensor, banned: torch.Tensor) -> list[int]:
+        return logits.detach().masked_fill(banned, -float("inf")).argmax(dim=-1).tolist()
 
     @torch.no_grad()
     def _detects(self, target: AttackTarget, text: str, ids: list[int]) -> bool:
