@@ -9,10 +9,16 @@ A `Discretization` turns a step count n into n noise levels sigma_0 > ... > sigm
   inference-time timestep spacings of Lin et al. 2024 ("Common Diffusion Noise Schedules
   and Sample Steps are Flawed", Table 2) exactly as diffusers' schedulers compute them.
 * `EDMDiscretization`: Karras et al. 2022, Eq. 5 (the rho-spaced schedule).
+
+`FlowMatchDiscretization` is the rectified-flow family (SD3, Flux): x = (1 - sigma) x0 +
+sigma eps with sigma in [0, 1]. A discretization says how its family noises data
+(`add_noise`) and how large the noise it starts from is (`prior_scale`), so samplers that
+step in terms of (x - D) / sigma (Euler, Heun) serve both families unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -20,7 +26,13 @@ import torch
 
 from .parameterization import sigma_from_alphas_cumprod
 
-__all__ = ["Discretization", "LegacyDDPMDiscretization", "EDMDiscretization"]
+__all__ = [
+    "Discretization",
+    "LegacyDDPMDiscretization",
+    "EDMDiscretization",
+    "FlowMatchDiscretization",
+    "calculate_shift",
+]
 
 _SPACINGS = ("trailing", "leading", "linspace")
 _BETA_SCHEDULES = ("scaled_linear", "linear")
@@ -53,6 +65,15 @@ class Discretization(ABC):
     @abstractmethod
     def get_sigmas(self, n: int) -> torch.Tensor:
         """The n noise levels in descending order, shape (n,), on the CPU."""
+
+    def prior_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
+        """The std of x at the first noise level for unit-variance data: unit Gaussian noise is
+        scaled by this to start sampling. x = x0 + sigma eps: sqrt(1 + sigma^2)."""
+        return torch.sqrt(1.0 + sigma_max**2)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x at noise level sigma (B,) for clean x0 and unit noise eps (B, ...): x0 + sigma eps."""
+        return x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * eps
 
 
 class EDMDiscretization(Discretization):
@@ -195,3 +216,87 @@ class LegacyDDPMDiscretization(Discretization):
         lo, hi = log_table[low], log_table[low + 1]
         w = ((log_sigma.reshape(-1) - lo) / (hi - lo)).clamp(0, 1)
         return (low + w).reshape(sigma.shape)
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """Flux's resolution-dependent shift mu: linear in the image's token count between
+    (base_seq_len, base_shift) and (max_seq_len, max_shift) (diffusers' ``calculate_shift``)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+class FlowMatchDiscretization(Discretization):
+    """Rectified flow (Liu et al. 2023; SD3, Esser et al. 2024; Flux): x = (1 - sigma) x0 + sigma eps.
+
+    The n sigmas are those of diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps``:
+    ``schedule="scheduler"`` (SD3's pipeline) spaces the timesteps linearly between the
+    scheduler's largest and smallest training sigma, ``schedule="linear"`` (Flux's pipeline)
+    takes linspace(1, 1/n, n); then the shift: static, sigma' = shift sigma / (1 + (shift - 1)
+    sigma) (SD3: shift 3), or resolution-dependent (Flux dev: ``use_dynamic_shifting``),
+    sigma' = e^mu / (e^mu + 1/sigma - 1) with mu from ``image_seq_len`` (`calculate_shift`).
+    Sampling starts from unit noise (sigma_max = 1), and the network's timestep is 1000 sigma
+    (`unlearn.diffusion.scalings.FlowScaling`).
+    """
+
+    _SCHEDULES = ("scheduler", "linear")
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        image_seq_len: int | None = None,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        schedule: str = "scheduler",
+    ):
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps: expected an integer >= 2, got {num_train_timesteps!r}")
+        if not shift > 0:
+            raise ValueError(f"shift: expected a number > 0, got {shift!r}")
+        if schedule not in self._SCHEDULES:
+            raise ValueError(f"schedule: expected one of {self._SCHEDULES}, got {schedule!r}")
+        if use_dynamic_shifting and (not isinstance(image_seq_len, int) or image_seq_len < 1):
+            raise ValueError(f"image_seq_len: dynamic shifting needs the image's token count, got {image_seq_len!r}")
+        self.num_train_timesteps, self.shift, self.schedule = num_train_timesteps, float(shift), schedule
+        self.use_dynamic_shifting = bool(use_dynamic_shifting)
+        self.mu = (
+            calculate_shift(image_seq_len, base_image_seq_len, max_image_seq_len, base_shift, max_shift)
+            if use_dynamic_shifting
+            else None
+        )
+        T = num_train_timesteps
+        train = np.linspace(1, T, T, dtype=np.float32)[::-1].copy() / T  # the scheduler's training sigmas
+        if not self.use_dynamic_shifting:
+            train = self.shift * train / (1 + (self.shift - 1) * train)
+        self.sigma_max, self.sigma_min = float(train[0]), float(train[-1])
+
+    def shifted(self, sigmas: np.ndarray) -> np.ndarray:
+        if self.use_dynamic_shifting:
+            return math.exp(self.mu) / (math.exp(self.mu) + (1 / sigmas - 1) ** 1.0)
+        return self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
+
+    def get_sigmas(self, n: int) -> torch.Tensor:
+        T = self.num_train_timesteps
+        if self.schedule == "linear":
+            sigmas = np.linspace(1.0, 1 / n, n).astype(np.float32)
+        else:
+            sigmas = np.linspace(self.sigma_max * T, self.sigma_min * T, n) / T
+        return torch.from_numpy(np.asarray(self.shifted(sigmas), dtype=np.float32))
+
+    def prior_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
+        """Sampling starts from unit noise: x = eps at sigma = 1."""
+        return torch.ones_like(sigma_max)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """(1 - sigma) x0 + sigma eps."""
+        s = sigma.reshape(-1, *[1] * (x0.ndim - 1))
+        return (1 - s) * x0 + s * eps

@@ -9,9 +9,12 @@ scaling                    c_skip              c_out                    c_in    
 `EpsScaling` (DDPM eps)    1                   -sigma                   1/sqrt(sigma^2+1)   sigma
 `VScaling` (v-prediction)  1/(sigma^2+1)       -sigma/sqrt(sigma^2+1)   1/sqrt(sigma^2+1)   sigma
 `EDMScaling`               sd^2/(sigma^2+sd^2) sigma sd/sqrt(s^2+sd^2)  1/sqrt(sigma^2+sd^2) log(sigma)/4
+`FlowScaling` (velocity)   1                   -sigma                   1                   T sigma
 =========================  ==================  =======================  ==================  ===============
 
-(Karras et al. 2022, Table 1; sd = sigma_data.) For eps and v models c_noise is sigma
+(Karras et al. 2022, Table 1; sd = sigma_data.) `FlowScaling` is for rectified-flow models
+(x = (1 - sigma) x0 + sigma eps, `FlowMatchDiscretization`) that predict the velocity
+v = eps - x0 at timestep T sigma (SD3, Flux): x0 = x - sigma v. For eps and v models c_noise is sigma
 itself: `DiscreteDenoiser` turns it into the DDPM timestep the network was trained on.
 c_in = 1/sqrt(1+sigma^2) is exactly diffusers' ``scale_model_input`` for Euler-type schedulers.
 """
@@ -22,7 +25,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-__all__ = ["Scaling", "EpsScaling", "VScaling", "EDMScaling", "VScalingWithEDMcNoise"]
+__all__ = ["Scaling", "EpsScaling", "VScaling", "EDMScaling", "VScalingWithEDMcNoise", "FlowScaling"]
 
 ScalingOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -80,3 +83,19 @@ class VScalingWithEDMcNoise(VScaling):
     def __call__(self, sigma: torch.Tensor) -> ScalingOutput:
         c_skip, c_out, c_in, _ = super().__call__(sigma)
         return c_skip, c_out, c_in, 0.25 * sigma.log()
+
+
+class FlowScaling(Scaling):
+    """Rectified flow's velocity v = eps - x0, at timestep ``num_train_timesteps`` sigma: D = x - sigma v.
+
+    Then (x - D) / sigma, what Euler and Heun step with, is v itself, so they integrate the flow
+    ODE dx/dsigma = v (diffusers' ``FlowMatchEulerDiscreteScheduler``).
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000):
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps: expected a positive integer, got {num_train_timesteps!r}")
+        self.num_train_timesteps = num_train_timesteps
+
+    def __call__(self, sigma: torch.Tensor) -> ScalingOutput:
+        return torch.ones_like(sigma), -sigma, torch.ones_like(sigma), self.num_train_timesteps * sigma

@@ -243,9 +243,10 @@ class DMD2Engine(ErasureEngine):
             raise ValueError("generator_inputs: without backward simulation a multi-step generator needs real images")
         k = (torch.randint(0, num, (n,)) if step is None else torch.full((n,), int(step))).to(self.device)
         sigma = sigmas[k]  # (n,)
-        x = real + sigma[:, None, None, None] * torch.randn_like(real)
+        discretization = self.student_sampler.discretization
+        x = discretization.add_noise(real, torch.randn_like(real), sigma)
         pure = (k == 0)[:, None, None, None]
-        return torch.where(pure, noise * (1 + sigmas[0] ** 2).sqrt(), x), sigma
+        return torch.where(pure, noise * discretization.prior_scale(sigmas[0]), x), sigma
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -259,7 +259,8 @@ class MaskErasureEngine(ErasureEngine):
                 uc_target = NegatedConceptCFG.stack_uc(uc, negated)
         sigmas = self._trajectory_sampler.get_sigmas(self.num_steps, device=self.device)
         noise = generation.seeded_noise([seeds[-1] + k for k in range(2 * n)], self.latent_shape, self.device)
-        x0 = noise * torch.sqrt(1.0 + sigmas[0] ** 2)  # (2n, C, H, W), shared by both trajectories
+        # (2n, C, H, W) at sigmas[0], shared by both trajectories
+        x0 = noise * self._trajectory_sampler.discretization.prior_scale(sigmas[0])
 
         with self.masks.disabled():
             target_step = self.trajectory_step(cond_target, uc_target, sigmas, seeds, self._target_sampler)

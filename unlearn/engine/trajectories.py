@@ -91,7 +91,7 @@ def sample_at_steps(
     order = torch.argsort(last, descending=True, stable=True)  # (P,)
     last_sorted, stops_sorted = last[order], stops[order]
     idx = order.to(noise.device)
-    x = noise[idx] * torch.sqrt(1.0 + sigmas[0] ** 2)  # x at sigmas[0]
+    x = noise[idx] * sampler.discretization.prior_scale(sigmas[0])  # x at sigmas[0]
     cond = {k: v[idx] if torch.is_tensor(v) else v for k, v in cond.items()}
     uc = None if uc is None else {k: v[idx] if torch.is_tensor(v) else v for k, v in uc.items()}
     out = torch.empty((x.shape[0], stops.shape[1], *x.shape[1:]), dtype=x.dtype, device=x.device)

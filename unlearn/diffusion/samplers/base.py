@@ -125,7 +125,8 @@ class Sampler(ABC):
         """Run steps start_step .. end_step - 1 and return x at sigmas[end_step].
 
         x: (B, C, H, W). With ``start_step == 0`` it is unit Gaussian noise and is scaled by
-        sqrt(1 + sigmas[0]^2) (the prior std of x = x0 + sigma eps for unit-variance data);
+        the discretization's ``prior_scale`` (sqrt(1 + sigmas[0]^2), the prior std of x = x0 + sigma eps
+        for unit-variance data; 1 for rectified flow);
         otherwise it is the current sample at sigmas[start_step]. ``end_step=None`` runs to
         the end (sigma 0: the final sample). Pass the same ``state`` dict to consecutive
         partial runs so multistep samplers keep their history. ``callback`` receives
@@ -142,7 +143,7 @@ class Sampler(ABC):
         noise_sampler = noise_sampler or default_noise_sampler(generator)
         state = {} if state is None else state
         if start_step == 0:
-            x = x * torch.sqrt(1.0 + sigmas[0] ** 2)
+            x = x * self.discretization.prior_scale(sigmas[0])
         for i in tqdm(range(start_step, end_step), disable=not self.verbose, desc=type(self).__name__):
             x = self.step(denoiser, x, i, sigmas, cond, uc, state, noise_sampler=noise_sampler)
             if callback is not None:
