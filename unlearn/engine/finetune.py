@@ -15,10 +15,15 @@ supplies what they share:
    trajectories in one batch and hands each out once; see `unlearn.engine.trajectories`).
 3. The prompt roles of an `ErasureBatch`: the concept's prompts (from ``concept`` and
    ``template``, `unlearn.data.prompts.concept_prompts`), the empty prompt, ``erase_from``
-   (x_t is then sampled from it) and ``preserve`` prompts, checked on the concept's x_t or on
-   their own trajectories (``preserve_source: own``).
+   (x_t is then sampled from it), ``preserve`` prompts, checked on the concept's x_t or on
+   their own trajectories (``preserve_source: own``), and, for objectives that use it
+   (``uses_anchor``: concept ablation), each concept prompt's ``anchor`` prompt
+   (`unlearn.data.anchors`): x_t is then sampled from the anchor prompts, the anchor of the
+   same prompt index as the concept prompt it stands in for.
 4. `export` writes ``erased.safetensors``: the changed parameters under diffusers UNet names
    (`unlearn.engine.export`), and with ``export_diffusers`` the whole UNet (``unet/``).
+   `SelectedTensors` holds this part (selection, frozen originals, export, ``as_original``),
+   shared with the closed-form editors' engine (`unlearn.engine.closed_form`).
 
 Training data is made here: `train_dataloader` yields iteration indices, so the method
 config sets ``data: null`` and ``lightning.trainer.max_steps`` is the number of iterations.
@@ -37,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unlearn.config import ConfigError, instantiate_from_config
+from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
 from unlearn.engine import generation
@@ -49,7 +55,7 @@ from unlearn.selection import ParameterSelector, selection_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FineTuneEngine"]
+__all__ = ["FineTuneEngine", "SelectedTensors"]
 
 PRESERVE_SOURCES: tuple[str, ...] = ("concept", "own")
 DEFAULT_TRAJECTORIES = {"target": "unlearn.engine.trajectories.TrajectoryPool"}
@@ -71,7 +77,68 @@ def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
-class FineTuneEngine(ErasureEngine):
+class SelectedTensors:
+    """The part of an engine that changes selected UNet tensors: their frozen originals, export.
+
+    Mixed into `ErasureEngine` subclasses (`FineTuneEngine`, `ClosedFormEngine`). After
+    `select_tensors`, ``selected`` holds the tensors' diffusers UNet names, ``teacher`` their
+    original values (`FrozenCopy`, saved in checkpoints), and `export` writes
+    ``erased.safetensors`` from them with the subclass's ``erased_metadata()`` (with
+    ``export_diffusers``, also the whole UNet).
+    """
+
+    export_name = "erased.safetensors"
+    export_diffusers = False
+
+    def select_tensors(self, selector: ParameterSelector, trainable: bool) -> int:
+        """Select ``selector``'s tensors (``requires_grad`` when ``trainable``), keep their originals;
+        return how many numbers they hold."""
+        root, prefix = selection_root(self.network)
+        self.selected = selector(root)  # diffusers UNet names
+        params = dict(self.network.named_parameters())
+        if trainable:
+            for name in self.selected:
+                params[prefix + name].requires_grad_(True)
+        self.teacher = FrozenCopy(self.network, [prefix + n for n in self.selected])
+        self._prefix = prefix
+        return sum(params[prefix + n].numel() for n in self.selected)
+
+    def erased_state_dict(self) -> dict[str, torch.Tensor]:
+        """The selected parameters under diffusers UNet names (detached, on the CPU)."""
+        params = dict(self.network.named_parameters())
+        return {n: params[self._prefix + n].detach().cpu().contiguous() for n in self.selected}
+
+    def erased_metadata(self) -> dict[str, Any]:
+        """String-able facts written into the export (method, concept, settings)."""
+        raise NotImplementedError
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write ``erased.safetensors`` (and ``unet/`` when ``export_diffusers``) to ``out_dir``."""
+        out_dir = Path(out_dir)
+        path = save_erased_weights(out_dir / self.export_name, self.erased_state_dict(), self.erased_metadata())
+        log.info("wrote %s (%d tensors)", path, len(self.selected))
+        if self.export_diffusers:
+            self.network.unet.save_pretrained(str(out_dir / "unet"))
+            log.info("wrote %s", out_dir / "unet")
+        return path
+
+    @contextlib.contextmanager
+    def as_original(self) -> Iterator[None]:
+        """The original values of the selected parameters, swapped in (and back out)."""
+        params = dict(self.network.named_parameters())
+        changed = {name: params[name].detach().clone() for name in self.teacher.names}
+        with torch.no_grad():
+            for name, value in self.teacher.tensors().items():
+                params[name].copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in changed.items():
+                    params[name].copy_(value)
+
+
+class FineTuneEngine(SelectedTensors, ErasureEngine):
     """A prediction-matching erasure method on any text-conditional `DiffusionEngine` model.
 
     Args (besides `DiffusionEngine`'s model arguments and ``seed``):
@@ -87,6 +154,11 @@ class FineTuneEngine(ErasureEngine):
         separator: splits ``concept`` (and ``preserve``) into several; null: one concept.
         template / prompt_templates / prompt_csv: concept → prompts (`unlearn.data.prompts`).
         erase_from: prompt c_from to erase the concept from (official ``--erase_from``).
+        anchor: for objectives that use anchor prompts (``uses_anchor``): the anchor concept(s),
+            one for all or one per concept (split by ``separator``); on the toy canvas a concept
+            of the same kind (None: the concept removed from each prompt), elsewhere the text that
+            replaces the concept phrase (required). anchor_prompts: the anchor prompts instead,
+            one per training prompt, in order.
         preserve: prompt(s) to keep. preserve_source: where they are checked: ``concept``
             (the erased concept's x_t) or ``own`` (x_t from their own frozen trajectories, a
             second trajectory source; doubles the sampling cost per iteration).
@@ -99,7 +171,6 @@ class FineTuneEngine(ErasureEngine):
 
     default_optimizer_config = {"target": "torch.optim.Adam", "params": {}}  # the ESD reference uses plain Adam
     network_follows_train_mode = True
-    export_name = "erased.safetensors"
 
     def __init__(
         self,
@@ -113,6 +184,8 @@ class FineTuneEngine(ErasureEngine):
         prompt_templates: Sequence[str] | None = None,
         prompt_csv: str | None = None,
         erase_from: str | None = None,
+        anchor: str | Sequence[str] | None = None,
+        anchor_prompts: Sequence[str] | None = None,
         preserve: str | Sequence[str] | None = None,
         preserve_source: str = "concept",
         preserve_step_range: Sequence[int] | None = None,
@@ -143,6 +216,8 @@ class FineTuneEngine(ErasureEngine):
         canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
         self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
         self.erase_from = erase_from
+        self.anchor = anchor
+        self.anchor_prompts = self._anchor_prompts(anchor, anchor_prompts, canvas)
         self.preserve = split_concepts(preserve, separator) if preserve else []
         if preserve_source not in PRESERVE_SOURCES:
             raise ConfigError(
@@ -188,14 +263,7 @@ class FineTuneEngine(ErasureEngine):
                 "with erase_from"
             )
 
-        root, prefix = selection_root(self.network)
-        self.selected = self.selector(root)  # diffusers UNet names
-        params = dict(self.network.named_parameters())
-        for name in self.selected:
-            params[prefix + name].requires_grad_(True)
-        self.teacher = FrozenCopy(self.network, [prefix + n for n in self.selected])
-        self._prefix = prefix
-        n_train = sum(params[prefix + n].numel() for n in self.selected)
+        n_train = self.select_tensors(self.selector, trainable=True)
         n_all = sum(p.numel() for p in self.network.parameters())
         log.info(
             "%s %s: training %d tensors, %d of %d network parameters (%.2f%%); %d prompt(s): %s",
@@ -210,6 +278,25 @@ class FineTuneEngine(ErasureEngine):
         )
 
     # ------------------------------------------------------------ components
+    def _anchor_prompts(
+        self, anchor: str | Sequence[str] | None, given: Sequence[str] | None, canvas: CanvasSpec | None
+    ) -> list[str] | None:
+        """Each training prompt's anchor prompt, for objectives that use them; None otherwise."""
+        if not self.objective.uses_anchor:
+            for key, value in (("anchor", anchor), ("anchor_prompts", given)):
+                if value is not None:
+                    raise ConfigError(
+                        f"model.params.{key}: {type(self.objective).__name__} does not use anchor prompts; "
+                        f"set {key}=null or use an objective that does (e.g. concept ablation)"
+                    )
+            return None
+        if self.erase_from is not None:
+            raise ConfigError(
+                "model.params.erase_from: with anchor prompts x_t come from the anchors' trajectories; "
+                "set erase_from=null"
+            )
+        return pair_anchor_prompts(self.prompts, self.concepts, anchor, given, self.separator, canvas)
+
     def _sampler_discretization(self) -> dict | None:
         base = self.sampler_config or {}
         return (base.get("params") or {}).get("discretization_config") or self.discretization_config
@@ -263,13 +350,18 @@ class FineTuneEngine(ErasureEngine):
                 }
                 if self.erase_from is not None:
                     self._cond_table["erase_from"] = self.conditioning_for([self.erase_from])
+                if self.anchor_prompts is not None:
+                    self._cond_table["anchor"] = self.conditioning_for(self.anchor_prompts)
                 if self.preserve:
                     self._cond_table["preserve"] = self.conditioning_for(self.preserve)
         return self._cond_table
 
     def _sampler_conds(self, prompt_idx: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
         table, zeros = self._conds(), torch.zeros_like(prompt_idx)
-        cond = _pick(table["erase_from"], zeros) if self.erase_from is not None else _pick(table["concept"], prompt_idx)
+        if self.erase_from is not None:
+            cond = _pick(table["erase_from"], zeros)
+        else:  # prompt i's anchor stands in for prompt i
+            cond = _pick(table["anchor" if self.anchor_prompts is not None else "concept"], prompt_idx)
         return cond, _pick(table["null"], zeros)
 
     def _preserve_sampler_conds(self, prompt_idx: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -306,6 +398,7 @@ class FineTuneEngine(ErasureEngine):
             preserve=preserve,
             preserve_x=preserve_x,
             preserve_sigma=preserve_sigma,
+            anchor=_pick(table["anchor"], traj.prompt) if self.anchor_prompts is not None else None,
         )
         if self.adversary is not None:
             batch.trained_concept, self._adversarial_rows = self.adversarial_rows(batch.concept)
@@ -336,11 +429,6 @@ class FineTuneEngine(ErasureEngine):
     def erased_concepts(self) -> list[str]:
         return list(self.concepts)
 
-    def erased_state_dict(self) -> dict[str, torch.Tensor]:
-        """The selected parameters under diffusers UNet names (detached, on the CPU)."""
-        params = dict(self.network.named_parameters())
-        return {n: params[self._prefix + n].detach().cpu().contiguous() for n in self.selected}
-
     def erased_metadata(self) -> dict[str, Any]:
         net = self.network
         sampler = self.pool.sampler
@@ -351,6 +439,7 @@ class FineTuneEngine(ErasureEngine):
             "separator": self.separator,
             "prompts": " | ".join(self.prompts),
             "erase_from": self.erase_from,
+            **self._anchor_metadata(),
             **self.objective.metadata(),
             "preserve": " | ".join(self.preserve),
             "preserve_source": self.preserve_source,
@@ -364,30 +453,10 @@ class FineTuneEngine(ErasureEngine):
             "network": type(getattr(net, "unet", net)).__name__,
         }
 
-    def export(self, out_dir: str | Path) -> Path:
-        """Write ``erased.safetensors`` (and ``unet/`` when ``export_diffusers``) to ``out_dir``."""
-        out_dir = Path(out_dir)
-        path = save_erased_weights(out_dir / self.export_name, self.erased_state_dict(), self.erased_metadata())
-        log.info("wrote %s (%d tensors)", path, len(self.selected))
-        if self.export_diffusers:
-            self.network.unet.save_pretrained(str(out_dir / "unet"))
-            log.info("wrote %s", out_dir / "unet")
-        return path
-
-    @contextlib.contextmanager
-    def as_original(self) -> Iterator[None]:
-        """The original values of the trained parameters, swapped in (and back out)."""
-        params = dict(self.network.named_parameters())
-        trained = {name: params[name].detach().clone() for name in self.teacher.names}
-        with torch.no_grad():
-            for name, value in self.teacher.tensors().items():
-                params[name].copy_(value)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, value in trained.items():
-                    params[name].copy_(value)
+    def _anchor_metadata(self) -> dict[str, Any]:
+        if self.anchor_prompts is None:
+            return {}
+        return {"anchor": self.anchor, "anchor_prompts": " | ".join(self.anchor_prompts)}
 
     @torch.no_grad()
     def log_images(self, batch: Any, n: int = 8) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Erasure and distillation objectives, one per file, each subclassing its role's contract
-in `unlearn.objectives.base`: `PredictionObjective` (ESD), `TrajectoryObjective`
+in `unlearn.objectives.base`: `PredictionObjective` (ESD, concept ablation), `TrajectoryObjective`
 (minimalist masks), `DistillationObjective` (DMD2)."""
 
+from unlearn.objectives.ablation import ConceptAblationObjective
 from unlearn.objectives.base import (
     Cond,
     DistillationObjective,
@@ -29,6 +30,7 @@ __all__ = [
     "batched_calls",
     "cat_conds",
     "repeat_batch",
+    "ConceptAblationObjective",
     "DMD2Objective",
     "ESDObjective",
     "MinimalistObjective",

@@ -8,7 +8,9 @@ returns an `ObjectiveOutput`: the loss and the named terms to log.
   compared with its frozen original (the *teacher*) on noisy latents x_t. Both come as eps
   predictors ``eps(x, sigma, cond) -> (B, C, H, W)`` (``Denoiser.predict_eps`` bound to a
   network), so objectives work on eps-, v- and x0-parameterised models alike; the engine
-  fills an `ErasureBatch` with the latents and the conditions of each prompt role.
+  fills an `ErasureBatch` with the latents and the conditions of each prompt role (an
+  objective that sets ``uses_anchor`` gets each concept prompt paired with its anchor prompt,
+  and x_t from the anchors' trajectories).
 * `TrajectoryObjective` (minimalist masks): compares the final latents of the masked and the
   original model's sampling trajectories, plus a regulariser on the masks.
 * `DistillationObjective` (DMD2): the scores of a frozen teacher and a trainable critic give
@@ -48,7 +50,8 @@ class ErasureBatch:
 
     Attributes:
         x: (B, C, H, W) noisy latents in sigma space (x = x0 + sigma * eps), from the frozen
-            model's trajectories of ``erase_from`` if given, else of ``concept``.
+            model's trajectories of ``erase_from`` if given, else of ``anchor`` if given, else
+            of ``concept``.
         sigma: (B,) their noise levels.
         concept: c, the prompt of the concept being erased.
         null: the empty prompt (the unconditional branch).
@@ -58,6 +61,9 @@ class ErasureBatch:
             checked on when they come from its own trajectories; None: on ``x`` and ``sigma``.
         trained_concept: what the trained model sees on the erase term when it differs from
             ``erase_from`` / ``concept`` (adversarial prompts), else None.
+        anchor: for objectives with ``uses_anchor``, the anchor prompt of each sample's concept
+            prompt (row i of ``anchor`` is the anchor of row i of ``concept``: "a striped circle"
+            -> "a dotted circle"), whose frozen trajectories ``x`` comes from; else None.
     """
 
     x: torch.Tensor
@@ -69,6 +75,7 @@ class ErasureBatch:
     preserve_x: torch.Tensor | None = None
     preserve_sigma: torch.Tensor | None = None
     trained_concept: Cond | None = None
+    anchor: Cond | None = None
 
     @property
     def erase_prompt(self) -> Cond:
@@ -99,9 +106,14 @@ class PredictionObjective(ABC):
 
     ``teacher`` is called without grad; ``student`` with grad. Implementations batch their
     prompt roles (`batched_calls`) so each model runs once per step.
+
+    ``uses_anchor``: the objective reads `ErasureBatch.anchor`; the engine then pairs every
+    concept prompt with its anchor prompt and samples x_t from the anchor prompts (and refuses
+    anchor settings for objectives without it).
     """
 
     name: str = ""
+    uses_anchor: bool = False
 
     @abstractmethod
     def __call__(self, student: EpsFn, teacher: EpsFn, batch: ErasureBatch) -> ObjectiveOutput: ...
