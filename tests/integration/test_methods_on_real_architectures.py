@@ -1,6 +1,7 @@
-"""ESD, minimalist masks and DMD2 on the real SD 1.x / SD 2.x / SDXL architectures (tiny random
-weights): each runs two steps through main.py, and what it exports loads back into a plain
-diffusers pipeline (``from_pretrained``, ``load_state_dict``) with the engine's outputs exactly."""
+"""ESD, concept ablation, UCE, minimalist masks and DMD2 on the real SD 1.x / SD 2.x / SDXL
+architectures (tiny random weights): each runs two steps (UCE its one edit) through main.py, and what
+it exports loads back into a plain diffusers pipeline (``from_pretrained``, ``load_state_dict``) with
+the engine's outputs exactly."""
 
 from __future__ import annotations
 
@@ -110,6 +111,64 @@ def test_esd_weights_merge_into_a_diffusers_pipeline(arch, tiny_pipelines, tmp_p
 
     exported = UNet2DConditionModel.from_pretrained(str(run / "unet"), local_files_only=True)
     assert _max_diff(_diffusers_out(exported, x, t, cond), ours) <= TOL
+
+
+def _check_kv_export_reloads(arch: str, folder: Path, run: Path) -> None:
+    """``erased.safetensors`` holds every cross-attention to_k/to_v, changed; loaded into the plain
+    diffusers UNet (``strict=False``) it gives the engine's outputs with the same file applied."""
+    from safetensors.torch import load_file
+
+    from unlearn.engine.loading import load_model
+
+    pipe = load_diffusers(arch, folder)
+    x, t, cond = _unet_inputs(pipe.unet)
+    original = _diffusers_out(pipe.unet, x, t, cond)
+    kv = {n for n, _ in pipe.unet.named_parameters() if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+    erased = load_file(str(run / "erased.safetensors"))
+    assert set(erased) == kv
+    missing, unexpected = pipe.unet.load_state_dict(erased, strict=False)
+    assert not unexpected and not set(missing) & kv
+    merged = _diffusers_out(pipe.unet, x, t, cond)
+    engine = load_model([_model_config(arch)], overrides=_overrides(folder), weights=run / "erased.safetensors")
+    assert _max_diff(merged, _network_out(engine.network, x, t, cond)) <= TOL
+    assert _max_diff(merged, original) > 1e-6  # the method changed the UNet
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_uce_edit_loads_into_a_diffusers_pipeline(arch, tiny_pipelines, tmp_path):
+    folder = tiny_pipelines[arch]
+    run = _run(
+        arch,
+        folder,
+        "uce",
+        tmp_path,
+        "concept=a cat;a red car",
+        "separator=;",
+        "preserve=a dog",
+        "lightning.trainer.max_steps=1",
+        "lightning.callbacks.toy_benchmark=null",
+    )
+    _check_kv_export_reloads(arch, folder, run)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_concept_ablation_weights_load_into_a_diffusers_pipeline(arch, tiny_pipelines, tmp_path):
+    folder = tiny_pipelines[arch]
+    run = _run(
+        arch,
+        folder,
+        "ca",
+        tmp_path,
+        "concept=cat",
+        "anchor=dog",
+        "template=object",
+        "ddim_steps=3",
+        "batch_size=1",
+        "lr=1e-3",
+        "prior_weight=1.0",
+        "lightning.callbacks.toy_benchmark=null",
+    )
+    _check_kv_export_reloads(arch, folder, run)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
