@@ -3,8 +3,8 @@
 #
 #   bash scripts/bench/toy_methods.sh [OUT_DIR]         # default scripts/bench/results/toy
 #
-# Runs ESD-x on a style, ESD-u on an object, minimalist masks on both, and DMD2 (4-step and
-# 1-step students of the ESD-x-erased model), then evaluates each result and the base model
+# Runs ESD-x on a style, ESD-u on an object, minimalist masks on both, the baselines (UCE and
+# concept ablation) on both, and DMD2 (4-step and 1-step students of the ESD-x-erased model), then evaluates each result and the base model
 # with the same command (`scripts/evaluate.py`: every (object, style) prompt, IMAGES images
 # each, seeds 0..IMAGES-1, the model's own sampler) and writes OUT_DIR/toy_methods.{json,md}.
 # Which concepts: unless STYLE / OBJECT are given, scripts/bench/pick_concepts.py picks them
@@ -26,6 +26,12 @@
 # table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
 # default: the one with the highest UA, the first listed on ties; a student can only stay
 # as erased as its teacher).
+# BASELINES (default "uce ca"; "" for none) are the methods every toolkit ships: UCE
+# (configs/methods/uce.yaml as it is: the closed-form edit, the other concepts of the erased kind
+# preserved) and concept ablation (configs/methods/ca.yaml, the concept removed from its prompts as
+# the anchor), on the style and on the object; CA runs once per CA_RUNS setting, "lr[@iterations]"
+# like ESD_RUNS (default "1.6e-5 1e-3": the official script's scaled rate and 100 steps first, then a
+# larger rate, as for ESD).
 # Every erased model is then attacked with each config of ATTACKS (default UnlearnDiffAtk; "" for
 # none) by scripts/attack.py: its concept's prompts, ATTACK_IMAGES (4) held-out seeds each, the
 # ASR before and after into OUT/attacks/<row>/<attack>/attack.json and the table.
@@ -41,6 +47,9 @@ MASK_VARIANTS=${MASK_VARIANTS:-paper budget}
 MASK_SEED=${MASK_SEED:-0}
 ESD_RUNS=${ESD_RUNS:-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
+BASELINES=${BASELINES-uce ca}
+CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
+CA_LR=1.6e-5 CA_ITERATIONS=100  # configs/methods/ca.yaml's lr and iterations (run names leave them out)
 MODEL=configs/models/toy_canvas.yaml
 PY=${PYTHON:-python}
 RUNS="$OUT/runs"
@@ -53,14 +62,15 @@ train() {  # train NAME CONFIG... -- runs main.py and prints the run directory
   ls -d "$RUNS"/*_"$name" | tail -1
 }
 done_() { [ -f "$OUT/eval/$1/metrics.json" ]; }
-# Run names carry the setting where it differs from esd_sd.py's: esd_x, esd_x_lr1e-3, esd_x_lr1e-3_it1000, ...
-lr_of() { echo "${1%@*}"; }  # a setting "lr[@iterations]"; iterations default to esd_sd.py's 200
-iterations_of() { if [ "$1" = "${1%@*}" ]; then echo 200; else echo "${1#*@}"; fi; }
-suffix_of() {
-  local lr iterations
-  lr=$(lr_of "$1"); iterations=$(iterations_of "$1")
-  [ "$lr" = 5e-5 ] || printf _lr%s "$lr"
-  [ "$iterations" = 200 ] || printf _it%s "$iterations"
+# Run names carry the setting where it differs from the method's defaults (esd_sd.py's 5e-5 and 200 for
+# ESD): esd_x, esd_x_lr1e-3, esd_x_lr1e-3_it1000, ...
+lr_of() { echo "${1%@*}"; }  # a setting "lr[@iterations]"
+iterations_of() { if [ "$1" = "${1%@*}" ]; then echo "${2:-200}"; else echo "${1#*@}"; fi; }  # SETTING [DEFAULT]
+suffix_of() {  # suffix_of SETTING [DEFAULT_LR DEFAULT_ITERATIONS]
+  local lr iterations default_lr=${2:-5e-5} default_iterations=${3:-200}
+  lr=$(lr_of "$1"); iterations=$(iterations_of "$1" "$default_iterations")
+  [ "$lr" = "$default_lr" ] || printf _lr%s "$lr"
+  [ "$iterations" = "$default_iterations" ] || printf _it%s "$iterations"
 }
 evaluate() {  # evaluate NAME [--concept C] [model args...]
   local name=$1; shift
@@ -129,6 +139,31 @@ params: {max_off_share: 0.05}}") ;;
       evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"
     fi
     attack "$name" "$concept" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors"
+  done
+done
+
+for baseline in $BASELINES; do
+  case "$baseline" in
+    uce) settings=(one) ;;  # a closed-form edit has no learning rate or iterations
+    ca) read -ra settings <<<"$CA_RUNS" ;;
+    *) echo "BASELINES: unknown baseline '$baseline' (uce | ca)" >&2; exit 2 ;;
+  esac
+  for kind in style object; do
+    concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
+    for setting in "${settings[@]}"; do
+      if [ "$baseline" = uce ]; then
+        name=uce_$kind; overrides=()
+      else
+        name=ca_$kind$(suffix_of "$setting" "$CA_LR" "$CA_ITERATIONS")
+        overrides=(lr="$(lr_of "$setting")" iterations="$(iterations_of "$setting" "$CA_ITERATIONS")")
+      fi
+      if ! done_ "$name"; then
+        timed "$name" train "${name}_$concept" "configs/methods/$baseline.yaml" concept="$concept" "${overrides[@]}" \
+          lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
+        evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
+      fi
+      attack "$name" "$concept" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors"
+    done
   done
 done
 

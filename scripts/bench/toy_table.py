@@ -23,9 +23,11 @@ from unlearn.atomic import atomic_write_text
 from unlearn.eval.metrics import metrics_against
 
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
-# DMD2's targets are relative to its teacher and are checked separately below. ESD rows
-# also come as <name>_lr<lr>[_it<iterations>] (toy_methods.sh's ESD_RUNS settings).
+# DMD2's targets are relative to its teacher and are checked separately below; the baselines
+# (UCE, concept ablation; issue 29) have none. ESD rows also come as <name>_lr<lr>[_it<iterations>]
+# (toy_methods.sh's ESD_RUNS settings), concept ablation rows likewise (CA_RUNS).
 ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS = "5e-5", 200
+CA_DEFAULT_LR, CA_DEFAULT_ITERATIONS = "1.6e-5", 100  # configs/methods/ca.yaml
 ROWS = [
     ("base", "base model (no erasure)", None, None),
     ("esd_x", "ESD-x (xattn)", "style", (90, 80, 90)),
@@ -34,15 +36,19 @@ ROWS = [
     ("masks_object", "minimalist masks", "object", (90, 80, 90)),
     ("masks_budget_style", "minimalist masks, binary, 5% cap in training", "style", (90, 80, 90)),
     ("masks_budget_object", "minimalist masks, binary, 5% cap in training", "object", (90, 80, 90)),
+    ("uce_style", "UCE (closed-form K/V edit)", "style", None),
+    ("uce_object", "UCE (closed-form K/V edit)", "object", None),
+    ("ca_style", "Concept Ablation (K/V)", "style", None),
+    ("ca_object", "Concept Ablation (K/V)", "object", None),
     ("dmd2_4step", "DMD2 4-step student of ESD-x", "style", None),
     ("dmd2_1step", "DMD2 1-step student of ESD-x", "style", None),
     # A DMD2 row <name><suffix> distilled the ESD-x row esd_x<suffix> (toy_methods.sh's ESD_TEACHER).
 ]
 
 
-def esd_setting(suffix: str) -> tuple[str, int]:
-    """``"_lr1e-3_it1000"`` -> ``("1e-3", 1000)``; a missing part is esd_sd.py's default."""
-    lr, iterations = ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS
+def esd_setting(suffix: str, defaults: tuple[str, int] = (ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS)) -> tuple[str, int]:
+    """``"_lr1e-3_it1000"`` -> ``("1e-3", 1000)``; a missing part is the method's default (esd_sd.py's)."""
+    lr, iterations = defaults
     for part in filter(None, suffix.split("_")):
         if part.startswith("lr"):
             lr = part[2:]
@@ -53,19 +59,28 @@ def esd_setting(suffix: str) -> tuple[str, int]:
     return lr, iterations
 
 
-def _label(method: str, suffix: str) -> str:
-    lr, iterations = esd_setting(suffix)
-    return f"{method}, lr {lr}" + ("" if iterations == ESD_DEFAULT_ITERATIONS else f", {iterations} it")
+def _defaults(name: str) -> tuple[str, int]:
+    return (
+        (CA_DEFAULT_LR, CA_DEFAULT_ITERATIONS) if name.startswith("ca_") else (ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS)
+    )
+
+
+def _label(method: str, suffix: str, defaults: tuple[str, int] = (ESD_DEFAULT_LR, ESD_DEFAULT_ITERATIONS)) -> str:
+    lr, iterations = esd_setting(suffix, defaults)
+    return f"{method}, lr {lr}" + ("" if iterations == defaults[1] else f", {iterations} it")
 
 
 def _expand(out: Path) -> list[tuple[str, str, str | None, tuple | None]]:
-    """ROWS with each ESD / DMD2 row followed by its setting variants found under ``out/eval``."""
+    """ROWS with each ESD / DMD2 / concept ablation row followed by its setting variants under ``out/eval``."""
     rows = []
     for name, method, kind, target in ROWS:
-        if name.startswith(("esd_", "dmd2_")):
+        if name.startswith(("esd_", "dmd2_", "ca_")):
+            defaults = _defaults(name)
             variants = [""] + [p.name[len(name) :] for p in (out / "eval").glob(f"{name}_*")]
-            order = sorted(variants, key=lambda sfx: (esd_setting(sfx)[1], float(esd_setting(sfx)[0])))
-            rows += [(name + sfx, _label(method, sfx), kind, target) for sfx in order]
+            order = sorted(
+                variants, key=lambda sfx: (esd_setting(sfx, defaults)[1], float(esd_setting(sfx, defaults)[0]))
+            )
+            rows += [(name + sfx, _label(method, sfx, defaults), kind, target) for sfx in order]
         else:
             rows.append((name, method, kind, target))
     return rows

@@ -122,3 +122,21 @@ def test_attack_results_join_their_rows_with_sample_sizes_and_intervals(tmp_path
         "| ESD-x (xattn), lr 1e-3, 1000 it | striped | unlearndiffatk | 8 | 960 | 123 | "
         "3.1 (n 32, 95% CI 0.6–15.7) | 25.0 (n 32, 95% CI 13.2–42.1) |"
     ) in md
+
+
+def test_baseline_rows_follow_the_masks_with_their_settings(tmp_path):
+    _metrics(tmp_path, "esd_x", UA=95.5, IRA=81.25, CRA=88.0, FD=12.0)
+    _metrics(tmp_path, "uce_style", UA=90.0, IRA=60.0, CRA=50.0, FD=20.0)
+    _metrics(tmp_path, "uce_object", UA=80.0, IRA=40.0, CRA=35.0, FD=21.0)
+    _metrics(tmp_path, "ca_style", UA=60.5, IRA=96.0, CRA=92.75, FD=9.0)
+    _metrics(tmp_path, "ca_style_lr1e-3_it400", UA=88.0, IRA=90.0, CRA=91.0, FD=10.0)
+    (tmp_path / "times.txt").write_text("uce_style 4\nca_style 300\n")
+    _table().main([str(tmp_path), "--style", "striped", "--object", "circle", "--images", "4"])
+    rows = {r["name"]: r for r in json.loads((tmp_path / "toy_methods.json").read_text())["rows"]}
+    assert list(rows) == ["esd_x", "uce_style", "uce_object", "ca_style", "ca_style_lr1e-3_it400"]
+    assert rows["uce_object"]["concept"] == "circle" and rows["uce_style"]["train_s"] == 4
+    assert rows["ca_style"]["method"] == "Concept Ablation (K/V), lr 1.6e-5"  # configs/methods/ca.yaml's defaults
+    assert rows["ca_style_lr1e-3_it400"]["method"] == "Concept Ablation (K/V), lr 1e-3, 400 it"
+    md = (tmp_path / "toy_methods.md").read_text()
+    assert "| UCE (closed-form K/V edit) | striped | 90.0 | 60.0 | 50.0 | 20.0 | 80.0 | 90.0 | 72.0 | 4 |  |" in md
+    assert "| Concept Ablation (K/V), lr 1.6e-5 | striped | 60.5 | 96.0 | 92.8 |" in md
