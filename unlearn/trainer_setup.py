@@ -40,7 +40,10 @@ _TRAINER_INTS = {
 _CHECKPOINT_INTS = {"every_n_train_steps": (0, True), "every_n_epochs": (0, True), "save_top_k": (-1, False)}
 # Callbacks every run gets; `lightning.callbacks.<name>` in a config or an override sets their params
 # (lightning.callbacks.non_finite.params.policy=skip) or switches one off (lightning.callbacks={non_finite: null}).
-DEFAULT_CALLBACKS = {"non_finite": {"target": "unlearn.callbacks.NonFiniteLoss", "params": {"policy": "stop"}}}
+DEFAULT_CALLBACKS = {
+    "non_finite": {"target": "unlearn.callbacks.NonFiniteLoss", "params": {"policy": "stop"}},
+    "resources": {"target": "unlearn.callbacks.ResourceUsage"},
+}
 
 
 def with_defaults(config: DictConfig) -> DictConfig:

@@ -3,7 +3,8 @@
     python scripts/bench/toy_table.py OUT_DIR --style striped --object circle --images 4
 
 Reads ``OUT_DIR/eval/<name>/metrics.json`` (written by ``scripts/evaluate.py``),
-``OUT_DIR/times.txt`` (training seconds per method) and the masks files' metadata, and
+``OUT_DIR/times.txt`` (training seconds per method), each run's ``resources.json`` (its peak
+memory: the CUDA peak on a GPU, else the process's peak resident memory) and the masks files' metadata, and
 writes ``OUT_DIR/toy_methods.json`` and ``OUT_DIR/toy_methods.md``. Nothing is computed
 here beyond copying the figures and the issues' targets beside them.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from safetensors import safe_open
 
 from unlearn.atomic import atomic_write_text
+from unlearn.callbacks.resources import RESOURCES_FILE
 from unlearn.eval.metrics import metrics_against
 
 # (row name, method, which concept, target UA, IRA, CRA) — targets from issues 5 and 6;
@@ -125,6 +127,17 @@ def _off_share(run_file: Path) -> float | None:
     return 100 * float(meta["off_share"]) if "off_share" in meta else None
 
 
+def _peak_mb(run_file: Path) -> float | None:
+    """The peak memory of the run ``run_file`` names, from the run's ``resources.json``; None for a run
+    without one (trained before runs recorded it)."""
+    if not run_file.is_file():
+        return None
+    usage = _load(Path(run_file.read_text().strip()) / RESOURCES_FILE)
+    if usage is None:
+        return None
+    return usage["peak_cuda_mb"] if usage.get("peak_cuda_mb") is not None else usage["peak_rss_mb"]
+
+
 def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
     times = {}
     if (out / "times.txt").is_file():
@@ -144,6 +157,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
             "concept": concept,
             **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
             "train_s": times.get(name),
+            "peak_mb": _peak_mb(out / f"{name}.run"),
             "target": target,
         }
         if name.startswith("masks_"):
@@ -172,16 +186,18 @@ def markdown(result: dict[str, Any], images: int) -> str:
         f"Toy world, {images} images per (object, style) prompt, judged by checkpoints/toy/judge.safetensors.",
         f"Erased concepts: style `{result['style']}`, object `{result['object']}`.",
         "",
-        "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | target UA/IRA/CRA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | concept | UA | IRA | CRA | FD | object acc | style acc | joint acc | train s | peak MB "
+        "| target UA/IRA/CRA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         target = "/".join(f"≥{t}" for t in r["target"]) if r["target"] else ""
         extra = f" ({_fmt(r['off_pct'])}% off)" if r.get("off_pct") is not None else ""
+        peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
         lines.append(
             f"| {r['method']}{extra} | {r['concept'] or ''} | {_fmt(r['UA'])} | {_fmt(r['IRA'])} | "
             f"{_fmt(r['CRA'])} | {_fmt(r['FD'])} | {_fmt(r['object_acc'])} | {_fmt(r['style_acc'])} | "
-            f"{_fmt(r['joint_acc'])} | {r['train_s'] if r['train_s'] is not None else ''} | {target} |"
+            f"{_fmt(r['joint_acc'])} | {r['train_s'] if r['train_s'] is not None else ''} | {peak} | {target} |"
         )
     lines += [
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,17 @@ def test_run_directory_layout(trained_run: Path):
     assert "max_steps: 4" in lightning_cfg[0].read_text()
     # The image logger writes a sample grid at the end of training.
     assert list((trained_run / "images" / "train").glob("samples_gs-000004.png"))
+    # The resources callback, a default of every run, records the fit's time and peak memory.
+    usage = json.loads((trained_run / "resources.json").read_text())
+    assert usage["steps"] == 4 and usage["device"] == "cpu" and usage["peak_cuda_mb"] is None
+    assert 0 < usage["fit_s"] < 600 and 100 < usage["peak_rss_mb"] < 24 * 1024
+
+
+def test_an_interrupted_run_writes_no_resources_file(logdir: Path):
+    cb = "lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, params: {step: 2}}"
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        train(logdir, "lightning.trainer.max_steps=10", cb)
+    assert not (next(logdir.iterdir()) / "resources.json").exists()  # a partial fit's figures would mislead
 
 
 def test_last_ckpt_holds_the_final_step_between_periodic_saves(tmp_path: Path):

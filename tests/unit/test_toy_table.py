@@ -44,6 +44,11 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     run.mkdir(parents=True)
     save_file({"x": torch.ones(1)}, str(run / "masks.safetensors"), metadata={"off_share": "0.0425"})
     (tmp_path / "masks_style.run").write_text(f"{run}\n")
+    (run / "resources.json").write_text(json.dumps({"peak_rss_mb": 812.4, "peak_cuda_mb": None}))
+    cuda_run = tmp_path / "runs" / "e"
+    cuda_run.mkdir()
+    (cuda_run / "resources.json").write_text(json.dumps({"peak_rss_mb": 3000.0, "peak_cuda_mb": 1500.6}))
+    (tmp_path / "esd_x.run").write_text(f"{cuda_run}\n")
     (tmp_path / "times.txt").write_text("esd_x 61\nmasks_style 240\n")
 
     _table().main([str(tmp_path), "--style", "striped", "--object", "circle", "--images", "4"])
@@ -64,6 +69,12 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     ]
     assert rows["esd_x"]["UA"] == 95.5 and rows["esd_x"]["concept"] == "striped" and rows["esd_x"]["train_s"] == 61
     assert rows["masks_style"]["off_pct"] == pytest.approx(4.25)
+    # peak memory: the CUDA peak where the run had one, else the resident peak; none without resources.json
+    assert (rows["esd_x"]["peak_mb"], rows["masks_style"]["peak_mb"], rows["esd_x_lr2e-4"]["peak_mb"]) == (
+        1500.6,
+        812.4,
+        None,
+    )
     # the base against each erased concept, from its per-concept accuracies
     assert result["before"]["style"] == pytest.approx({"UA": 5.0, "IRA": 91.0, "CRA": 82.0})
     assert result["before"]["object"] == pytest.approx({"UA": 20.0, "IRA": 84.0, "CRA": 92.333333})
@@ -72,7 +83,8 @@ def test_table_rows_figures_and_teacher_ratios(tmp_path):
     assert "| ESD-x (xattn), lr 1e-3, 1000 it | striped | 100.0 | 82.5 |" in md
     assert "| ESD-x (xattn), lr 5e-5, 1000 it | striped | 50.0 | 90.0 |" in md
     assert (
-        "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | ≥90/≥80/≥90 |"
+        "| ESD-x (xattn), lr 5e-5 | striped | 95.5 | 81.2 | 88.0 | 12.0 | 80.0 | 90.0 | 72.0 | 61 | 1501 "
+        "| ≥90/≥80/≥90 |"
     ) in md
     assert "| minimalist masks (4.2% off) | striped |" in md
     # Each student is compared with the ESD-x run of its own setting.

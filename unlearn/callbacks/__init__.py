@@ -1,10 +1,12 @@
 """Lightning callbacks: a method's exports and toy benchmark, image logging, a `last.ckpt` kept
-current at the end of training and on interrupt, and a stop (or skip) at a non-finite loss."""
+current at the end of training and on interrupt, a stop (or skip) at a non-finite loss, and the
+run's time and peak memory."""
 
 from unlearn.callbacks.export import ExportArtifacts
 from unlearn.callbacks.image_logger import ImageLogger, save_grid
 from unlearn.callbacks.last_checkpoint import CheckpointAtTrainEnd, CheckpointOnException
 from unlearn.callbacks.non_finite import NonFiniteLoss, NonFiniteLossError
+from unlearn.callbacks.resources import ResourceUsage
 from unlearn.callbacks.toy_benchmark import ToyBenchmark
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "ImageLogger",
     "NonFiniteLoss",
     "NonFiniteLossError",
+    "ResourceUsage",
     "ToyBenchmark",
     "save_grid",
 ]
