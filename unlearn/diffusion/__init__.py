@@ -3,10 +3,17 @@ guiders and samplers, in the sigma-space convention x = x0 + sigma * eps (k-diff
 """
 
 from .denoiser import Denoiser, DiscreteDenoiser
-from .discretization import Discretization, EDMDiscretization, LegacyDDPMDiscretization
+from .discretization import Discretization, EDMDiscretization, FlowMatchDiscretization, LegacyDDPMDiscretization
 from .guiders import Guider, IdentityGuider, NegatedConceptCFG, VanillaCFG
-from .loss import StandardDiffusionLoss
-from .loss_weighting import EDMWeighting, EpsWeighting, LossWeighting, UnitWeighting, VWeighting
+from .loss import FlowMatchingLoss, StandardDiffusionLoss
+from .loss_weighting import (
+    CosMapWeighting,
+    EDMWeighting,
+    EpsWeighting,
+    LossWeighting,
+    UnitWeighting,
+    VWeighting,
+)
 from .samplers import (
     DDIMSampler,
     DPMPP2MSampler,
@@ -15,8 +22,8 @@ from .samplers import (
     HeunSampler,
     Sampler,
 )
-from .scalings import EDMScaling, EpsScaling, Scaling, VScaling, VScalingWithEDMcNoise
-from .sigma_sampling import DiscreteSampling, EDMSampling, SigmaSampler
+from .scalings import EDMScaling, EpsScaling, FlowScaling, Scaling, VScaling, VScalingWithEDMcNoise
+from .sigma_sampling import DiscreteSampling, EDMSampling, LogitNormalSampling, SigmaSampler, UniformSampling
 
 __all__ = [
     "Denoiser",
@@ -24,16 +31,19 @@ __all__ = [
     "Discretization",
     "EDMDiscretization",
     "LegacyDDPMDiscretization",
+    "FlowMatchDiscretization",
     "Guider",
     "IdentityGuider",
     "NegatedConceptCFG",
     "VanillaCFG",
     "StandardDiffusionLoss",
+    "FlowMatchingLoss",
     "LossWeighting",
     "UnitWeighting",
     "EDMWeighting",
     "VWeighting",
     "EpsWeighting",
+    "CosMapWeighting",
     "Sampler",
     "EulerSampler",
     "EulerAncestralSampler",
@@ -45,7 +55,10 @@ __all__ = [
     "VScaling",
     "EDMScaling",
     "VScalingWithEDMcNoise",
+    "FlowScaling",
     "SigmaSampler",
     "DiscreteSampling",
     "EDMSampling",
+    "LogitNormalSampling",
+    "UniformSampling",
 ]

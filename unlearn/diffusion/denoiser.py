@@ -57,10 +57,23 @@ class Denoiser(nn.Module):
         self, network: Network, x: torch.Tensor, sigma: torch.Tensor | float, cond: Mapping[str, Any]
     ) -> torch.Tensor:
         """x: (B, C, H, W), sigma: (B,) (or a number) -> x0 estimate (B, C, H, W)."""
+        c_skip, c_out, c_in, c_noise = self._coefficients(x, sigma)
+        return x * c_skip + network(x * c_in, c_noise, cond) * c_out
+
+    def _coefficients(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        """(c_skip, c_out, c_in) each (B, 1, 1, 1) and the network's noise input c_noise (B,)."""
         sigma = self.quantize_sigma(_batch_sigma(sigma, x))  # (B,)
         c_skip, c_out, c_in, c_noise = self.scaling(append_dims(sigma, x.ndim))  # each (B, 1, 1, 1)
         c_noise = self.quantize_c_noise(c_noise.reshape(sigma.shape))  # (B,)
-        return x * c_skip + network(x * c_in, c_noise, cond) * c_out
+        return c_skip, c_out, c_in, c_noise
+
+    def network_output(
+        self, network: Network, x: torch.Tensor, sigma: torch.Tensor | float, cond: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """F(c_in x, c_noise, cond), the network's own prediction (the velocity under `FlowScaling`),
+        evaluated exactly as `forward` evaluates it; x: (B, C, H, W) -> (B, C, H, W)."""
+        _, _, c_in, c_noise = self._coefficients(x, sigma)
+        return network(x * c_in, c_noise, cond)
 
     def predict_eps(
         self, network: Network, x: torch.Tensor, sigma: torch.Tensor | float, cond: Mapping[str, Any]
