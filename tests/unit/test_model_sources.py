@@ -12,6 +12,16 @@ from unlearn.engine.sources import check_model_source, required_subfolders
 
 SD = ["unet", "text_encoder", "tokenizer", "vae"]
 SDXL = ["unet", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"]
+SD3 = [
+    "transformer",
+    "text_encoder",
+    "tokenizer",
+    "text_encoder_2",
+    "tokenizer_2",
+    "text_encoder_3",
+    "tokenizer_3",
+    "vae",
+]
 
 
 def _cfg(arch: str, *overrides: str):
@@ -30,7 +40,7 @@ def _fake_folder(root, subfolders, weights=True):
     return root
 
 
-@pytest.mark.parametrize("arch,layout", [("sd15", SD), ("sd21", SD), ("sdxl", SDXL)])
+@pytest.mark.parametrize("arch,layout", [("sd15", SD), ("sd21", SD), ("sdxl", SDXL), ("sd3", SD3)])
 def test_layout_is_read_off_the_config(arch, layout):
     assert sorted(required_subfolders(load_config(f"configs/models/{arch}.yaml"))) == sorted(layout)
 
@@ -90,6 +100,27 @@ def test_single_file_needs_a_local_config_folder(tmp_path):
     notes.write_text("x")
     with pytest.raises(ConfigError, match="is a file but not a checkpoint"):
         check_model_source(_cfg("sd21", f"model_path={notes}"))
+
+
+def test_sd3_errors_name_its_layout(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model_path='stabilityai/stable-diffusion-3-medium-diffusers' looks like a Hugging Face Hub id, but "
+        r"unlearn never downloads. Pass a local copy: a local diffusers folder with transformer/, text_encoder/, "
+        r"tokenizer/, text_encoder_2/, tokenizer_2/, text_encoder_3/, tokenizer_3/, vae/",
+    ):
+        check_model_source(_cfg("sd3", "model_path=stabilityai/stable-diffusion-3-medium-diffusers"))
+    root = _fake_folder(tmp_path / "sd3", [s for s in SD3 if s != "text_encoder_3"])
+    with pytest.raises(FileNotFoundError, match=r"lacks text_encoder_3/config.json. Expected"):
+        check_model_source(_cfg("sd3", f"model_path={root}"))
+    _fake_folder(tmp_path / "sd3", ["text_encoder_3"])
+    check_model_source(_cfg("sd3", f"model_path={root}"))  # complete: no error
+    ckpt = tmp_path / "sd3_medium_incl_clips_t5xxlfp16.safetensors"
+    ckpt.write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match=r"single checkpoint file, but this model config loads from a local diffusers folder only"
+    ):
+        check_model_source(_cfg("sd3", f"model_path={ckpt}"))
 
 
 def test_configs_without_model_path_are_left_alone():

@@ -1,4 +1,4 @@
-"""Conditioning: `GeneralConditioner` and its embedders (CLIP, OpenCLIP, class, size).
+"""Conditioning: `GeneralConditioner` and its embedders (CLIP, OpenCLIP, T5, class, size).
 
 Heavy dependencies (transformers, open_clip) are imported only when an embedder is built.
 """
@@ -9,6 +9,7 @@ from .embedders import (
     CLIPTextEmbedder,
     OpenCLIPTextEmbedder,
     SizeConditionEmbedder,
+    T5TextEmbedder,
 )
 from .general import GeneralConditioner
 from .tokenizer import build_clip_tokenizer
@@ -20,5 +21,6 @@ __all__ = [
     "GeneralConditioner",
     "OpenCLIPTextEmbedder",
     "SizeConditionEmbedder",
+    "T5TextEmbedder",
     "build_clip_tokenizer",
 ]

@@ -10,11 +10,16 @@ Built like sgm's conditioner: ``emb_models`` is a list of blocks, each a ``targe
       ucg_rate: 0.1             # classifier-free-guidance dropout while training
       legacy_ucg_value: ""      # replace dropped inputs by this; None: zero the output
       output_key: null          # route by ndim; or a key; or one key per output
+      join: channels            # or tokens: append along the token axis (below)
 
 Routing: an output of ndim 2 goes to ``"vector"``, 3 to ``"crossattn"``, 4 to
 ``"concat"``, unless ``output_key`` names the key (SDXL: ``"text_embeds"``,
 ``"time_ids"``). Outputs that share a key are concatenated in embedder order: along
-dim 1 for ``"concat"`` (channels), along the last dim for every other key.
+dim 1 for ``"concat"`` (channels), along the last dim for every other key. An embedder with
+``join: tokens`` instead appends its (B, L, D) output to what the earlier ones gave along the
+token axis (dim 1), zero-padding the narrower on channels: SD3's joint text tokens, CLIP-L and
+CLIP-G side by side (77 tokens, 2048 channels) padded to T5's 4096 and followed by T5's tokens,
+as ``StableDiffusion3Pipeline.encode_prompt`` builds them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import instantiate_from_config
@@ -36,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_DIM2KEYS = {2: "vector", 3: "crossattn", 4: "concat"}
 KEY2CATDIM = {"concat": 1}  # every other key concatenates along the last dim
-_CONDITIONER_KEYS = ("input_key", "input_keys", "is_trainable", "ucg_rate", "legacy_ucg_value", "output_key")
+_CONDITIONER_KEYS = ("input_key", "input_keys", "is_trainable", "ucg_rate", "legacy_ucg_value", "output_key", "join")
+_JOINS = ("channels", "tokens")
 
 
 def _build_embedder(entry: Any, index: int) -> AbstractEmbModel:
@@ -73,7 +80,30 @@ def _build_embedder(entry: Any, index: int) -> AbstractEmbModel:
     if entry.get("output_key") is not None:
         out_key = entry["output_key"]
         embedder.output_key = str(out_key) if isinstance(out_key, str) else [str(k) for k in out_key]
+    join = entry.get("join", "channels")
+    if join not in _JOINS:
+        raise ValueError(f"{where}.join: expected one of {_JOINS}, got {join!r}")
+    embedder.join = str(join)
     return embedder
+
+
+def _cat_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, La, Da), (B, Lb, Db) -> (B, La + Lb, max(Da, Db)), each zero-padded on channels."""
+    if a.ndim != 3 or b.ndim != 3:
+        raise ValueError(f"join: tokens needs (B, L, D) outputs, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    width = max(a.shape[-1], b.shape[-1])
+    return torch.cat([F.pad(a, (0, width - a.shape[-1])), F.pad(b, (0, width - b.shape[-1]))], dim=1)
+
+
+def _join(key: str, parts: list[tuple[torch.Tensor, str]]) -> torch.Tensor:
+    """The outputs gathered under ``key``, joined in embedder order."""
+    dim = KEY2CATDIM.get(key, -1)
+    if all(join == "channels" for _, join in parts):
+        return torch.cat([emb for emb, _ in parts], dim=dim)
+    out = parts[0][0]
+    for emb, join in parts[1:]:
+        out = _cat_tokens(out, emb) if join == "tokens" else torch.cat([out, emb], dim=dim)
+    return out
 
 
 def _batch_size(value: Any) -> int:
@@ -201,12 +231,12 @@ class GeneralConditioner(nn.Module):
         ``generator`` (a CPU `torch.Generator`) seeds the ucg dropout draws.
         """
         force_zero = set(force_zero_embeddings or ())
-        gathered: dict[str, list[torch.Tensor]] = {}
+        gathered: dict[str, list[tuple[torch.Tensor, str]]] = {}
         for embedder in self.embedders:
             zero = any(key in force_zero for key in embedder.batch_keys)
             for key, emb in self._embed(embedder, batch, zero, generator):
-                gathered.setdefault(key, []).append(emb)
-        return {key: torch.cat(embs, dim=KEY2CATDIM.get(key, -1)) for key, embs in gathered.items()}
+                gathered.setdefault(key, []).append((emb, getattr(embedder, "join", "channels")))
+        return {key: _join(key, parts) for key, parts in gathered.items()}
 
     def get_unconditional_conditioning(
         self,

@@ -3,7 +3,8 @@
 The model configs (``configs/models/sd15.yaml``, ``sd21.yaml``, ``sdxl.yaml``) read their
 weights from one top-level key, ``model_path``: a local diffusers folder, or one original
 ``.safetensors``/``.ckpt`` file together with ``model_config``, a local diffusers folder
-holding the components' configs and tokenizers. Components refer to these keys by
+holding the components' configs and tokenizers (only configs that declare ``model_config``
+read single files; ``sd3.yaml`` does not). Components refer to these keys by
 interpolation (``pretrained_path: ${model_path}`` with ``subfolder: unet``), so the layout a
 config needs is read off the config itself. `check_model_source` checks all of it at once
 and names the key at fault, so a wrong path fails in a second, not after the UNet has loaded.
@@ -111,6 +112,12 @@ def check_model_source(cfg: DictConfig) -> None:
         return
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ConfigError(f"{MODEL_PATH}={raw!r} is a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    if MODEL_CONFIG not in cfg.keys():  # the config declares no single-file loading (SD3)
+        raise ConfigError(
+            f"{MODEL_PATH}={raw!r} is a single checkpoint file, but this model config loads from a local diffusers "
+            f"folder only: pass {MODEL_PATH}=<a local diffusers folder with {', '.join(f'{s}/' for s in subfolders)} "
+            "as save_pretrained writes it>"
+        )
     config_dir = cfg.get(MODEL_CONFIG)
     if not config_dir:
         raise ConfigError(

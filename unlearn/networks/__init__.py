@@ -1,4 +1,4 @@
-"""Networks: adapters over diffusers models, and first stages (identity, VAE)."""
+"""Networks: adapters over diffusers models (UNets, the SD3 transformer), and first stages (identity, VAE)."""
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.networks.first_stage import (
@@ -7,12 +7,15 @@ from unlearn.networks.first_stage import (
     IdentityFirstStage,
     PixelUnshuffleFirstStage,
 )
+from unlearn.networks.mmdit import DiffusersSD3Transformer, build_transformer
 from unlearn.networks.unet import DiffusersUNet, build_unet
 
 __all__ = [
     "DiffusionNetwork",
     "DiffusersUNet",
     "build_unet",
+    "DiffusersSD3Transformer",
+    "build_transformer",
     "FirstStage",
     "IdentityFirstStage",
     "PixelUnshuffleFirstStage",

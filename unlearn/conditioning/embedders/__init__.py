@@ -5,6 +5,7 @@ from .class_embedder import ClassEmbedder
 from .clip import CLIPTextEmbedder
 from .openclip import OpenCLIPTextEmbedder
 from .size import SizeConditionEmbedder
+from .t5 import T5TextEmbedder
 
 __all__ = [
     "AbstractEmbModel",
@@ -12,4 +13,5 @@ __all__ = [
     "CLIPTextEmbedder",
     "OpenCLIPTextEmbedder",
     "SizeConditionEmbedder",
+    "T5TextEmbedder",
 ]

@@ -30,6 +30,9 @@ class AbstractEmbModel(nn.Module, ABC):
         legacy_ucg_value: value that replaces a dropped input (``""`` for text); when
             None, dropout zeroes the embedding instead.
         output_key: None to route by ndim, a key, or one key per output.
+        join: how the outputs join those of earlier embedders under the same key:
+            ``"channels"`` (concatenated on channels, the default) or ``"tokens"``
+            (appended along the token axis, both zero-padded on channels to the wider).
     """
 
     def __init__(self) -> None:
@@ -40,6 +43,7 @@ class AbstractEmbModel(nn.Module, ABC):
         self.input_keys: list[str] | None = None
         self.legacy_ucg_value: Any = None
         self.output_key: str | list[str] | None = None
+        self.join: str = "channels"
 
     @property
     def batch_keys(self) -> list[str]:

@@ -1,0 +1,103 @@
+"""DiffusersSD3Transformer: the engine's network call shape over diffusers' SD3Transformer2DModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearn.diffusion.denoiser import Denoiser
+from unlearn.networks import DiffusersSD3Transformer
+
+TINY = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=8,
+    num_attention_heads=2,
+    joint_attention_dim=24,
+    caption_projection_dim=16,
+    pooled_projection_dim=12,
+    pos_embed_max_size=16,
+)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return DiffusersSD3Transformer(config=TINY).eval()
+
+
+def _inputs(batch=2):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 16, 8, 8, generator=g)
+    cond = {"crossattn": torch.randn(batch, 10, 24, generator=g), "vector": torch.randn(batch, 12, generator=g)}
+    return x, cond
+
+
+def test_forward_is_the_transformer_call(net):
+    x, cond = _inputs()
+    t = torch.tensor([250.0, 900.0])
+    with torch.no_grad():
+        ours = net(x, t, cond)
+        theirs = net.transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=cond["crossattn"], pooled_projections=cond["vector"]
+        ).sample
+        scalar = net(x, torch.tensor(250.0), cond)
+        other_text = net(x, t, {**cond, "vector": cond["vector"] + 1})
+    assert ours.shape == x.shape and torch.equal(ours, theirs)
+    assert torch.equal(scalar[0], ours[0])  # a 0-dim timestep is broadcast
+    assert not torch.allclose(other_text, ours)  # the pooled vector is used
+    assert net.in_channels == 16 and net.joint_attention_dim == 24
+
+
+def test_denoiser_passes_timestep_1000_sigma(net):
+    x, cond = _inputs()
+    sigma = torch.tensor([0.25, 0.9])
+    denoiser = Denoiser({"target": "unlearn.diffusion.scalings.FlowScaling"})
+    with torch.no_grad():
+        v = net(x, 1000 * sigma, cond)
+        torch.testing.assert_close(denoiser(net, x, sigma, cond), x - sigma.view(-1, 1, 1, 1) * v)
+        torch.testing.assert_close(denoiser.network_output(net, x, sigma, cond), v)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, cond = _inputs()
+    t = torch.tensor([100.0, 600.0])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        net = DiffusersSD3Transformer(config=TINY, gradient_checkpointing=checkpointing).train()
+        net(x, t, cond).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    assert grads[0].numel() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_half_weights_return_float32(net):
+    x, cond = _inputs(1)
+    half = DiffusersSD3Transformer(config=TINY)
+    half.load_state_dict(net.state_dict())
+    half.to(torch.bfloat16)
+    with torch.no_grad():
+        out, ref = half(x, torch.tensor([500.0]), cond), net(x, torch.tensor([500.0]), cond)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_loading_and_errors(net, tmp_path):
+    net.transformer.save_pretrained(tmp_path / "pipe" / "transformer")
+    loaded = DiffusersSD3Transformer(pretrained_path=str(tmp_path / "pipe"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(ValueError, match="exactly one of pretrained_path"):
+        DiffusersSD3Transformer()
+    with pytest.raises(FileNotFoundError, match="Hugging Face Hub id"):
+        DiffusersSD3Transformer(pretrained_path="stabilityai/stable-diffusion-3-medium-diffusers")
+    with pytest.raises(FileNotFoundError, match="has no transformer/config.json"):
+        DiffusersSD3Transformer(pretrained_path=str(tmp_path))
+    file = tmp_path / "sd3_medium.safetensors"
+    file.write_bytes(b"")
+    with pytest.raises(ValueError, match="single checkpoint file; SD3Transformer2DModel loads from a local diffusers"):
+        DiffusersSD3Transformer(pretrained_path=str(file))
+    x, cond = _inputs()
+    with pytest.raises(ValueError, match=r"needs cond\['vector'\]"):
+        net(x, torch.tensor(1.0), {"crossattn": cond["crossattn"]})

@@ -1,0 +1,120 @@
+"""Adapter over diffusers' `SD3Transformer2DModel` (MMDiT: Stable Diffusion 3 / 3.5).
+
+The transformer predicts the rectified-flow velocity at timestep 1000 sigma (the denoiser's
+`FlowScaling` passes that timestep), from two text inputs the conditioner makes (Esser et al.
+2024, Sec. 4, Fig. 2): the joint text tokens ``crossattn`` (B, L, joint_attention_dim) that share
+every attention with the image tokens, and the pooled vector ``vector`` (B, pooled_projection_dim)
+that modulates every block with the timestep.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.networks.base import DiffusionNetwork
+from unlearn.paths import resolve_local_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_transformer", "DiffusersSD3Transformer"]
+
+
+def build_transformer(
+    model_class: str,
+    pretrained_path: str | None = None,
+    subfolder: str | None = "transformer",
+    config: dict[str, Any] | None = None,
+    variant: str | None = None,
+):
+    """A diffusers transformer (``model_class``, e.g. ``"SD3Transformer2DModel"``) from one local source.
+
+    * ``pretrained_path``: a diffusers pipeline folder (``subfolder="transformer"``) or a
+      transformer folder, as ``save_pretrained`` writes them. Nothing is downloaded.
+    * ``config``: the model's config dict (random weights; tiny models).
+    """
+    import diffusers
+
+    cls = getattr(diffusers, model_class)
+    if (pretrained_path is None) == (config is None):
+        raise ValueError(
+            "network params: give exactly one of pretrained_path (a local diffusers folder) or config "
+            f"(a {model_class} config dict)"
+        )
+    if config is not None:
+        return cls(**dict(config))
+    expected = f"a diffusers folder with {subfolder or '.'}/config.json"
+    if Path(pretrained_path).expanduser().is_file():
+        raise ValueError(
+            f"pretrained_path={pretrained_path!r} is a single checkpoint file; {model_class} loads from a local "
+            f"diffusers folder only ({expected} and weights, as save_pretrained writes it)"
+        )
+    root = resolve_local_dir(pretrained_path, "pretrained_path", expected=expected)
+    sub = subfolder if subfolder and (root / subfolder).is_dir() else None
+    if not (root / (sub or "") / "config.json").is_file():
+        raise FileNotFoundError(
+            f"pretrained_path: {root} has no {subfolder or '.'}/config.json; expected a diffusers pipeline "
+            f"folder (transformer/, vae/, text_encoder/, ...) or a {model_class} folder saved with save_pretrained"
+        )
+    log.info("loading %s from %s (subfolder %s)", model_class, root, sub)
+    return cls.from_pretrained(str(root), subfolder=sub, local_files_only=True, variant=variant)
+
+
+class DiffusersSD3Transformer(DiffusionNetwork):
+    """`forward(x, t, cond)` over a diffusers `SD3Transformer2DModel`.
+
+    ``cond`` keys: ``crossattn`` → ``encoder_hidden_states`` (B, L, joint_attention_dim), the
+    joint text tokens (SD3: CLIP-L and CLIP-G penultimate states side by side, zero-padded to
+    T5's width, then T5's tokens); ``vector`` → ``pooled_projections`` (B, pooled_projection_dim),
+    the two CLIP pooled outputs side by side. ``t``: the timestep, 1000 sigma. Attention is
+    diffusers' joint SDPA processor.
+    """
+
+    def __init__(
+        self,
+        pretrained_path: str | None = None,
+        subfolder: str | None = "transformer",
+        config: dict[str, Any] | None = None,
+        variant: str | None = None,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.transformer = build_transformer("SD3Transformer2DModel", pretrained_path, subfolder, config, variant)
+        if gradient_checkpointing:
+            self.set_gradient_checkpointing(True)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def joint_attention_dim(self) -> int:
+        """Channels of the text tokens the transformer reads (T5-XXL's 4096 for SD3)."""
+        return int(self.transformer.config.joint_attention_dim)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.transformer.enable_gradient_checkpointing()
+        else:
+            self.transformer.disable_gradient_checkpointing()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        # x: (B, C, H, W); t: (B,) or scalar. Runs in the transformer's dtype, returns x's dtype.
+        for key in ("crossattn", "vector"):
+            if key not in cond:
+                raise ValueError(
+                    f"DiffusersSD3Transformer needs cond[{key!r}] (joint text tokens and the pooled vector); "
+                    f"the conditioner gave {sorted(cond)}"
+                )
+        out_dtype, dtype = x.dtype, self.transformer.dtype
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t,
+            encoder_hidden_states=cond["crossattn"].to(dtype),
+            pooled_projections=cond["vector"].to(dtype),
+            return_dict=False,
+        )[0].to(out_dtype)
