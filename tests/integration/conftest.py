@@ -18,6 +18,15 @@ def tiny_pipelines(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_pipeline(tmp_path_factory):
+    """A tiny random SD3 pipeline (MMDiT, CLIP-L/G + T5, 16-channel VAE) saved with save_pretrained."""
+    from tests.integration.tiny_pipelines import build_sd3
+
+    root = tmp_path_factory.mktemp("tiny_sd3")
+    return build_sd3(root / "sd3", root / "tokenizer_cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_engines(tiny_pipelines):
     """`load_model(configs/models/<arch>.yaml, model_path=<tiny folder>)` for each arch, with
     gradient checkpointing on (a no-op under no_grad). Shared: tests that change one copy it."""

@@ -1,4 +1,4 @@
-"""The engine built from configs/models/{sd15,sd21,sdxl}.yaml reproduces diffusers' pipelines.
+"""The engine built from configs/models/{sd15,sd21,sdxl,sd3}.yaml reproduces diffusers' pipelines.
 
 Each tiny pipeline folder is loaded twice, by ``load_model`` with ``model_path=<folder>`` and
 by ``StableDiffusion(XL)Pipeline.from_pretrained``; both sample from the same seeded latents
@@ -8,7 +8,8 @@ parameterization (eps / v) and the timesteps are wired as diffusers wires them.
 
 Schedulers: DDIMScheduler(set_alpha_to_one=True, clip_sample=False) <-> our DDIM and
 EulerDiscreteScheduler <-> our Euler, both with the real configs' timestep_spacing="leading",
-steps_offset=1 (see tests/unit/test_diffusion_samplers.py for why these match).
+steps_offset=1 (see tests/unit/test_diffusion_samplers.py for why these match). SD3 keeps its
+pipeline's FlowMatchEulerDiscreteScheduler (shift 3) <-> our Euler on FlowMatchDiscretization.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from tests.integration.tiny_pipelines import IMAGE_SIZE, load_diffusers
 from unlearn.engine import generation
@@ -46,9 +47,26 @@ def pipelines(tiny_pipelines):
     return {arch: load_diffusers(arch, folder) for arch, folder in tiny_pipelines.items()}
 
 
+@pytest.fixture(scope="module")
+def sd3(tiny_sd3_pipeline):
+    """(engine, pipeline) of the tiny SD3 folder."""
+    model = load_model(
+        ["configs/models/sd3.yaml"],
+        overrides=[f"model_path={tiny_sd3_pipeline}", f"model.params.image_size={IMAGE_SIZE}"],
+    )
+    return model, load_diffusers("sd3", tiny_sd3_pipeline)
+
+
+def _engine_and_pipeline(request, arch):
+    if arch == "sd3":  # built only when asked for: UNet-only runs build no SD3, and SD3-only runs no UNet
+        return request.getfixturevalue("sd3")
+    return request.getfixturevalue("engines")[arch], request.getfixturevalue("pipelines")[arch]
+
+
 def _diffusers(pipe, sampler, negative, noise, output_type):
-    cls, kw = SCHEDULERS[sampler]
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
+    if not isinstance(pipe, StableDiffusion3Pipeline):  # SD3 keeps its FlowMatchEulerDiscreteScheduler
+        cls, kw = SCHEDULERS[sampler]
+        pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
     # negative_prompt=None is diffusers' "no negative prompt" (zero embeddings for SDXL).
     out = pipe(
         PROMPT,
@@ -64,10 +82,12 @@ def _diffusers(pipe, sampler, negative, noise, output_type):
 
 
 @pytest.mark.parametrize("negative", ["", "blurry, low quality"])
-@pytest.mark.parametrize("sampler", ["ddim", "euler"])
-@pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])
-def test_sampling_matches_the_diffusers_pipeline(arch, sampler, negative, engines, pipelines):
-    model, pipe = engines[arch], pipelines[arch]
+@pytest.mark.parametrize(
+    ("arch", "sampler"),
+    [(arch, sampler) for arch in ("sd15", "sd21", "sdxl") for sampler in ("ddim", "euler")] + [("sd3", "euler")],
+)
+def test_sampling_matches_the_diffusers_pipeline(arch, sampler, negative, request):
+    model, pipe = _engine_and_pipeline(request, arch)
     ours_sampler = model.make_sampler(sampler, STEPS, GUIDANCE)
     latents = model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler, decode=False)
     images = (model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler) + 1) / 2
@@ -108,6 +128,76 @@ def test_conditioning_equals_encode_prompt(engines, pipelines):
     # A non-empty negative prompt is encoded, and mixed batches zero only the empty rows.
     mixed = model.unconditional_for(["", "blurry"])
     assert torch.count_nonzero(mixed["crossattn"][0]) == 0 and torch.count_nonzero(mixed["crossattn"][1]) > 0
+
+
+def test_sd3_conditioning_equals_encode_prompt(sd3):
+    """Joint text tokens (CLIP-L | CLIP-G zero-padded to T5's width, then T5) and the pooled pair."""
+    from tests.integration.tiny_pipelines import SD3_T5_TOKENS, SD3_T5_WIDTH
+
+    model, pipe = sd3
+    negative = "blurry, low quality"
+    with torch.no_grad():
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+            PROMPT, PROMPT, PROMPT, device="cpu", negative_prompt=negative, do_classifier_free_guidance=True
+        )
+        empty, _, empty_pooled, _ = pipe.encode_prompt("", "", "", device="cpu", do_classifier_free_guidance=False)
+    cond, uc, blank = (
+        model.conditioning_for([PROMPT]),
+        model.unconditional_for([negative]),
+        model.unconditional_for([""]),
+    )
+    assert cond["crossattn"].shape == (1, 77 + SD3_T5_TOKENS, SD3_T5_WIDTH) and cond["vector"].shape == (1, 16 + 32)
+    for ours, theirs in ((cond["crossattn"], embeds), (cond["vector"], pooled), (uc["crossattn"], neg)):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(uc["vector"], neg_pooled, atol=1e-6, rtol=0)
+    torch.testing.assert_close(blank["crossattn"], empty, atol=1e-6, rtol=0)  # "" is encoded, not zeroed
+    torch.testing.assert_close(blank["vector"], empty_pooled, atol=1e-6, rtol=0)
+    assert torch.count_nonzero(blank["crossattn"]) > 0
+    # the CLIP rows are zero beyond CLIP's 48 channels; T5's rows fill all 64
+    assert torch.count_nonzero(cond["crossattn"][:, :77, 48:]) == 0
+    assert (
+        torch.count_nonzero(cond["crossattn"][:, :77, :48]) > 0
+        and torch.count_nonzero(cond["crossattn"][:, 77:, 48:]) > 0
+    )
+
+
+def test_sd3_sample_script_writes_the_pipeline_image(tiny_sd3_pipeline, sd3, tmp_path):
+    """scripts/sample.py with configs/models/sd3.yaml: its PNG is the pipeline's image, rounded to 8 bits."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.scripts import load_script
+
+    steps, scale = 4, 5.0
+    written = load_script("sample.py").main(
+        [
+            "--config",
+            "configs/models/sd3.yaml",
+            "--set",
+            f"model_path={tiny_sd3_pipeline}",
+            f"model.params.image_size={IMAGE_SIZE}",
+            "--prompt",
+            PROMPT,
+            "--seed",
+            "11",
+            "--steps",
+            str(steps),
+            "--guidance-scale",
+            str(scale),
+            "--out",
+            str(tmp_path / "samples"),
+        ]
+    )
+    ours = np.asarray(Image.open(written[0]).convert("RGB"), dtype=np.float64)  # (H, W, 3) in 0..255
+    noise = generation.seeded_noise([11], (16, IMAGE_SIZE // 2, IMAGE_SIZE // 2))
+    pipe = sd3[1]
+    theirs = pipe(
+        PROMPT, num_inference_steps=steps, guidance_scale=scale, latents=noise, height=IMAGE_SIZE, width=IMAGE_SIZE,
+        output_type="np",
+    ).images[0] * 255  # fmt: skip
+    assert ours.shape == theirs.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert np.abs(ours - theirs).max() <= 0.5 + 255 * 1e-5  # 8-bit rounding of the same image
+    assert np.abs(ours - theirs).max() > 0 and ours.std() > 1  # a real picture, really quantized
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])

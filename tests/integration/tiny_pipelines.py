@@ -1,4 +1,4 @@
-"""Tiny random SD 1.x, SD 2.x and SDXL pipelines with the real architectures (not a test module).
+"""Tiny random SD 1.x, SD 2.x, SDXL and SD3 pipelines with the real architectures (not a test module).
 
 Each is a real diffusers pipeline, shrunk: the same component classes and wiring (CLIP text
 encoders with the full 49408-token vocabulary and the offline CLIP tokenizer, AutoencoderKL,
@@ -153,12 +153,85 @@ def build_sdxl(folder: Path, cache: Path) -> Path:
 
 BUILDERS = {"sd15": build_sd15, "sd21": build_sd21, "sdxl": build_sdxl}
 
+# SD3's joint text tokens: CLIP-L (16) and CLIP-G (32) side by side, zero-padded to T5's 64 channels.
+SD3_T5_WIDTH = 64
+SD3_T5_TOKENS = 256  # the pipeline's default max_sequence_length
+
+
+def build_sd3(folder: Path, cache: Path) -> Path:
+    """SD3 (MMDiT): two CLIP encoders with projection (pooled 16 + 32), a T5 encoder (64 channels,
+    the offline stand-in tokenizer), the 16-channel VAE with shift and scale, flow matching shift 3.
+    Not in BUILDERS: the UNet fixtures and their training recipe do not apply."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
+
+    torch.manual_seed(3)
+    t5_vocab = 300
+    pipe = StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(
+            sample_size=IMAGE_SIZE // 2,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=SD3_T5_WIDTH,
+            caption_projection_dim=16,
+            pooled_projection_dim=16 + 32,
+            pos_embed_max_size=16,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=4,
+            sample_size=IMAGE_SIZE,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(16, "quick_gelu", projection=16))),
+        tokenizer=_tokenizer(cache),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, "gelu", projection=32))),
+        tokenizer_2=_tokenizer(cache, pad_token="!"),
+        text_encoder_3=T5EncoderModel(
+            T5Config(
+                vocab_size=t5_vocab,
+                d_model=SD3_T5_WIDTH,
+                d_ff=128,
+                d_kv=16,
+                num_heads=4,
+                num_layers=2,
+                relative_attention_num_buckets=8,
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+            )
+        ),
+        tokenizer_3=build_t5_tokenizer(vocab_size=t5_vocab, extra_ids=0, max_length=512),
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
 
 def load_diffusers(arch: str, folder: Path):
     """The same folder through diffusers' own pipeline class, offline."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    cls = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(arch, StableDiffusionPipeline)
     pipe = cls.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe

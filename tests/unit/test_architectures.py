@@ -1,4 +1,4 @@
-"""The real SD 1.5 / SD 2.1 / SDXL architectures: parameter counts equal the published models'."""
+"""The real SD 1.5 / SD 2.1 / SDXL / SD3-medium architectures: parameter counts equal the published models'."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ PUBLISHED = {  # parameters of the released diffusers repos' components
     "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
     "sd21": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840},
     "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+    "sd3": {  # stable-diffusion-3-medium-diffusers: the "2B" MMDiT, CLIP-L/G with projections, T5-XXL encoder
+        "transformer": 2_028_328_000,
+        "vae": 83_819_683,
+        "text_encoder": 123_650_304,
+        "text_encoder_2": 694_659_840,
+        "text_encoder_3": 4_762_310_656,
+    },
 }
 
 
@@ -24,4 +31,15 @@ def test_parameter_counts_match_the_released_models(arch):
 
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="arch: expected one of"):
-        build_components("sd3")
+        build_components("sd9")
+
+
+def test_sd3_is_the_2b_mmdit_with_16_latent_channels():
+    with torch.device("meta"):
+        parts = build_components("sd3")
+    assert round(sum(p.numel() for p in parts["transformer"].parameters()) / 1e9, 2) == 2.03  # "SD3-medium, 2B"
+    assert parts["transformer"].config.joint_attention_dim == parts["text_encoder_3"].config.d_model == 4096
+    clip_width = parts["text_encoder"].config.hidden_size + parts["text_encoder_2"].config.hidden_size
+    pooled = parts["text_encoder"].config.projection_dim + parts["text_encoder_2"].config.projection_dim
+    assert clip_width == pooled == parts["transformer"].config.pooled_projection_dim == 2048
+    assert parts["vae"].config.latent_channels == parts["transformer"].config.in_channels == 16

@@ -1,17 +1,22 @@
-"""The real SD 1.5, SD 2.1 (768-v) and SDXL base architectures, for random-weight models.
+"""The real SD 1.5, SD 2.1 (768-v), SDXL base and SD3-medium architectures, for random-weight models.
 
 Speed and memory at real scale can be measured without downloading any weights, on random
 weights of the real architectures. The component configs are those of the released
-diffusers repos (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0);
-tests check the parameter counts against the published ones:
+diffusers repos (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0,
+stable-diffusion-3-medium-diffusers); tests check the parameter counts against the published ones:
 
-==========  ==============  ==========  ===================================================
-model       UNet            VAE         text encoder(s)
-==========  ==============  ==========  ===================================================
-SD 1.5      859,520,964     83,653,863  CLIP ViT-L/14 123,060,480
-SD 2.1      865,910,724     83,653,863  OpenCLIP ViT-H/14, 23 of 24 layers, 340,387,840
-SDXL base   2,567,463,684   83,653,863  CLIP ViT-L/14 + OpenCLIP bigG/14 694,659,840
-==========  ==============  ==========  ===================================================
+==========  ===================  ==========  ===================================================
+model       UNet / transformer   VAE         text encoder(s)
+==========  ===================  ==========  ===================================================
+SD 1.5      859,520,964          83,653,863  CLIP ViT-L/14 123,060,480
+SD 2.1      865,910,724          83,653,863  OpenCLIP ViT-H/14, 23 of 24 layers, 340,387,840
+SDXL base   2,567,463,684        83,653,863  CLIP ViT-L/14 + OpenCLIP bigG/14 694,659,840
+SD3-medium  MMDiT 2,028,328,000  83,819,683  CLIP ViT-L/14 with projection 123,650,304 + OpenCLIP
+                                             bigG/14 694,659,840 + T5-XXL encoder 4,762,310,656
+==========  ===================  ==========  ===================================================
+
+SD3's T5 tokenizer is the offline stand-in of `unlearn.conditioning.t5_tokenizer` (T5's
+SentencePiece vocabulary ships with no package here); the CLIP ones are the real vocabulary.
 
 `save_random_pipeline` writes such a model as a diffusers folder (``model_path`` of
 ``configs/models/<arch>.yaml``); ``scripts/make_random_model.py`` is its command line.
@@ -66,6 +71,19 @@ _VAE = dict(
     layers_per_block=2,
     latent_channels=4,
 )
+_T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_ff=10240,
+    d_kv=64,
+    num_heads=64,
+    num_layers=24,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    is_encoder_decoder=False,
+    tie_word_embeddings=False,
+)
 _SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -108,6 +126,34 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "text_encoders": [(_CLIP_L, False, "<|endoftext|>"), (_OPENCLIP_BIGG, True, "!")],
         "scheduler": ("EulerDiscreteScheduler", dict(_SD_BETAS, timestep_spacing="leading")),
     },
+    "sd3": {
+        "transformer": dict(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            caption_projection_dim=1536,
+            pooled_projection_dim=2048,
+            pos_embed_max_size=192,
+        ),
+        "vae": dict(
+            _VAE,
+            latent_channels=16,
+            sample_size=1024,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            force_upcast=True,
+        ),
+        "text_encoders": [(_CLIP_L, True, "<|endoftext|>"), (_OPENCLIP_BIGG, True, "!")],
+        "t5": _T5_XXL,
+        "scheduler": ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0)),
+    },
 }
 
 
@@ -118,24 +164,32 @@ def _architecture(arch: str) -> dict[str, Any]:
 
 
 def build_components(arch: str) -> dict[str, Any]:
-    """UNet, VAE and text encoder(s) of ``arch`` with random weights, on the current default
-    device (``with torch.device("meta"):`` builds them without memory)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """UNet (or SD3's transformer), VAE and text encoder(s) of ``arch`` with random weights, on the
+    current default device (``with torch.device("meta"):`` builds them without memory)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     spec = _architecture(arch)
-    parts: dict[str, Any] = {"unet": UNet2DConditionModel(**spec["unet"]), "vae": AutoencoderKL(**spec["vae"])}
+    parts: dict[str, Any] = {}
+    if "unet" in spec:
+        parts["unet"] = UNet2DConditionModel(**spec["unet"])
+    if "transformer" in spec:
+        parts["transformer"] = SD3Transformer2DModel(**spec["transformer"])
+    parts["vae"] = AutoencoderKL(**spec["vae"])
     for i, (config, with_projection, _) in enumerate(spec["text_encoders"]):
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = cls(CLIPTextConfig(**config))
+    if "t5" in spec:
+        parts[f"text_encoder_{len(spec['text_encoders']) + 1}"] = T5EncoderModel(T5Config(**spec["t5"]))
     return parts
 
 
 def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Write a random-weight ``arch`` model as a diffusers pipeline folder; returns the folder."""
     import diffusers
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
     from unlearn.conditioning.tokenizer import build_clip_tokenizer
 
     spec = _architecture(arch)
@@ -143,9 +197,13 @@ def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: to
     parts = {k: v.to(dtype) for k, v in build_components(arch).items()}
     for i, (_, _, pad) in enumerate(spec["text_encoders"]):
         parts["tokenizer" if i == 0 else f"tokenizer_{i + 1}"] = build_clip_tokenizer(max_length=77, pad_token=pad)
+    if "t5" in spec:
+        parts[f"tokenizer_{len(spec['text_encoders']) + 1}"] = build_t5_tokenizer(max_length=512)
     name, kwargs = spec["scheduler"]
     parts["scheduler"] = getattr(diffusers, name)(**kwargs)
-    if arch == "sdxl":
+    if arch == "sd3":
+        pipe = StableDiffusion3Pipeline(**parts)
+    elif arch == "sdxl":
         pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
     else:
         pipe = StableDiffusionPipeline(
