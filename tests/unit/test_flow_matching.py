@@ -92,3 +92,37 @@ def test_euler_with_cfg_equals_diffusers_flow_match_euler(params):
         v_u, v_c = _velocity_net(x, tt, uc), _velocity_net(x, tt, cond)
         x = scheduler.step(v_u + scale * (v_c - v_u), t, x).prev_sample
     assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()
+
+
+@pytest.mark.parametrize(
+    "target", ["DDIMSampler", "DPMPP2MSampler", "EulerAncestralSampler"], ids=["ddim", "dpmpp_2m", "euler_a"]
+)
+def test_variance_exploding_samplers_refuse_rectified_flow(target):
+    from unlearn.config import instantiate_from_config
+
+    flow = {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": SD3}
+    with pytest.raises(ValueError, match=f"{target} steps x = x0 \\+ sigma eps, not the rectified flow"):
+        instantiate_from_config(
+            {"target": f"unlearn.diffusion.samplers.{target}", "params": {"discretization_config": flow}}
+        )
+    with pytest.raises(ValueError, match="s_churn: churn adds variance-exploding noise"):
+        EulerSampler(flow, num_steps=4, s_churn=1.0)
+    ddpm = {"target": "unlearn.diffusion.discretization.LegacyDDPMDiscretization"}
+    instantiate_from_config(
+        {"target": f"unlearn.diffusion.samplers.{target}", "params": {"discretization_config": ddpm}}
+    )
+
+
+@pytest.mark.parametrize("sampler", ["EulerSampler", "HeunSampler"])
+def test_euler_and_heun_follow_a_straight_flow_exactly(sampler):
+    """With the oracle velocity of one (x0, eps) pair the flow is a straight line: both land on x0."""
+    from unlearn.diffusion import samplers
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    run = getattr(samplers, sampler)(
+        {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": SD3}, num_steps=5
+    )
+    denoiser = Denoiser({"target": "unlearn.diffusion.scalings.FlowScaling"})
+    out = run(lambda x, s, c: denoiser(lambda x_in, t, cc: eps - x0, x, s, c), eps, {})
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)

@@ -245,6 +245,8 @@ class FlowMatchDiscretization(Discretization):
     """
 
     _SCHEDULES = ("scheduler", "linear")
+    #: Samplers that step x = x0 + sigma eps (DDIM, DPM++ 2M, Euler ancestral) refuse this schedule.
+    rectified_flow = True
 
     def __init__(
         self,

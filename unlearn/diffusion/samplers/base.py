@@ -51,6 +51,10 @@ class Sampler(ABC):
         verbose: show a tqdm progress bar.
     """
 
+    #: Whether the steps hold on rectified-flow schedules (x = (1 - sigma) x0 + sigma eps): only
+    #: samplers that integrate the ODE slope (x - D) / sigma deterministically do (Euler, Heun).
+    supports_rectified_flow: bool = False
+
     def __init__(
         self,
         discretization_config: Mapping[str, Any],
@@ -61,6 +65,11 @@ class Sampler(ABC):
         if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"num_steps: expected a positive integer or None, got {num_steps!r}")
         self.discretization = build(discretization_config, "discretization_config")
+        if getattr(self.discretization, "rectified_flow", False) and not self.supports_rectified_flow:
+            raise ValueError(
+                f"discretization_config: {type(self).__name__} steps x = x0 + sigma eps, not the rectified flow of "
+                f"{type(self.discretization).__name__}; sample this model with euler or heun"
+            )
         self.num_steps = num_steps
         self.guider: Guider = IdentityGuider() if guider_config is None else build(guider_config, "guider_config")
         self.verbose = verbose

@@ -45,8 +45,11 @@ class EulerSampler(Sampler):
 
     With ``s_churn > 0`` noise is first added to raise sigma to sigma_hat = sigma (1 + gamma)
     and the denoiser is evaluated at sigma_hat (EDM's "churn"). Note diffusers' Euler with
-    churn evaluates the model at sigma instead; only ``s_churn = 0`` matches it exactly.
+    churn evaluates the model at sigma instead; only ``s_churn = 0`` matches it exactly. On a
+    rectified-flow schedule (s_churn 0 only) the step is ``FlowMatchEulerDiscreteScheduler``'s.
     """
+
+    supports_rectified_flow = True
 
     def __init__(
         self,
@@ -62,6 +65,8 @@ class EulerSampler(Sampler):
         super().__init__(discretization_config, num_steps, guider_config, verbose)
         if s_churn < 0:
             raise ValueError(f"s_churn: expected >= 0, got {s_churn}")
+        if s_churn > 0 and getattr(self.discretization, "rectified_flow", False):
+            raise ValueError("s_churn: churn adds variance-exploding noise; a rectified-flow schedule needs s_churn 0")
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
 
     def churn(self, x, i, sigmas, noise_sampler) -> tuple[torch.Tensor, torch.Tensor]:
