@@ -27,6 +27,15 @@ def tiny_sd3_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_pipeline(tmp_path_factory):
+    """A tiny random Flux.1-dev pipeline (guidance embedding, RoPE, CLIP-L pooled + T5) saved with save_pretrained."""
+    from tests.integration.tiny_pipelines import build_flux
+
+    root = tmp_path_factory.mktemp("tiny_flux")
+    return build_flux(root / "flux", root / "tokenizer_cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_engines(tiny_pipelines):
     """`load_model(configs/models/<arch>.yaml, model_path=<tiny folder>)` for each arch, with
     gradient checkpointing on (a no-op under no_grad). Shared: tests that change one copy it."""

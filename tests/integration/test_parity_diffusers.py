@@ -1,4 +1,4 @@
-"""The engine built from configs/models/{sd15,sd21,sdxl,sd3}.yaml reproduces diffusers' pipelines.
+"""The engine built from configs/models/{sd15,sd21,sdxl,sd3,flux}.yaml reproduces diffusers' pipelines.
 
 Each tiny pipeline folder is loaded twice, by ``load_model`` with ``model_path=<folder>`` and
 by ``StableDiffusion(XL)Pipeline.from_pretrained``; both sample from the same seeded latents
@@ -9,7 +9,8 @@ parameterization (eps / v) and the timesteps are wired as diffusers wires them.
 Schedulers: DDIMScheduler(set_alpha_to_one=True, clip_sample=False) <-> our DDIM and
 EulerDiscreteScheduler <-> our Euler, both with the real configs' timestep_spacing="leading",
 steps_offset=1 (see tests/unit/test_diffusion_samplers.py for why these match). SD3 keeps its
-pipeline's FlowMatchEulerDiscreteScheduler (shift 3) <-> our Euler on FlowMatchDiscretization.
+pipeline's FlowMatchEulerDiscreteScheduler (shift 3) <-> our Euler on FlowMatchDiscretization;
+Flux its dynamically shifted one, with the guidance embedding and packed latents.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ def sd3(tiny_sd3_pipeline):
         overrides=[f"model_path={tiny_sd3_pipeline}", f"model.params.image_size={IMAGE_SIZE}"],
     )
     return model, load_diffusers("sd3", tiny_sd3_pipeline)
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_flux_pipeline):
+    """(engine, pipeline) of the tiny Flux folder; 8 x 8 latents pack into 16 tokens (image_seq_len)."""
+    seq = (IMAGE_SIZE // 2 // 2) ** 2
+    model = load_model(
+        ["configs/models/flux.yaml"],
+        overrides=[
+            f"model_path={tiny_flux_pipeline}",
+            f"model.params.image_size={IMAGE_SIZE}",
+            f"model.params.sampler_config.params.discretization_config.params.image_seq_len={seq}",
+        ],
+    )
+    return model, load_diffusers("flux", tiny_flux_pipeline)
 
 
 def _engine_and_pipeline(request, arch):
@@ -198,6 +214,50 @@ def test_sd3_sample_script_writes_the_pipeline_image(tiny_sd3_pipeline, sd3, tmp
     assert ours.shape == theirs.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     assert np.abs(ours - theirs).max() <= 0.5 + 255 * 1e-5  # 8-bit rounding of the same image
     assert np.abs(ours - theirs).max() > 0 and ours.std() > 1  # a real picture, really quantized
+
+
+@pytest.mark.parametrize(("negative", "cfg"), [("", 1.0), ("blurry, low quality", 4.0)], ids=["", "true-cfg"])
+def test_flux_sampling_matches_the_diffusers_pipeline(negative, cfg, flux):
+    """Guidance embedding 3.5 (FluxPipeline's guidance_scale), dynamic shift, packed latents; with a
+    negative prompt, FluxPipeline's true_cfg_scale is our classifier-free guidance."""
+    from unlearn.networks.flux import pack_latents
+
+    model, pipe = flux
+    steps = 4
+    ours_sampler = model.make_sampler("euler", steps, cfg)
+    latents = model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler, decode=False)
+    images = (model.generate([PROMPT], seeds=[7], negative_prompt=negative, sampler=ours_sampler) + 1) / 2
+    noise = pack_latents(generation.seeded_noise([7], model.latent_shape))  # (1, 16 tokens, 64)
+
+    def theirs(output_type, guidance=3.5):
+        kw = dict(negative_prompt=negative, true_cfg_scale=cfg) if negative else {}
+        return pipe(
+            PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=noise.clone(), height=IMAGE_SIZE,
+            width=IMAGE_SIZE, output_type=output_type, **kw,
+        ).images  # fmt: skip
+
+    their_latents, their_images = theirs("latent"), theirs("pt")
+    latent_err = ((pack_latents(latents) - their_latents).abs().max() / their_latents.abs().max().clamp(min=1)).item()
+    image_err = (images - their_images).abs().max().item()
+    assert latent_err < TOL and image_err < TOL, f"flux: latents {latent_err:.2e}, images {image_err:.2e}"
+    # Non-trivial: the guidance embedding and the prompt each move the result far beyond TOL.
+    assert (pack_latents(latents) - theirs("latent", guidance=1.0)).abs().max() > 100 * TOL
+    other = model.generate(["a red car"], seeds=[7], negative_prompt=negative, sampler=ours_sampler, decode=False)
+    assert (other - latents).abs().max() > 100 * TOL
+
+
+def test_flux_conditioning_equals_encode_prompt(flux):
+    """CLIP-L's pooled output and T5's 512 tokens, tensor by tensor."""
+    from tests.integration.tiny_pipelines import FLUX_T5_TOKENS, FLUX_T5_WIDTH
+
+    model, pipe = flux
+    with torch.no_grad():
+        embeds, pooled, text_ids = pipe.encode_prompt(PROMPT, PROMPT, device="cpu")
+    cond = model.conditioning_for([PROMPT])
+    assert set(cond) == {"crossattn", "vector"} and cond["crossattn"].shape == (1, FLUX_T5_TOKENS, FLUX_T5_WIDTH)
+    torch.testing.assert_close(cond["crossattn"], embeds, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cond["vector"], pooled, atol=1e-6, rtol=0)
+    assert torch.count_nonzero(text_ids) == 0
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])

@@ -1,4 +1,4 @@
-"""Tiny random SD 1.x, SD 2.x, SDXL and SD3 pipelines with the real architectures (not a test module).
+"""Tiny random SD 1.x, SD 2.x, SDXL, SD3 and Flux pipelines with the real architectures (not a test module).
 
 Each is a real diffusers pipeline, shrunk: the same component classes and wiring (CLIP text
 encoders with the full 49408-token vocabulary and the offline CLIP tokenizer, AutoencoderKL,
@@ -227,11 +227,78 @@ def build_sd3(folder: Path, cache: Path) -> Path:
     return folder
 
 
+FLUX_T5_WIDTH = 32
+FLUX_T5_TOKENS = 512  # FluxPipeline's default max_sequence_length
+
+
+def build_flux(folder: Path, cache: Path) -> Path:
+    """Flux.1-dev: CLIP-L pooled (16), T5 (32 channels, the stand-in tokenizer), a guidance-embedding
+    MMDiT with RoPE over packed 16-channel latents, the VAE's shift and scale, dynamic shifting."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
+
+    torch.manual_seed(4)
+    t5_vocab = 300
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16 * 4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=FLUX_T5_WIDTH,
+            pooled_projection_dim=16,
+            guidance_embeds=True,
+            axes_dims_rope=[4, 6, 6],
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+        ),
+        vae=AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=4,
+            sample_size=IMAGE_SIZE,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
+        tokenizer=_tokenizer(cache),
+        text_encoder_2=T5EncoderModel(
+            T5Config(
+                vocab_size=t5_vocab,
+                d_model=FLUX_T5_WIDTH,
+                d_ff=64,
+                d_kv=8,
+                num_heads=4,
+                num_layers=2,
+                relative_attention_num_buckets=8,
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+            )
+        ),
+        tokenizer_2=build_t5_tokenizer(vocab_size=t5_vocab, extra_ids=0, max_length=512),
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def load_diffusers(arch: str, folder: Path):
     """The same folder through diffusers' own pipeline class, offline."""
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cls = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(arch, StableDiffusionPipeline)
+    pipelines = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
+    cls = pipelines.get(arch, StableDiffusionPipeline)
     pipe = cls.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -92,6 +92,12 @@ def test_pooled_without_projection_is_pooler_output(pipeline_dir):
     with torch.no_grad():
         _, pooled = emb(PROMPTS)
     torch.testing.assert_close(pooled, ref.pooler_output)
+    # Flux reads CLIP-L's pooled output alone: one (B, D) tensor, routed to "vector"
+    only = CLIPTextEmbedder(pretrained_path=str(pipeline_dir), subfolder="text_encoder", pooled_only=True)
+    with torch.no_grad():
+        out = only(PROMPTS)
+    assert torch.is_tensor(out) and out.shape == (2, TINY_CLIP["hidden_size"])
+    torch.testing.assert_close(out, ref.pooler_output)
 
 
 def test_missing_and_hub_like_paths_name_the_path(tmp_path, pipeline_dir):

@@ -40,7 +40,10 @@ def _fake_folder(root, subfolders, weights=True):
     return root
 
 
-@pytest.mark.parametrize("arch,layout", [("sd15", SD), ("sd21", SD), ("sdxl", SDXL), ("sd3", SD3)])
+FLUX = ["transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"]
+
+
+@pytest.mark.parametrize("arch,layout", [("sd15", SD), ("sd21", SD), ("sdxl", SDXL), ("sd3", SD3), ("flux", FLUX)])
 def test_layout_is_read_off_the_config(arch, layout):
     assert sorted(required_subfolders(load_config(f"configs/models/{arch}.yaml"))) == sorted(layout)
 
@@ -121,6 +124,20 @@ def test_sd3_errors_name_its_layout(tmp_path):
         ConfigError, match=r"single checkpoint file, but this model config loads from a local diffusers folder only"
     ):
         check_model_source(_cfg("sd3", f"model_path={ckpt}"))
+
+
+def test_flux_errors_name_its_layout(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model_path='black-forest-labs/FLUX.1-dev' looks like a Hugging Face Hub id, but unlearn never "
+        r"downloads. Pass a local copy: a local diffusers folder with transformer/, text_encoder/, tokenizer/, "
+        r"text_encoder_2/, tokenizer_2/, vae/",
+    ):
+        check_model_source(_cfg("flux", "model_path=black-forest-labs/FLUX.1-dev"))
+    ckpt = tmp_path / "flux1-dev.safetensors"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"loads from a local diffusers folder only: pass model_path=<a local"):
+        check_model_source(_cfg("flux", f"model_path={ckpt}"))
 
 
 def test_configs_without_model_path_are_left_alone():

@@ -1,4 +1,5 @@
-"""DiffusersSD3Transformer: the engine's network call shape over diffusers' SD3Transformer2DModel."""
+"""DiffusersSD3Transformer and DiffusersFluxTransformer: the engine's network call shape over diffusers'
+SD3Transformer2DModel and FluxTransformer2DModel (packing, RoPE ids, guidance embedding)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from unlearn.diffusion.denoiser import Denoiser
-from unlearn.networks import DiffusersSD3Transformer
+from unlearn.networks import DiffusersFluxTransformer, DiffusersSD3Transformer
+from unlearn.networks.flux import latent_image_ids, pack_latents, unpack_latents
 
 TINY = dict(
     sample_size=8,
@@ -101,3 +103,65 @@ def test_loading_and_errors(net, tmp_path):
     x, cond = _inputs()
     with pytest.raises(ValueError, match=r"needs cond\['vector'\]"):
         net(x, torch.tensor(1.0), {"crossattn": cond["crossattn"]})
+
+
+TINY_FLUX = dict(
+    patch_size=1,
+    in_channels=16 * 4,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=24,
+    pooled_projection_dim=12,
+    guidance_embeds=True,
+    axes_dims_rope=[4, 6, 6],
+)
+
+
+def test_flux_packing_and_ids():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    tokens = pack_latents(x)
+    assert tokens.shape == (2, 2 * 3, 12)
+    # token (row 1, col 2) holds the 2 x 2 patch x[:, :, 2:4, 4:6], channel-major
+    torch.testing.assert_close(tokens[:, 1 * 3 + 2], x[:, :, 2:4, 4:6].reshape(2, 12))
+    assert torch.equal(unpack_latents(tokens, 4, 6), x)
+    ids = latent_image_ids(2, 3)
+    assert ids.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]]
+
+
+def test_flux_forward_is_the_transformer_call_on_packed_latents():
+    torch.manual_seed(0)
+    net = DiffusersFluxTransformer(config=TINY_FLUX, guidance=3.5).eval()
+    x, cond = _inputs()
+    cond = {"crossattn": cond["crossattn"], "vector": cond["vector"]}
+    t = torch.tensor([250.0, 900.0])
+    with torch.no_grad():
+        ours = net(x, t, cond)
+        theirs = net.transformer(
+            hidden_states=pack_latents(x),
+            timestep=t / 1000,
+            guidance=torch.full((2,), 3.5),
+            pooled_projections=cond["vector"],
+            encoder_hidden_states=cond["crossattn"],
+            txt_ids=torch.zeros(10, 3),
+            img_ids=latent_image_ids(4, 4),
+        ).sample
+        other_guidance = net(x, t, {**cond, "guidance": torch.full((2,), 1.0)})
+    assert net.in_channels == 16 and ours.shape == x.shape
+    assert torch.equal(ours, unpack_latents(theirs, 8, 8))
+    assert not torch.allclose(other_guidance, ours)  # the guidance embedding is read, and overridable
+    with pytest.raises(ValueError, match="packs 2 x 2 latent patches"):
+        net(torch.randn(1, 16, 7, 8), t[:1], {k: v[:1] for k, v in cond.items()})
+    with pytest.raises(ValueError, match=r"needs cond\['vector'\]"):
+        net(x, t, {"crossattn": cond["crossattn"]})
+    # schnell-like: no guidance embedding, the guidance is not passed
+    torch.manual_seed(0)
+    schnell = DiffusersFluxTransformer(config={**TINY_FLUX, "guidance_embeds": False}).eval()
+    with torch.no_grad():
+        out = schnell(x, t, {**cond, "guidance": torch.full((2,), 9.0)})
+        ref = schnell.transformer(
+            hidden_states=pack_latents(x), timestep=t / 1000, pooled_projections=cond["vector"],
+            encoder_hidden_states=cond["crossattn"], txt_ids=torch.zeros(10, 3), img_ids=latent_image_ids(4, 4),
+        ).sample  # fmt: skip
+    assert torch.equal(out, unpack_latents(ref, 8, 8))

@@ -1,4 +1,4 @@
-"""Networks: adapters over diffusers models (UNets, the SD3 transformer), and first stages (identity, VAE)."""
+"""Networks: adapters over diffusers models (UNets, the SD3 and Flux transformers), and first stages (identity, VAE)."""
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.networks.first_stage import (
@@ -7,6 +7,7 @@ from unlearn.networks.first_stage import (
     IdentityFirstStage,
     PixelUnshuffleFirstStage,
 )
+from unlearn.networks.flux import DiffusersFluxTransformer
 from unlearn.networks.mmdit import DiffusersSD3Transformer, build_transformer
 from unlearn.networks.unet import DiffusersUNet, build_unet
 
@@ -15,6 +16,7 @@ __all__ = [
     "DiffusersUNet",
     "build_unet",
     "DiffusersSD3Transformer",
+    "DiffusersFluxTransformer",
     "build_transformer",
     "FirstStage",
     "IdentityFirstStage",

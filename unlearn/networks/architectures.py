@@ -1,9 +1,9 @@
-"""The real SD 1.5, SD 2.1 (768-v), SDXL base and SD3-medium architectures, for random-weight models.
+"""The real SD 1.5, SD 2.1 (768-v), SDXL base, SD3-medium and Flux.1-dev architectures, for random-weight models.
 
 Speed and memory at real scale can be measured without downloading any weights, on random
 weights of the real architectures. The component configs are those of the released
 diffusers repos (stable-diffusion-v1-5, stable-diffusion-2-1, stable-diffusion-xl-base-1.0,
-stable-diffusion-3-medium-diffusers); tests check the parameter counts against the published ones:
+stable-diffusion-3-medium-diffusers, FLUX.1-dev); tests check the parameter counts against the published ones:
 
 ==========  ===================  ==========  ===================================================
 model       UNet / transformer   VAE         text encoder(s)
@@ -13,9 +13,10 @@ SD 2.1      865,910,724          83,653,863  OpenCLIP ViT-H/14, 23 of 24 layers,
 SDXL base   2,567,463,684        83,653,863  CLIP ViT-L/14 + OpenCLIP bigG/14 694,659,840
 SD3-medium  MMDiT 2,028,328,000  83,819,683  CLIP ViT-L/14 with projection 123,650,304 + OpenCLIP
                                              bigG/14 694,659,840 + T5-XXL encoder 4,762,310,656
+Flux.1-dev  MMDiT 11,901,408,320 83,819,683  CLIP ViT-L/14 123,060,480 + T5-XXL encoder 4,762,310,656
 ==========  ===================  ==========  ===================================================
 
-SD3's T5 tokenizer is the offline stand-in of `unlearn.conditioning.t5_tokenizer` (T5's
+SD3's and Flux's T5 tokenizer is the offline stand-in of `unlearn.conditioning.t5_tokenizer` (T5's
 SentencePiece vocabulary ships with no package here); the CLIP ones are the real vocabulary.
 
 `save_random_pipeline` writes such a model as a diffusers folder (``model_path`` of
@@ -154,6 +155,44 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "t5": _T5_XXL,
         "scheduler": ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000, shift=3.0)),
     },
+    "flux": {
+        "transformer_class": "FluxTransformer2DModel",
+        "transformer": dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=[16, 56, 56],
+        ),
+        "vae": dict(
+            _VAE,
+            latent_channels=16,
+            sample_size=1024,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+        "text_encoders": [(_CLIP_L, False, "<|endoftext|>")],
+        "t5": _T5_XXL,
+        "scheduler": (
+            "FlowMatchEulerDiscreteScheduler",
+            dict(
+                num_train_timesteps=1000,
+                shift=3.0,
+                use_dynamic_shifting=True,
+                base_shift=0.5,
+                max_shift=1.15,
+                base_image_seq_len=256,
+                max_image_seq_len=4096,
+            ),
+        ),
+    },
 }
 
 
@@ -164,9 +203,10 @@ def _architecture(arch: str) -> dict[str, Any]:
 
 
 def build_components(arch: str) -> dict[str, Any]:
-    """UNet (or SD3's transformer), VAE and text encoder(s) of ``arch`` with random weights, on the
-    current default device (``with torch.device("meta"):`` builds them without memory)."""
-    from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
+    """UNet (or the SD3 / Flux transformer), VAE and text encoder(s) of ``arch`` with random weights,
+    on the current default device (``with torch.device("meta"):`` builds them without memory)."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     spec = _architecture(arch)
@@ -174,7 +214,8 @@ def build_components(arch: str) -> dict[str, Any]:
     if "unet" in spec:
         parts["unet"] = UNet2DConditionModel(**spec["unet"])
     if "transformer" in spec:
-        parts["transformer"] = SD3Transformer2DModel(**spec["transformer"])
+        cls = getattr(diffusers, spec.get("transformer_class", "SD3Transformer2DModel"))
+        parts["transformer"] = cls(**spec["transformer"])
     parts["vae"] = AutoencoderKL(**spec["vae"])
     for i, (config, with_projection, _) in enumerate(spec["text_encoders"]):
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
@@ -187,7 +228,7 @@ def build_components(arch: str) -> dict[str, Any]:
 def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Write a random-weight ``arch`` model as a diffusers pipeline folder; returns the folder."""
     import diffusers
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
     from unlearn.conditioning.tokenizer import build_clip_tokenizer
@@ -203,6 +244,8 @@ def save_random_pipeline(arch: str, folder: str | Path, seed: int = 0, dtype: to
     parts["scheduler"] = getattr(diffusers, name)(**kwargs)
     if arch == "sd3":
         pipe = StableDiffusion3Pipeline(**parts)
+    elif arch == "flux":
+        pipe = FluxPipeline(**parts)
     elif arch == "sdxl":
         pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
     else:

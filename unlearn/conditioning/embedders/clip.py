@@ -14,7 +14,7 @@ as diffusers' SD 1.x pipeline does for ``clip_skip``.
 
 Pooled output (``return_pooled``): ``text_embeds`` (projected EOS token) with
 ``with_projection`` (SDXL's second encoder), else ``pooler_output`` (EOS token after the
-final LayerNorm).
+final LayerNorm). ``pooled_only`` returns the pooled vector alone (Flux reads only that of CLIP-L).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class CLIPTextEmbedder(AbstractEmbModel):
         with_projection: use ``CLIPTextModelWithProjection`` (pooled = ``text_embeds``).
         subfolder: subfolder of ``pretrained_path`` (``"text_encoder"``, ``"text_encoder_2"``).
         final_norm: apply the final LayerNorm to ``penultimate``/``hidden`` outputs.
+        pooled_only: return the pooled vector (B, P) alone, no tokens.
         single_file_config: when ``pretrained_path`` is a single SD checkpoint file
             (``.safetensors``/``.ckpt`` in the original LDM/sgm layout), a local diffusers
             folder holding ``<subfolder>/config.json`` and the tokenizer; diffusers converts
@@ -95,6 +96,7 @@ class CLIPTextEmbedder(AbstractEmbModel):
         subfolder: str | None = None,
         final_norm: bool = False,
         single_file_config: str | None = None,
+        pooled_only: bool = False,
     ) -> None:
         super().__init__()
         if (pretrained_path is None) == (config is None):
@@ -106,7 +108,8 @@ class CLIPTextEmbedder(AbstractEmbModel):
         self.layer = layer
         self.layer_idx = layer_idx
         self.max_length = max_length
-        self.return_pooled = return_pooled
+        self.return_pooled = return_pooled or pooled_only
+        self.pooled_only = pooled_only
         self.with_projection = with_projection
         self.final_norm = final_norm
 
@@ -199,4 +202,4 @@ class CLIPTextEmbedder(AbstractEmbModel):
         if not self.return_pooled:
             return z
         pooled = out.text_embeds if self.with_projection else out.pooler_output  # (B, P) or (B, D)
-        return z, pooled
+        return pooled if self.pooled_only else (z, pooled)
