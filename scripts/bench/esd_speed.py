@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def timed_training(argv: list[str], out: Path) -> dict[str, Any]:
         "iterations": int(trainer.global_step),
         "image_forwards": counts,
         "forward_equivalents": counts["no_grad"] + 3 * counts["grad"],  # a backward costs about two forwards
+        "torch_threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0)),  # the cores this process may run on (taskset)
         "run_dir": str(paths.run_dir),
     }
     atomic_write_text(out, json.dumps(result, indent=2) + "\n", "timing")
@@ -126,6 +129,17 @@ def evaluate(args, run: dict[str, Any], out: Path) -> dict[str, Any]:
         cmd += ["--concept", args.concept, "--images-per-prompt", str(args.images), "--out", str(out)]
         _run(cmd, out.parent / "evaluate.log")
     return json.loads(out.read_text())
+
+
+def _machine(runs: list[dict[str, Any]]) -> str:
+    """The machine and, where the runs recorded them, the cores and torch threads they were timed with."""
+    import platform
+
+    text = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    conditions = sorted({(r["cpus"], r["torch_threads"]) for r in runs if "cpus" in r})
+    if conditions:
+        text += " (timed on " + ", ".join(f"{c} core(s) with {t} torch threads" for c, t in conditions) + ")"
+    return text
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,7 +199,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(r < 1 for r in args.reuse) or 1 in args.reuse:
         raise ValueError(f"--reuse: factors above 1 (the reference, 1, always runs), got {args.reuse}")
     out_dir = output_dir(args.out)
-    import platform
 
     runs = []
     for seed in args.seeds:
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {
                     "reuse": reuse,
                     "seed": seed,
-                    **{k: run[k] for k in ("train_s", "forward_equivalents")},
+                    **{k: run[k] for k in ("train_s", "forward_equivalents", "cpus", "torch_threads") if k in run},
                     **{k: metrics.get(k) for k in HEADLINE},
                 }
             )
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "images": args.images,
             "min_ua": args.min_ua,
             "overrides": args.set,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+            "machine": _machine(runs),
         },
         "runs": runs,
         "sources": sources,
