@@ -9,7 +9,6 @@ import torch
 from tests.integration.tiny_pipelines import IMAGE_SIZE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SEQ = f"model.params.sampler_config.params.discretization_config.params.image_seq_len={(IMAGE_SIZE // 4) ** 2}"
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +17,7 @@ def flux_trainable(tiny_flux_pipeline):
 
     return load_model(
         ["configs/models/flux.yaml", "configs/trainer/flow_matching.yaml"],
-        overrides=[f"model_path={tiny_flux_pipeline}", f"model.params.image_size={IMAGE_SIZE}", SEQ],
+        overrides=[f"model_path={tiny_flux_pipeline}", f"model.params.image_size={IMAGE_SIZE}"],
     )
 
 
@@ -75,7 +74,7 @@ def test_make_random_model_writes_a_flux_folder_both_load(tmp_path, monkeypatch)
     pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
     assert len(pipe.tokenizer_2) == 32100 and pipe.scheduler.config.use_dynamic_shifting
     model = load_model(
-        ["configs/models/flux.yaml"], overrides=[f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}", SEQ]
+        ["configs/models/flux.yaml"], overrides=[f"model_path={folder}", f"model.params.image_size={IMAGE_SIZE}"]
     )
     assert torch.equal(
         model.network.transformer.state_dict()["proj_out.weight"], pipe.transformer.state_dict()["proj_out.weight"]

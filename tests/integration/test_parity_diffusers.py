@@ -60,16 +60,13 @@ def sd3(tiny_sd3_pipeline):
 
 @pytest.fixture(scope="module")
 def flux(tiny_flux_pipeline):
-    """(engine, pipeline) of the tiny Flux folder; 8 x 8 latents pack into 16 tokens (image_seq_len)."""
-    seq = (IMAGE_SIZE // 2 // 2) ** 2
+    """(engine, pipeline) of the tiny Flux folder; 8 x 8 latents pack into 16 tokens, the image_seq_len
+    the engine gives the dynamic shift as FluxPipeline does."""
     model = load_model(
         ["configs/models/flux.yaml"],
-        overrides=[
-            f"model_path={tiny_flux_pipeline}",
-            f"model.params.image_size={IMAGE_SIZE}",
-            f"model.params.sampler_config.params.discretization_config.params.image_seq_len={seq}",
-        ],
+        overrides=[f"model_path={tiny_flux_pipeline}", f"model.params.image_size={IMAGE_SIZE}"],
     )
+    assert model.image_seq_len == (IMAGE_SIZE // 2 // 2) ** 2
     return model, load_diffusers("flux", tiny_flux_pipeline)
 
 

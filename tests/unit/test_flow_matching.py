@@ -126,3 +126,32 @@ def test_euler_and_heun_follow_a_straight_flow_exactly(sampler):
     denoiser = Denoiser({"target": "unlearn.diffusion.scalings.FlowScaling"})
     out = run(lambda x, s, c: denoiser(lambda x_in, t, cc: eps - x0, x, s, c), eps, {})
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_the_engine_fills_the_image_token_count_of_a_dynamic_shift():
+    from unlearn.engine.generation import sampler_config
+
+    flux = {
+        "target": "unlearn.diffusion.discretization.FlowMatchDiscretization",
+        "params": {**FLUX, "image_seq_len": None},
+    }
+    base = {"target": "unlearn.diffusion.samplers.EulerSampler", "params": {"discretization_config": flux}}
+    cfg = sampler_config(base, image_seq_len=256)
+    assert cfg["params"]["discretization_config"]["params"]["image_seq_len"] == 256
+    assert flux["params"]["image_seq_len"] is None  # the model's config is not changed
+    sampler = EulerSampler(cfg["params"]["discretization_config"], num_steps=4)
+    expected = FlowMatchDiscretization(**{**FLUX, "image_seq_len": 256})(4)
+    assert torch.equal(sampler.get_sigmas(), expected)
+    given = {**flux, "params": {**FLUX}}  # a count set in the config is kept
+    assert (
+        sampler_config({**base, "params": {"discretization_config": given}}, image_seq_len=256)["params"][
+            "discretization_config"
+        ]["params"]["image_seq_len"]
+        == FLUX["image_seq_len"]
+    )
+    sd3 = {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": SD3}
+    assert (
+        "image_seq_len" not in sampler_config(None, sd3, image_seq_len=256)["params"]["discretization_config"]["params"]
+    )
+    with pytest.raises(ValueError, match="image_seq_len: dynamic shifting needs the image's token count"):
+        EulerSampler(flux, num_steps=4)

@@ -190,9 +190,22 @@ class DiffusionEngine(pl.LightningModule):
         self, sampler: str | None = None, num_steps: int | None = None, guidance_scale: float | None = None
     ):
         cfg = generation.sampler_config(
-            self.sampler_config, self.discretization_config, sampler, num_steps, guidance_scale
+            self.sampler_config,
+            self.discretization_config,
+            sampler,
+            num_steps,
+            guidance_scale,
+            lambda: self.image_seq_len,
         )
         return generation.build_sampler(cfg)
+
+    @property
+    def image_seq_len(self) -> int:
+        """Image tokens the network sees at ``image_size`` (Flux's resolution-dependent shift reads it):
+        the network's ``tokens_for(height, width)`` of the latent, else one token per latent pixel."""
+        _, height, width = self.latent_shape
+        tokens_for = getattr(self.network, "tokens_for", None)
+        return int(tokens_for(height, width)) if tokens_for is not None else height * width
 
     def conditioning_for(
         self, prompts: Sequence[str], force_zero_embeddings: Sequence[str] | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,8 +25,14 @@ def sampler_config(
     sampler: str | None = None,
     num_steps: int | None = None,
     guidance_scale: float | None = None,
+    image_seq_len: int | Callable[[], int] | None = None,
 ) -> dict:
-    """A sampler config: ``base`` with the sampler class, step count and CFG scale replaced."""
+    """A sampler config: ``base`` with the sampler class, step count and CFG scale replaced.
+
+    ``image_seq_len``: the image's token count (or a function giving it, called only when needed),
+    filled into a resolution-dependent schedule (``use_dynamic_shifting``, Flux) whose
+    ``image_seq_len`` is left unset (null) in the config.
+    """
     cfg: dict[str, Any] = {"target": SAMPLERS["euler"], "params": {}}
     if base:
         cfg = {"target": base["target"], "params": dict(base.get("params") or {})}
@@ -39,6 +45,15 @@ def sampler_config(
         if discretization_config is None:
             raise ValueError("sampler_config.params.discretization_config is missing")
         params["discretization_config"] = discretization_config
+    disc = params["discretization_config"]
+    disc_params = dict((disc.get("params") if hasattr(disc, "get") else None) or {})
+    if (
+        image_seq_len is not None
+        and disc_params.get("use_dynamic_shifting")
+        and disc_params.get("image_seq_len") is None
+    ):
+        n = int(image_seq_len() if callable(image_seq_len) else image_seq_len)
+        params["discretization_config"] = {"target": disc["target"], "params": {**disc_params, "image_seq_len": n}}
     if num_steps is not None:
         params["num_steps"] = int(num_steps)
     if guidance_scale is not None:

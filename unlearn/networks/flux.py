@@ -75,6 +75,11 @@ class DiffusersFluxTransformer(DiffusionNetwork):
         """Latent channels: the transformer reads 4 of them per packed token."""
         return int(self.transformer.config.in_channels) // 4
 
+    @staticmethod
+    def tokens_for(height: int, width: int) -> int:
+        """Packed image tokens of a height x width latent (the image_seq_len of Flux's shift)."""
+        return (height // 2) * (width // 2)
+
     @property
     def guidance_embeds(self) -> bool:
         return bool(self.transformer.config.guidance_embeds)
