@@ -36,6 +36,15 @@ def tiny_flux_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_schnell_pipeline(tmp_path_factory):
+    """`tiny_flux_pipeline` as Flux.1-schnell: no guidance embedding, static schedule."""
+    from tests.integration.tiny_pipelines import build_flux
+
+    root = tmp_path_factory.mktemp("tiny_flux_schnell")
+    return build_flux(root / "flux_schnell", root / "tokenizer_cache", schnell=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_engines(tiny_pipelines):
     """`load_model(configs/models/<arch>.yaml, model_path=<tiny folder>)` for each arch, with
     gradient checkpointing on (a no-op under no_grad). Shared: tests that change one copy it."""

@@ -243,6 +243,28 @@ def test_flux_sampling_matches_the_diffusers_pipeline(negative, cfg, flux):
     assert (other - latents).abs().max() > 100 * TOL
 
 
+def test_flux_schnell_sampling_matches_the_diffusers_pipeline(tiny_flux_schnell_pipeline):
+    """flux.yaml + flux_schnell.yaml: no guidance embedding, shift 1, 4 steps, 256 T5 tokens."""
+    from unlearn.networks.flux import pack_latents
+
+    model = load_model(
+        ["configs/models/flux.yaml", "configs/models/flux_schnell.yaml"],
+        overrides=[f"model_path={tiny_flux_schnell_pipeline}", f"model.params.image_size={IMAGE_SIZE}"],
+    )
+    pipe = load_diffusers("flux", tiny_flux_schnell_pipeline)
+    assert not model.network.guidance_embeds and model.conditioning_for([PROMPT])["crossattn"].shape[1] == 256
+    latents = model.generate([PROMPT], seeds=[3], decode=False)  # the config's sampler: 4 steps, no CFG
+    noise = pack_latents(generation.seeded_noise([3], model.latent_shape))
+    theirs = pipe(
+        PROMPT, num_inference_steps=4, guidance_scale=0.0, max_sequence_length=256, latents=noise,
+        height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="latent",
+    ).images  # fmt: skip
+    err = ((pack_latents(latents) - theirs).abs().max() / theirs.abs().max().clamp(min=1)).item()
+    assert err < TOL, f"flux schnell: latents {err:.2e}"
+    schedule = model.make_sampler("euler", 4, 1.0).get_sigmas()
+    assert torch.allclose(schedule[:-1], torch.linspace(1, 0.25, 4))  # shift 1: the plain schedule
+
+
 def test_flux_conditioning_equals_encode_prompt(flux):
     """CLIP-L's pooled output and T5's 512 tokens, tensor by tensor."""
     from tests.integration.tiny_pipelines import FLUX_T5_TOKENS, FLUX_T5_WIDTH

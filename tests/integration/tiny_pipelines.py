@@ -231,15 +231,16 @@ FLUX_T5_WIDTH = 32
 FLUX_T5_TOKENS = 512  # FluxPipeline's default max_sequence_length
 
 
-def build_flux(folder: Path, cache: Path) -> Path:
+def build_flux(folder: Path, cache: Path, schnell: bool = False) -> Path:
     """Flux.1-dev: CLIP-L pooled (16), T5 (32 channels, the stand-in tokenizer), a guidance-embedding
-    MMDiT with RoPE over packed 16-channel latents, the VAE's shift and scale, dynamic shifting."""
+    MMDiT with RoPE over packed 16-channel latents, the VAE's shift and scale, dynamic shifting.
+    ``schnell``: Flux.1-schnell's differences: no guidance embedding, a static schedule (shift 1)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
 
-    torch.manual_seed(4)
+    torch.manual_seed(5 if schnell else 4)
     t5_vocab = 300
     pipe = FluxPipeline(
         transformer=FluxTransformer2DModel(
@@ -251,11 +252,16 @@ def build_flux(folder: Path, cache: Path) -> Path:
             num_attention_heads=2,
             joint_attention_dim=FLUX_T5_WIDTH,
             pooled_projection_dim=16,
-            guidance_embeds=True,
+            guidance_embeds=not schnell,
             axes_dims_rope=[4, 6, 6],
         ),
         scheduler=FlowMatchEulerDiscreteScheduler(
-            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+            shift=1.0 if schnell else 3.0,
+            use_dynamic_shifting=not schnell,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
         ),
         vae=AutoencoderKL(
             in_channels=3,
