@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from unlearn.networks.base import DiffusionNetwork
-from unlearn.networks.mmdit import build_transformer
+from unlearn.networks.mmdit import DiffusersTransformer, build_transformer
 
 __all__ = ["DiffusersFluxTransformer", "pack_latents", "unpack_latents", "latent_image_ids"]
 
@@ -41,7 +40,7 @@ def latent_image_ids(height: int, width: int, device=None, dtype=None) -> torch.
     return ids.reshape(height * width, 3).to(device=device, dtype=dtype)
 
 
-class DiffusersFluxTransformer(DiffusionNetwork):
+class DiffusersFluxTransformer(DiffusersTransformer):
     """`forward(x, t, cond)` over a diffusers `FluxTransformer2DModel`.
 
     ``cond`` keys: ``crossattn`` → ``encoder_hidden_states`` (B, L, joint_attention_dim), T5's
@@ -84,19 +83,10 @@ class DiffusersFluxTransformer(DiffusionNetwork):
     def guidance_embeds(self) -> bool:
         return bool(self.transformer.config.guidance_embeds)
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.transformer.enable_gradient_checkpointing()
-        else:
-            self.transformer.disable_gradient_checkpointing()
+    COND_MEANING = "T5 tokens and CLIP's pooled vector"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        for key in ("crossattn", "vector"):
-            if key not in cond:
-                raise ValueError(
-                    f"DiffusersFluxTransformer needs cond[{key!r}] (T5 tokens and CLIP's pooled vector); "
-                    f"the conditioner gave {sorted(cond)}"
-                )
+        self._check_cond(cond)
         b, _, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"x: Flux packs 2 x 2 latent patches; got latents of {h} x {w}")

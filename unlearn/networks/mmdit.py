@@ -63,7 +63,30 @@ def build_transformer(
     return cls.from_pretrained(str(root), subfolder=sub, local_files_only=True, variant=variant)
 
 
-class DiffusersSD3Transformer(DiffusionNetwork):
+class DiffusersTransformer(DiffusionNetwork):
+    """What the adapters of diffusers' joint-attention transformers share: ``self.transformer``,
+    gradient checkpointing, and the text conditioning every call needs."""
+
+    transformer: torch.nn.Module
+    COND_KEYS = ("crossattn", "vector")
+    COND_MEANING = "text tokens and the pooled vector"
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.transformer.enable_gradient_checkpointing()
+        else:
+            self.transformer.disable_gradient_checkpointing()
+
+    def _check_cond(self, cond: dict[str, torch.Tensor]) -> None:
+        for key in self.COND_KEYS:
+            if key not in cond:
+                raise ValueError(
+                    f"{type(self).__name__} needs cond[{key!r}] ({self.COND_MEANING}); "
+                    f"the conditioner gave {sorted(cond)}"
+                )
+
+
+class DiffusersSD3Transformer(DiffusersTransformer):
     """`forward(x, t, cond)` over a diffusers `SD3Transformer2DModel`.
 
     ``cond`` keys: ``crossattn`` → ``encoder_hidden_states`` (B, L, joint_attention_dim), the
@@ -95,20 +118,11 @@ class DiffusersSD3Transformer(DiffusionNetwork):
         """Channels of the text tokens the transformer reads (T5-XXL's 4096 for SD3)."""
         return int(self.transformer.config.joint_attention_dim)
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.transformer.enable_gradient_checkpointing()
-        else:
-            self.transformer.disable_gradient_checkpointing()
+    COND_MEANING = "joint text tokens and the pooled vector"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         # x: (B, C, H, W); t: (B,) or scalar. Runs in the transformer's dtype, returns x's dtype.
-        for key in ("crossattn", "vector"):
-            if key not in cond:
-                raise ValueError(
-                    f"DiffusersSD3Transformer needs cond[{key!r}] (joint text tokens and the pooled vector); "
-                    f"the conditioner gave {sorted(cond)}"
-                )
+        self._check_cond(cond)
         out_dtype, dtype = x.dtype, self.transformer.dtype
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         return self.transformer(
