@@ -153,7 +153,26 @@ def build_sdxl(folder: Path, cache: Path) -> Path:
 
 BUILDERS = {"sd15": build_sd15, "sd21": build_sd21, "sdxl": build_sdxl}
 
+
 # SD3's joint text tokens: CLIP-L (16) and CLIP-G (32) side by side, zero-padded to T5's 64 channels.
+def _tiny_t5(vocab_size: int, width: int, d_ff: int, d_kv: int):
+    """A 2-layer T5 encoder (gated GELU, as T5 v1.1 / T5-XXL) for the tiny SD3 and Flux pipelines."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=width,
+        d_ff=d_ff,
+        d_kv=d_kv,
+        num_heads=4,
+        num_layers=2,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+    )
+    return T5EncoderModel(config)
+
+
 SD3_T5_WIDTH = 64
 SD3_T5_TOKENS = 256  # the pipeline's default max_sequence_length
 
@@ -168,7 +187,7 @@ def build_sd3(folder: Path, cache: Path) -> Path:
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
 
@@ -208,19 +227,7 @@ def build_sd3(folder: Path, cache: Path) -> Path:
         tokenizer=_tokenizer(cache),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, "gelu", projection=32))),
         tokenizer_2=_tokenizer(cache, pad_token="!"),
-        text_encoder_3=T5EncoderModel(
-            T5Config(
-                vocab_size=t5_vocab,
-                d_model=SD3_T5_WIDTH,
-                d_ff=128,
-                d_kv=16,
-                num_heads=4,
-                num_layers=2,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",
-                is_encoder_decoder=False,
-            )
-        ),
+        text_encoder_3=_tiny_t5(t5_vocab, SD3_T5_WIDTH, d_ff=128, d_kv=16),
         tokenizer_3=build_t5_tokenizer(vocab_size=t5_vocab, extra_ids=0, max_length=512),
     )
     pipe.save_pretrained(folder)
@@ -236,7 +243,7 @@ def build_flux(folder: Path, cache: Path, schnell: bool = False) -> Path:
     MMDiT with RoPE over packed 16-channel latents, the VAE's shift and scale, dynamic shifting.
     ``schnell``: Flux.1-schnell's differences: no guidance embedding, a static schedule (shift 1)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
 
@@ -280,19 +287,7 @@ def build_flux(folder: Path, cache: Path, schnell: bool = False) -> Path:
         ),
         text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
         tokenizer=_tokenizer(cache),
-        text_encoder_2=T5EncoderModel(
-            T5Config(
-                vocab_size=t5_vocab,
-                d_model=FLUX_T5_WIDTH,
-                d_ff=64,
-                d_kv=8,
-                num_heads=4,
-                num_layers=2,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",
-                is_encoder_decoder=False,
-            )
-        ),
+        text_encoder_2=_tiny_t5(t5_vocab, FLUX_T5_WIDTH, d_ff=64, d_kv=8),
         tokenizer_2=build_t5_tokenizer(vocab_size=t5_vocab, extra_ids=0, max_length=512),
     )
     pipe.save_pretrained(folder)
