@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from unlearn.config import ConfigError, instantiate_from_config
+from unlearn.config import ConfigError
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
@@ -137,18 +137,10 @@ class ClosedFormEngine(SelectedTensors, ErasureEngine):
             raise ConfigError(
                 f"{type(self).__name__} needs a text-conditional model: model.params.conditioner_config is missing"
             )
-        if not editor_config:
-            raise ConfigError("model.params.editor_config: missing (the method's edit, a target block)")
-        self.editor = instantiate_from_config(editor_config, _path="model.params.editor_config")
-        if not isinstance(self.editor, WeightEditor):
-            raise ConfigError(f"model.params.editor_config: {type(self.editor).__name__} is not a WeightEditor")
-        self.selector = instantiate_from_config(
-            selector_config or DEFAULT_SELECTOR, _path="model.params.selector_config"
+        self.editor = self.build_component("editor_config", editor_config, WeightEditor, "the method's edit")
+        self.selector = self.build_component(
+            "selector_config", selector_config or DEFAULT_SELECTOR, ParameterSelector, "the trained tensors"
         )
-        if not isinstance(self.selector, ParameterSelector):
-            raise ConfigError(
-                f"model.params.selector_config: {type(self.selector).__name__} is not a ParameterSelector"
-            )
         self.concepts = split_concepts(concept, separator)
         self.separator = separator
         canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None

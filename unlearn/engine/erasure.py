@@ -108,15 +108,21 @@ class ErasureEngine(DiffusionEngine):
     def build_objective(self, config: dict | None, contract: type, **runtime: Any) -> Any:
         """The objective of ``model.params.objective_config``; ``runtime`` adds what only the
         engine has (networks, the denoiser)."""
+        return self.build_component("objective_config", config, contract, "the method's loss", **runtime)
+
+    def build_component(self, key: str, config: dict | None, contract: type, role: str, **runtime: Any) -> Any:
+        """The component of ``model.params.<key>``, checked against the ``contract`` it must implement;
+        a missing block is an error naming ``role``."""
+        path = f"model.params.{key}"
         if not config:
-            raise ConfigError("model.params.objective_config: missing (the method's loss, a target block)")
-        objective = instantiate_from_config(config, _path="model.params.objective_config", **runtime)
-        if not isinstance(objective, contract):
+            raise ConfigError(f"{path}: missing ({role}, a target block)")
+        component = instantiate_from_config(config, _path=path, **runtime)
+        if not isinstance(component, contract):
             raise ConfigError(
-                f"model.params.objective_config: {type(objective).__name__} is not a "
-                f"{contract.__name__}, which {type(self).__name__} trains with"
+                f"{path}: {type(component).__name__} is not a {contract.__name__}, "
+                f"which {type(self).__name__} trains with"
             )
-        return objective
+        return component
 
     def adversarial_search(self, prompts: list[str], concept: str) -> None:
         """With an adversary, search anew when it is due (before the step's inputs are made)."""

@@ -204,13 +204,9 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 f"{type(self).__name__} needs a text-conditional model: model.params.conditioner_config is missing"
             )
         self.objective: PredictionObjective = self.build_objective(objective_config, PredictionObjective)
-        self.selector: ParameterSelector = instantiate_from_config(
-            selector_config or DEFAULT_SELECTOR, _path="model.params.selector_config"
+        self.selector: ParameterSelector = self.build_component(
+            "selector_config", selector_config or DEFAULT_SELECTOR, ParameterSelector, "the trained tensors"
         )
-        if not isinstance(self.selector, ParameterSelector):
-            raise ConfigError(
-                f"model.params.selector_config: {type(self.selector).__name__} is not a ParameterSelector"
-            )
         self.concepts = split_concepts(concept, separator)
         self.separator = separator
         canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
