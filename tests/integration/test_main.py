@@ -112,9 +112,13 @@ def test_interrupt_saves_last_ckpt_and_exits(logdir: Path):
         "lightning.callbacks.boom={target: tests.integration.fault_callbacks.RaiseAtStep, "
         "params: {step: 2, kind: interrupt}}"
     )
-    with pytest.raises(SystemExit):
-        train(logdir, "lightning.trainer.max_steps=10", "lightning.modelcheckpoint.params.every_n_train_steps=100", cb)
-    signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(SystemExit):
+            train(
+                logdir, "lightning.trainer.max_steps=10", "lightning.modelcheckpoint.params.every_n_train_steps=100", cb
+            )
+    finally:
+        signal.signal(signal.SIGINT, handler)
     run = next(logdir.iterdir())
     assert ckpt_step(run / "checkpoints" / "last.ckpt") == 2
 

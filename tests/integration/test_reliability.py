@@ -266,6 +266,9 @@ def test_unwritable_outputs_are_refused_before_anything_is_built(tmp_path: Path,
 @pytest.mark.parametrize("kind, code, name", [("sigterm", 143, "SIGTERM"), ("sigint", 130, "Ctrl-C (SIGINT)")])
 def test_a_signal_saves_last_ckpt_and_exits_non_zero(kind: str, code: int, name: str, tmp_path: Path, capsys):
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C while it shuts down
+    # Ctrl-C must raise here whatever an earlier test left installed (an ignored SIGINT would let
+    # the run finish and exit 0).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     boom = (
         f"lightning.callbacks.boom={{target: tests.integration.fault_callbacks.RaiseAtStep, "
         f"params: {{step: 1, kind: {kind}}}}}"
