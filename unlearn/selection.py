@@ -34,6 +34,25 @@ So on SD1.x (``L = 2``) ``xlayer`` is ``up_blocks.2.attentions.0`` and
 ``up_blocks.2.attentions.2`` (the 640-channel decoder level), and ``selflayer`` is
 ``down_blocks.1.attentions.0`` and ``down_blocks.2.attentions.0``.
 
+**Joint-attention transformers** (SD3's MMDiT, Flux; diffusers ``SD3Transformer2DModel`` /
+``FluxTransformer2DModel`` names): text and image tokens attend jointly, and the text stream's
+own projections are what the prompt enters the image through, as ``attn2`` in a UNet:
+
+==============  ======================================================================
+``xattn``       the text stream's attention projections ``attn.add_q_proj``,
+                ``add_k_proj``, ``add_v_proj``, ``to_add_out`` (double-stream blocks only;
+                Flux's single-stream blocks project both streams with the same tensors)
+``esd-x-strict``  ``attn.add_k_proj`` / ``add_v_proj`` (the text-side keys and values)
+``noxattn``     everything but those, the timestep/pooled-text embedder
+                (``time_text_embed``) and the output layer (``norm_out``, ``proj_out``)
+``notime``      everything but ``time_text_embed``, ``norm_out`` and ``proj_out``
+``full``        every parameter
+==============  ======================================================================
+
+``selfattn``, ``xlayer`` and ``selflayer`` name UNet parts and are refused there. (The ESD Flux
+fork's ``esd-x`` trains every attention Linear of both block kinds, image and text streams
+alike: a larger set than this ``xattn``.)
+
 The newer official scripts (``esd_sd.py``) call the sets ``esd-x``, ``esd-u``, ``esd-all``
 and ``esd-x-strict``; the first three are accepted here as aliases of ``xattn``,
 ``noxattn`` and ``full``. (That script's ``esd-u`` takes only Linear/Conv weights, i.e.
@@ -49,6 +68,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from unlearn.networks.base import diffusers_root
+
 __all__ = [
     "ParameterSelector",
     "TrainMethod",
@@ -57,6 +78,8 @@ __all__ = [
     "canonical_train_method",
     "select_parameters",
     "selection_root",
+    "is_joint_attention",
+    "JOINT_METHODS",
     "ldm_input_block",
     "ldm_output_block",
 ]
@@ -157,6 +180,38 @@ def _predicate(unet: nn.Module, method: str) -> Callable[[str], bool]:
     raise AssertionError(method)  # unreachable: canonical_train_method validated it
 
 
+# Joint-attention transformers (SD3's MMDiT, Flux): the text stream's own attention projections
+# play the part of a UNet's cross-attention (attn2); single-stream blocks have none.
+JOINT_METHODS: tuple[str, ...] = ("xattn", "noxattn", "full", "notime", "esd-x-strict")
+_is_joint_xattn = re.compile(r"(^|\.)attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)\.").search
+_is_joint_xattn_kv = re.compile(r"(^|\.)attn\.add_[kv]_proj\.").search
+_JOINT_TIME_EMBEDDING = ("time_text_embed.",)
+_JOINT_OUTPUT_LAYER = ("norm_out.", "proj_out.")
+
+
+def is_joint_attention(root: nn.Module) -> bool:
+    """Whether ``root`` is a joint-attention transformer (text-stream projections ``attn.add_k_proj``)."""
+    return any(_is_joint_xattn_kv(name) for name, _ in root.named_parameters())
+
+
+def _joint_predicate(method: str) -> Callable[[str], bool]:
+    if method not in JOINT_METHODS:
+        raise ValueError(
+            f"train_method {method!r} is defined on UNets (attn1/attn2, LDM blocks); on a joint-attention "
+            f"transformer choose one of {', '.join(JOINT_METHODS)}"
+        )
+    fixed = _JOINT_TIME_EMBEDDING + _JOINT_OUTPUT_LAYER
+    if method == "full":
+        return lambda name: True
+    if method == "xattn":
+        return lambda name: _is_joint_xattn(name) is not None
+    if method == "esd-x-strict":
+        return lambda name: _is_joint_xattn_kv(name) is not None
+    if method == "noxattn":
+        return lambda name: not (_is_joint_xattn(name) or name.startswith(fixed))
+    return lambda name: not name.startswith(fixed)  # notime
+
+
 def select_parameters(unet: nn.Module, train_method: str) -> list[str]:
     """Names (relative to ``unet``, in ``named_parameters`` order) that ``train_method`` trains.
 
@@ -165,7 +220,7 @@ def select_parameters(unet: nn.Module, train_method: str) -> list[str]:
     ValueError, since training nothing is never what was meant.
     """
     method = canonical_train_method(train_method)
-    keep = _predicate(unet, method)
+    keep = _joint_predicate(method) if is_joint_attention(unet) else _predicate(unet, method)
     names = [name for name, _ in unet.named_parameters() if keep(name)]
     if not names:
         raise ValueError(
@@ -180,13 +235,11 @@ def selection_root(network: nn.Module) -> tuple[nn.Module, str]:
     """(module whose names the selection uses, its prefix inside ``network``).
 
     For `unlearn.networks.DiffusersUNet` that is the wrapped diffusers UNet under
-    ``"unet."``, so selected names are diffusers state-dict names; any other network is
-    used as it is.
+    ``"unet."``, for the SD3 and Flux adapters the diffusers transformer under
+    ``"transformer."``, so selected names are diffusers state-dict names; any other network
+    is used as it is.
     """
-    unet = getattr(network, "unet", None)
-    if isinstance(unet, nn.Module):
-        return unet, "unet."
-    return network, ""
+    return diffusers_root(network)
 
 
 class ParameterSelector(ABC):

@@ -7,7 +7,8 @@
 For each training seed, the README main job's erasure (``configs/methods/esd_x.yaml
 concept=outlined lr=1e-3 iterations=1000``) is trained once with the reference trajectory
 source (``trajectory_config.params.reuse=1``, one trajectory per x_t) and once per ``--reuse``
-factor, on the same machine, one run at a time; each run's export is then judged with
+factor (which also serves the frozen predictions recorded along each trajectory, the default
+with reuse > 1), on the same machine, one run at a time; each run's export is then judged with
 ``scripts/evaluate.py`` (``--images`` per prompt). Training time is the wall-clock of
 ``trainer.fit`` alone (model building and the benchmark are not counted), measured in a
 process of its own; the UNet's work is counted in image-forwards (a forward hook on the
@@ -167,7 +168,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"ESD-x on the toy model, `{s['concept']}`, lr {s['lr']}, {s['iterations']} iterations, seeds "
         f"{', '.join(map(str, s['seeds']))}; each export judged on {s['images']} images per prompt; training "
         f"time is `trainer.fit` on {s['machine']}; forward equivalents count UNet image-forwards (x3 with "
-        "backward).",
+        "backward). With reuse > 1 the loss also takes the frozen model's predictions recorded along each "
+        "trajectory (`trajectory_config.params.record_predictions`, on by default there"
+        + (f"; overrides: `{' '.join(s['overrides'])}`" if s.get("overrides") else "")
+        + ").",
         "",
         "| source | seed | train s | forward equivalents | UA | IRA | CRA | FD |",
         "|---|---|---|---|---|---|---|---|",

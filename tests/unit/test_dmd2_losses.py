@@ -48,3 +48,36 @@ def test_critic_and_gan_losses():
     big = torch.full((3,), 20.0)
     assert gan_critic_loss(big, -big).item() < 1e-8
     assert math.isclose(gan_generator_loss(-big).item(), 20.0, rel_tol=1e-6)
+
+
+def test_on_a_rectified_flow_the_critic_learns_the_velocity_of_the_flows_own_noising():
+    from unlearn.diffusion.denoiser import Denoiser
+    from unlearn.diffusion.discretization import FlowMatchDiscretization
+    from unlearn.objectives.dmd2 import DMD2Objective
+
+    flow = FlowMatchDiscretization(shift=3.0)
+    denoiser = Denoiser({"target": "unlearn.diffusion.scalings.FlowScaling"})
+    seen = {}
+
+    def critic(x, t, cond):  # a velocity network; remembers what it was asked
+        seen.update(x=x, t=t)
+        return 0.5 * x
+
+    objective = DMD2Objective(teacher=torch.nn.Identity(), critic=critic, denoiser=denoiser, discretization=flow)
+    assert objective.num_timesteps == 1000 and (objective.min_step, objective.max_step) == (20, 980)
+    t = torch.tensor([999, 499, 0])
+    sigma = objective.sigmas(t)
+    expected = 3 * ((t + 1) / 1000) / (1 + 2 * ((t + 1) / 1000))  # shift 3 on the training grid
+    torch.testing.assert_close(sigma, expected.float())
+    assert sigma[0] == 1.0  # the last timestep is pure noise
+
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    loss = objective.critic_denoising_loss(x0, {})
+    torch.manual_seed(5)  # the same draws by hand: t on the CPU, then eps
+    s = objective.sigmas(torch.randint(0, 1000, (2,))).view(-1, 1, 1, 1)
+    eps = torch.randn_like(x0)
+    x_t = (1 - s) * x0 + s * eps
+    torch.testing.assert_close(seen["x"], x_t)  # the flow's noising (c_in is 1)
+    torch.testing.assert_close(seen["t"], 1000 * s.flatten())
+    torch.testing.assert_close(loss, ((0.5 * x_t - (eps - x0)) ** 2).mean())  # velocity vs eps - x0

@@ -78,3 +78,20 @@ def test_seeded_per_sample_noise_makes_samples_batch_independent():
     assert torch.equal(pair, again)
     assert torch.allclose(pair[1], alone[0])
     assert not torch.allclose(pair[0], pair[1])
+
+
+def test_on_a_rectified_flow_it_renoises_as_the_flow_does():
+    flow = {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": {"shift": 3.0}}
+    sampler = FewStepSampler(flow, [999, 499])
+    sigmas = sampler.get_sigmas()
+    torch.testing.assert_close(sigmas, torch.tensor([1.0, 0.75, 0.0]))  # shift 3 of 1.0 and 0.5
+    x0 = torch.full((1, 2, 4, 4), 0.3)
+    eps = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    inputs = []
+
+    def generator(x, sigma, cond):
+        inputs.append(x)
+        return x0
+
+    sampler(generator, torch.randn(1, 2, 4, 4), {}, noise_sampler=lambda x, s, s_next: eps)
+    torch.testing.assert_close(inputs[1], 0.25 * x0 + 0.75 * eps)  # (1 - sigma) x0 + sigma eps

@@ -8,7 +8,7 @@ import torch
 from unlearn.diffusion.denoiser import Denoiser
 from unlearn.diffusion.discretization import FlowMatchDiscretization, LegacyDDPMDiscretization, calculate_shift
 from unlearn.diffusion.guiders import VanillaCFG
-from unlearn.diffusion.samplers import EulerSampler
+from unlearn.diffusion.samplers import DDIMSampler, EulerSampler
 
 SD3 = {"shift": 3.0}
 FLUX = {"use_dynamic_shifting": True, "image_seq_len": 1024, "schedule": "linear"}
@@ -70,13 +70,15 @@ def _velocity_net(x, t, cond):
 
 
 @pytest.mark.parametrize("params", [SD3, FLUX], ids=["sd3", "flux"])
-def test_euler_with_cfg_equals_diffusers_flow_match_euler(params):
+@pytest.mark.parametrize("sampler_class", [EulerSampler, DDIMSampler], ids=["euler", "ddim"])
+def test_euler_with_cfg_equals_diffusers_flow_match_euler(params, sampler_class):
+    """Deterministic DDIM on a rectified flow is the same Euler step, so both match the scheduler."""
     n, scale = 6, 4.0
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(2, 4, 8, 8, generator=g)
     cond = {"crossattn": torch.randn(2, 3, 5, generator=g) + 1}
     uc = {"crossattn": torch.randn(2, 3, 5, generator=g)}
-    sampler = EulerSampler(
+    sampler = sampler_class(
         {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": params},
         num_steps=n,
         guider_config={"target": "unlearn.diffusion.guiders.VanillaCFG", "params": {"scale": scale}},
@@ -101,9 +103,10 @@ def test_variance_exploding_samplers_refuse_rectified_flow(target):
     from unlearn.config import instantiate_from_config
 
     flow = {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": SD3}
+    stochastic = {"eta": 1.0} if target == "DDIMSampler" else {}  # DDIM at eta 0 is the flow's Euler step
     with pytest.raises(ValueError, match=f"{target} steps x = x0 \\+ sigma eps, not the rectified flow"):
         instantiate_from_config(
-            {"target": f"unlearn.diffusion.samplers.{target}", "params": {"discretization_config": flow}}
+            {"target": f"unlearn.diffusion.samplers.{target}", "params": {"discretization_config": flow, **stochastic}}
         )
     with pytest.raises(ValueError, match="s_churn: churn adds variance-exploding noise"):
         EulerSampler(flow, num_steps=4, s_churn=1.0)
@@ -155,3 +158,27 @@ def test_the_engine_fills_the_image_token_count_of_a_dynamic_shift():
     )
     with pytest.raises(ValueError, match="image_seq_len: dynamic shifting needs the image's token count"):
         EulerSampler(flux, num_steps=4)
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_heun_equals_diffusers_flow_match_heun(n):
+    """Heun on SD3's shifted flow is FlowMatchHeunDiscreteScheduler's loop (its last step to sigma 0 is Euler)."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    from unlearn.diffusion.samplers import HeunSampler
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 4, 8, 8, generator=g)
+    cond = {"crossattn": torch.randn(2, 3, 5, generator=g) + 1}
+    sampler = HeunSampler(
+        {"target": "unlearn.diffusion.discretization.FlowMatchDiscretization", "params": SD3}, num_steps=n
+    )
+    denoiser = Denoiser({"target": "unlearn.diffusion.scalings.FlowScaling"})
+    ours = sampler(lambda x, s, c: denoiser(_velocity_net, x, s, c), noise, cond)
+
+    scheduler = FlowMatchHeunDiscreteScheduler(shift=SD3["shift"])
+    scheduler.set_timesteps(n)
+    x = noise.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(_velocity_net(x, t.expand(2), cond), t, x).prev_sample
+    assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()

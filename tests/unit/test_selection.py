@@ -5,6 +5,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from unlearn.selection import (
+    JOINT_METHODS,
     TRAIN_METHOD_ALIASES,
     TRAIN_METHODS,
     canonical_train_method,
@@ -142,3 +143,80 @@ def test_selection_root_unwraps_diffusers_unet(sd15):
     root, prefix = selection_root(Wrapper(sd15[0]))
     assert root is sd15[0] and prefix == "unet."
     assert selection_root(sd15[0]) == (sd15[0], "")
+
+
+# ------------------------------------------------------------------ joint-attention transformers
+# (tensors, parameters) per method on the released SD3-medium and Flux.1-dev transformer shapes.
+# SD3 xattn: 24 blocks x add_q/k/v (1536^2 + 1536 each) + 23 x to_add_out (the last block is
+# context_pre_only) = 24 * 7_082_496 + 23 * 2_360_832; esd-x-strict: 24 x add_k/add_v.
+# Flux xattn: 19 double-stream blocks x add_q/k/v and to_add_out (3072^2 + 3072 each); the 38
+# single-stream blocks project text and image tokens with the same tensors, so hold none.
+JOINT_EXPECTED = {
+    "sd3": {
+        "xattn": (190, 224_279_040),
+        "esd-x-strict": (96, 113_319_936),
+        "noxattn": (480, 1_790_965_248),
+        "notime": (670, 2_015_244_288),
+        "full": (682, 2_028_328_000),
+    },
+    "flux": {
+        "xattn": (152, 717_459_456),
+        "esd-x-strict": (76, 358_729_728),
+        "noxattn": (992, 11_132_609_536),
+        "notime": (1144, 11_850_068_992),
+        "full": (1160, 11_901_408_320),
+    },
+}
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def joint(request):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    from unlearn.networks.architectures import ARCHITECTURES
+
+    cls = SD3Transformer2DModel if request.param == "sd3" else FluxTransformer2DModel
+    with torch.device("meta"):
+        model = cls(**ARCHITECTURES[request.param]["transformer"])
+    return request.param, model, dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("method", JOINT_METHODS)
+def test_joint_attention_counts_per_method(joint, method):
+    arch, model, params = joint
+    names = select_parameters(model, method)
+    assert (len(names), sum(params[n].numel() for n in names)) == JOINT_EXPECTED[arch][method]
+
+
+def test_joint_attention_sets_are_the_text_streams_projections(joint):
+    _, model, params = joint
+    xattn = select_parameters(model, "esd-x")
+    assert {n.split(".attn.")[1].split(".")[0] for n in xattn} == {
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+    }
+    assert all(n.startswith("transformer_blocks.") for n in xattn)  # never a single-stream block
+    strict = select_parameters(model, "esd-x-strict")
+    assert set(strict) < set(xattn) and all(".attn.add_k_proj." in n or ".attn.add_v_proj." in n for n in strict)
+    fixed = ("time_text_embed.", "norm_out.", "proj_out.")
+    noxattn = set(select_parameters(model, "esd-u"))
+    assert noxattn.isdisjoint(xattn) and not any(n.startswith(fixed) for n in noxattn)
+    assert set(params) == noxattn | set(xattn) | {n for n in params if n.startswith(fixed)}
+    assert "context_embedder.weight" in noxattn and any(".attn.to_q." in n for n in noxattn)
+
+
+@pytest.mark.parametrize("method", ["selfattn", "xlayer", "selflayer"])
+def test_unet_only_methods_on_a_joint_transformer_name_the_ones_that_apply(joint, method):
+    with pytest.raises(ValueError, match=rf"train_method '{method}' is defined on UNets.*xattn, noxattn, full"):
+        select_parameters(joint[1], method)
+
+
+def test_selection_root_unwraps_a_transformer_adapter(joint):
+    class Adapter(torch.nn.Module):
+        def __init__(self, transformer):
+            super().__init__()
+            self.transformer = transformer
+
+    assert selection_root(Adapter(joint[1])) == (joint[1], "transformer.")

@@ -6,7 +6,7 @@ import torch
 
 from tests.unit.esd_helpers import make_engine
 from unlearn.config import ConfigError
-from unlearn.engine.trajectories import TrajectoryPool, sample_at_steps
+from unlearn.engine.trajectories import TrajectoryPool, sample_at_steps, sample_at_steps_with_predictions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,3 +123,77 @@ def test_bad_reuse_names_its_key():
         make_engine(ddim_steps=6, pool_size=4, reuse=2, batch_size=9)
     engine = make_engine(ddim_steps=6, pool_size=4, reuse=2, batch_size=8)
     assert engine.pool.capacity == 8 and engine.erasure_batch()[0].x.shape[0] == 8
+
+
+# ------------------------------------------------------------------------ recorded predictions
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun"])
+def test_recorded_predictions_are_the_frozen_models_at_each_recorded_x(engine, sampler):
+    s = engine.make_sampler(sampler, 6, 3.0)
+    sigmas = s.get_sigmas(6)
+    noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    stops = torch.tensor([[0, 2, 5], [1, 3, 4], [0, 1, 2]])
+    cond, uc = engine._sampler_conds(torch.tensor([0, 0, 0]))
+    plain = sample_at_steps(s, engine.teacher_denoise, noise, stops, sigmas, cond, uc)
+    x, denoised = sample_at_steps_with_predictions(s, engine.teacher_denoise, noise, stops, sigmas, cond, uc)
+    assert torch.allclose(x, plain, rtol=1e-5, atol=1e-5)  # recording leaves the trajectories as they are
+    assert set(denoised) == {"uc", "cond"} and denoised["cond"].shape == x.shape
+    for i in range(3):
+        for k in range(3):
+            xi, si = x[i, k : k + 1], sigmas[stops[i, k]].expand(1)
+            c = {key: v[i : i + 1] for key, v in cond.items()}
+            u = {key: v[i : i + 1] for key, v in uc.items()}
+            for branch, branch_cond in (("cond", c), ("uc", u)):
+                alone = engine.teacher_denoise(xi, si, branch_cond)
+                assert torch.allclose(denoised[branch][i, k : k + 1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sampler_that_steps_from_another_point_is_refused(engine):
+    churn = engine.make_sampler("euler", 6, 3.0)
+    churn.s_churn = 40.0  # Euler with churn evaluates the model at a noisier x_hat, not at x_t
+    cond, uc = engine._sampler_conds(torch.tensor([0, 0]))
+    noise, stops = torch.randn(2, 3, 16, 16), torch.tensor([[1, 3], [2, 4]])
+    with pytest.raises(ValueError, match=r"EulerSampler: its step does not first evaluate the denoiser at the step"):
+        sample_at_steps_with_predictions(churn, engine.teacher_denoise, noise, stops, churn.get_sigmas(6), cond, uc)
+
+
+def test_reuse_records_predictions_by_default_and_reuse_1_does_not(engine):
+    assert not _pool(engine, reuse=1).record_predictions
+    assert _pool(engine, reuse=2).record_predictions
+    off = TrajectoryPool(engine.pool.sampler, 2, reuse=2, record_predictions=False)
+    assert not off.record_predictions
+    with pytest.raises(ValueError, match=r"record_predictions: expected true, false or null, got 'yes'"):
+        TrajectoryPool(engine.pool.sampler, 2, record_predictions="yes")
+
+
+def test_the_loss_uses_the_recorded_teacher_predictions_in_place_of_its_own_calls():
+    reused = make_engine(ddim_steps=6, pool_size=4, reuse=3, batch_size=2)
+    batch, _ = reused.erasure_batch()
+    assert set(batch.teacher_eps) == {"null", "concept"}
+    for role in ("null", "concept"):
+        cond = batch.null if role == "null" else batch.concept
+        alone = reused.teacher_eps(batch.x, batch.sigma, cond)
+        assert torch.allclose(batch.teacher_eps[role], alone, rtol=1e-4, atol=1e-5)
+    calls = []
+
+    def counted_teacher(x, sigma, cond):
+        calls.append(x.shape[0])
+        return reused.teacher_eps(x, sigma, cond)
+
+    with_known = reused.objective(reused.student_eps, counted_teacher, batch).loss
+    assert calls == []  # nothing left to ask the teacher
+    batch.teacher_eps = None
+    computed = reused.objective(reused.student_eps, counted_teacher, batch).loss
+    assert calls == [4]  # null and concept, two samples each, in one call
+    assert torch.allclose(with_known, computed, rtol=1e-4)
+
+
+def test_recorded_predictions_map_to_erase_from_and_preserve_roles():
+    engine = make_engine(
+        ddim_steps=6, pool_size=4, reuse=2, erase_from="a circle", preserve="dotted", preserve_source="own"
+    )
+    batch, _ = engine.erasure_batch()
+    assert set(batch.teacher_eps) == {"null", "erase_from", "preserve_null", "preserve"}
+    alone = engine.teacher_eps(batch.preserve_x, batch.preserve_sigma, batch.preserve)
+    assert torch.allclose(batch.teacher_eps["preserve"], alone, rtol=1e-4, atol=1e-5)
+    alone = engine.teacher_eps(batch.x, batch.sigma, batch.erase_from)
+    assert torch.allclose(batch.teacher_eps["erase_from"], alone, rtol=1e-4, atol=1e-5)

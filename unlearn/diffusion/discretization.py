@@ -75,6 +75,10 @@ class Discretization(ABC):
         """x at noise level sigma (B,) for clean x0 and unit noise eps (B, ...): x0 + sigma eps."""
         return x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * eps
 
+    def denoising_target(self, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """What a denoiser's (x - x0) / sigma should equal at x = `add_noise`(x0, eps, sigma): eps here."""
+        return eps
+
 
 class EDMDiscretization(Discretization):
     """sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho (Karras et al. 2022, Eq. 5)."""
@@ -297,6 +301,20 @@ class FlowMatchDiscretization(Discretization):
     def prior_scale(self, sigma_max: torch.Tensor) -> torch.Tensor:
         """Sampling starts from unit noise: x = eps at sigma = 1."""
         return torch.ones_like(sigma_max)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.num_train_timesteps
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Training timesteps t in [0, T) -> sigma: the scheduler's training grid (t + 1) / T with
+        the schedule's shift, so t = T - 1 is sigma 1 (pure noise) as DDPM's last timestep is."""
+        grid = (t.double().cpu().numpy() + 1) / self.num_train_timesteps
+        return torch.as_tensor(self.shifted(grid), dtype=torch.float64, device=t.device)
+
+    def denoising_target(self, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """What (x - x0) / sigma equals at x = (1 - sigma) x0 + sigma eps: the velocity eps - x0."""
+        return eps - x0
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """(1 - sigma) x0 + sigma eps."""

@@ -57,6 +57,12 @@ class Guider(ABC):
     def __call__(self, x0_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The denoiser output on the prepared batch -> the guided x0: (B, ...)."""
 
+    def branches(self) -> tuple[str, ...] | None:
+        """The conditions of the prepared batch, in order, each B rows of the same x and sigma
+        (``"cond"``, ``"uc"``, ...); None where the batch is not laid out that way. Lets a caller
+        read the unguided predictions back from the denoiser's output."""
+        return None
+
 
 class IdentityGuider(Guider):
     """No guidance: the conditional prediction as is; ``uc`` is ignored."""
@@ -66,6 +72,9 @@ class IdentityGuider(Guider):
 
     def __call__(self, x0_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x0_pred
+
+    def branches(self) -> tuple[str, ...]:
+        return ("cond",)
 
 
 class VanillaCFG(Guider):
@@ -92,6 +101,9 @@ class VanillaCFG(Guider):
             return x0_pred
         x0_uncond, x0_cond = x0_pred.chunk(2, dim=0)  # each (B, ...)
         return x0_uncond + self.scale * (x0_cond - x0_uncond)
+
+    def branches(self) -> tuple[str, ...]:
+        return ("cond",) if self.scale == 1.0 else ("uc", "cond")
 
 
 class NegatedConceptCFG(Guider):
@@ -125,3 +137,6 @@ class NegatedConceptCFG(Guider):
     def __call__(self, x0_pred: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x0_uncond, x0_neg, x0_cond = x0_pred.chunk(3, dim=0)  # each (B, ...)
         return x0_uncond + self.scale * (x0_cond - x0_uncond) - self.negation_scale * (x0_neg - x0_uncond)
+
+    def branches(self) -> tuple[str, ...]:
+        return ("uc", "negated", "cond")

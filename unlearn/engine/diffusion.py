@@ -199,11 +199,26 @@ class DiffusionEngine(pl.LightningModule):
         )
         return generation.build_sampler(cfg)
 
+    def frozen_sampler_config(self, config: dict, image_size: int | None = None) -> dict:
+        """A method's own sampler block (e.g. the sampler of its x_t trajectories) on the model's
+        sampling schedule, with the token count of ``image_size`` (default: the model's) filled in
+        for a resolution-dependent shift."""
+        base = self.sampler_config or {}
+        discretization = (base.get("params") or {}).get("discretization_config") or self.discretization_config
+        size = self.image_size if image_size is None else int(image_size)
+        return generation.sampler_config(
+            config, discretization, None, image_seq_len=lambda: self.image_seq_len_for(size)
+        )
+
     @property
     def image_seq_len(self) -> int:
-        """Image tokens the network sees at ``image_size`` (Flux's resolution-dependent shift reads it):
-        the network's ``tokens_for(height, width)`` of the latent, else one token per latent pixel."""
-        _, height, width = self.latent_shape
+        """Image tokens the network sees at ``image_size`` (Flux's resolution-dependent shift reads it)."""
+        return self.image_seq_len_for(self.image_size)
+
+    def image_seq_len_for(self, image_size: int) -> int:
+        """Image tokens of square ``image_size`` images: the network's ``tokens_for(height, width)``
+        of the latent, else one token per latent pixel."""
+        _, height, width = self.latent_shape_for(image_size)
         tokens_for = getattr(self.network, "tokens_for", None)
         return int(tokens_for(height, width)) if tokens_for is not None else height * width
 

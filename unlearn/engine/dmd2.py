@@ -131,7 +131,8 @@ class DMD2Engine(ErasureEngine):
         for key, copier in (("generator_copy", generator_copy), ("critic_copy", critic_copy)):
             if copier is not None and not isinstance(copier, NetworkCopy):
                 raise ConfigError(f"model.params.{key}: expected a NetworkCopy block, got {copier!r}")
-        self.student_sampler = FewStepSampler(self.discretization_config, list(generator_timesteps))
+        self.student_discretization = self._student_discretization()
+        self.student_sampler = FewStepSampler(self.student_discretization, list(generator_timesteps))
         self.generator_timesteps = list(self.student_sampler.timesteps)
         self.dfake_gen_update_ratio = dfake_gen_update_ratio
         self.generator_lr, self.critic_lr = float(generator_lr), float(critic_lr)
@@ -166,6 +167,7 @@ class DMD2Engine(ErasureEngine):
             DistillationObjective,
             teacher=self.network,
             denoiser=self.denoiser,
+            discretization=self.student_sampler.discretization,
             critic=(critic_copy or NetworkCopy())(self.network, "critic"),
         )
         if self.conditioner is None and getattr(getattr(self.objective, "real_cfg", None), "scale", 1.0) != 1.0:
@@ -198,6 +200,15 @@ class DMD2Engine(ErasureEngine):
             n_critic,
             sum(p.numel() for p in self.network.parameters()),
         )
+
+    def _student_discretization(self) -> dict:
+        """The generator's schedule: the DDPM grid the denoiser was trained on, or, for a flow model
+        (whose denoiser has none), the model's sampling schedule with its shift (Flux's token count
+        filled in)."""
+        if self.discretization_config is not None:
+            return self.discretization_config
+        few_step = {"target": "unlearn.diffusion.samplers.FewStepSampler", "params": {}}
+        return self.frozen_sampler_config(few_step)["params"]["discretization_config"]
 
     # ------------------------------------------------------------------ model calls
     @property
@@ -339,9 +350,9 @@ class DMD2Engine(ErasureEngine):
         return [c.strip() for c in concept.split(sep) if c.strip()]
 
     def export(self, out_dir: str | Path) -> Path:
-        """Write the generator (diffusers UNet names, LoRA folded in) and its metadata to
-        ``student.safetensors``: load it with ``unet.load_state_dict(load_file(...))`` and sample
-        with the metadata's conditioning timesteps."""
+        """Write the generator (diffusers UNet or transformer names, LoRA folded in) and its metadata
+        to ``student.safetensors``: load it with ``pipe.unet.load_state_dict(load_file(...))``
+        (``pipe.transformer`` on SD3 and Flux) and sample with the metadata's conditioning timesteps."""
         tensors = merged_state_dict(self.generator)
         meta = {
             "format": STUDENT_FORMAT,
@@ -393,7 +404,7 @@ class DMD2Engine(ErasureEngine):
                 self.student_sampler.timesteps_for(num_steps),
                 self.generator_timesteps,
             )
-        return FewStepSampler(self.discretization_config, self.generator_timesteps, num_steps=num_steps)
+        return FewStepSampler(self.student_discretization, self.generator_timesteps, num_steps=num_steps)
 
     def run_sampler(
         self,

@@ -45,6 +45,7 @@ from unlearn.config import ConfigError, instantiate_from_config
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import concept_prompts, split_concepts
+from unlearn.diffusion.parameterization import append_dims
 from unlearn.engine import generation
 from unlearn.engine.erasure import ErasureEngine
 from unlearn.engine.export import save_erased_weights
@@ -113,13 +114,14 @@ class SelectedTensors:
         raise NotImplementedError
 
     def export(self, out_dir: str | Path) -> Path:
-        """Write ``erased.safetensors`` (and ``unet/`` when ``export_diffusers``) to ``out_dir``."""
+        """Write ``erased.safetensors`` (and ``unet/`` or ``transformer/`` when ``export_diffusers``) to ``out_dir``."""
         out_dir = Path(out_dir)
         path = save_erased_weights(out_dir / self.export_name, self.erased_state_dict(), self.erased_metadata())
         log.info("wrote %s (%d tensors)", path, len(self.selected))
-        if self.export_diffusers:
-            self.network.unet.save_pretrained(str(out_dir / "unet"))
-            log.info("wrote %s", out_dir / "unet")
+        if self.export_diffusers:  # <run>/unet or <run>/transformer, as in a diffusers pipeline folder
+            root, prefix = selection_root(self.network)
+            root.save_pretrained(str(out_dir / prefix.rstrip(".")))
+            log.info("wrote %s", out_dir / prefix.rstrip("."))
         return path
 
     @contextlib.contextmanager
@@ -166,7 +168,11 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             prompts' x_t are taken after; None: ``step_range``'s.
         batch_size: trajectories per iteration (1 like the reference).
         train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
-        export_diffusers: also write ``<run_dir>/unet/`` with ``save_pretrained``.
+        export_diffusers: also write ``<run_dir>/unet/`` (``transformer/`` for SD3 and Flux) with
+            ``save_pretrained``.
+        loss_guidance: for a guidance-distilled network (Flux.1-dev, whose guidance strength is an
+            input): the strength every model call of the loss reads; x_t is still sampled at the
+            network's own (``guidance``). None: the network's own everywhere.
     """
 
     default_optimizer_config = {"target": "torch.optim.Adam", "params": {}}  # the ESD reference uses plain Adam
@@ -192,6 +198,7 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         batch_size: int = 1,
         train_image_size: int | None = None,
         export_diffusers: bool = False,
+        loss_guidance: float | None = None,
         **engine_kwargs: Any,
     ):
         super().__init__(**engine_kwargs)
@@ -226,9 +233,8 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
                 "or preserve_step_range=null"
             )
-        self.trajectory_sampler_config = generation.sampler_config(
-            trajectory_sampler_config, self._sampler_discretization(), None
-        )
+        self.train_image_size = int(train_image_size or self.image_size)
+        self.trajectory_sampler_config = self.frozen_sampler_config(trajectory_sampler_config, self.train_image_size)
         self.pool = self._trajectory_source(trajectory_config, len(self.prompts), stream=0)
         self.step_range = self.pool.step_range
         self.preserve_step_range = (
@@ -248,11 +254,18 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 f"samples per refill, pool_size x reuse), got {batch_size!r}"
             )
         self.batch_size = batch_size
-        self.train_image_size = int(train_image_size or self.image_size)
         self.export_diffusers = bool(export_diffusers)
-        if self.export_diffusers and not hasattr(getattr(self.network, "unet", None), "save_pretrained"):
-            raise ConfigError("model.params.export_diffusers: the network has no diffusers UNet to save_pretrained")
+        if self.export_diffusers and not hasattr(selection_root(self.network)[0], "save_pretrained"):
+            raise ConfigError(
+                "model.params.export_diffusers: the network has no diffusers UNet or transformer to save_pretrained"
+            )
         self._cond_table: dict[str, dict[str, Any]] | None = None
+        if loss_guidance is not None and not getattr(self.network, "guidance_embeds", False):
+            raise ConfigError(
+                "model.params.loss_guidance: the network reads no guidance strength (only guidance-distilled "
+                "models such as Flux.1-dev do); set loss_guidance=null"
+            )
+        self.loss_guidance = None if loss_guidance is None else float(loss_guidance)
         if self.adversary is not None and erase_from is not None:
             raise ConfigError(
                 "model.params.adversary_config: adversarial prompts stand for the concept's; they do not apply "
@@ -292,10 +305,6 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 "set erase_from=null"
             )
         return pair_anchor_prompts(self.prompts, self.concepts, anchor, given, self.separator, canvas)
-
-    def _sampler_discretization(self) -> dict | None:
-        base = self.sampler_config or {}
-        return (base.get("params") or {}).get("discretization_config") or self.discretization_config
 
     def _pool_seed(self, stream: int) -> int:
         # One stream per rank (under DDP every rank draws its own trajectories) and per source.
@@ -385,6 +394,13 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         elif self.preserve:
             pick = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
             preserve = _pick(table["preserve"], pick)
+        if self.erase_from is not None:
+            cond_role = "erase_from"
+        else:  # an anchor prompt is no role of the loss
+            cond_role = "concept" if self.anchor_prompts is None else None
+        teacher_eps = self._recorded_eps(traj, cond_role)
+        if self.preserve_pool is not None:
+            teacher_eps.update(self._recorded_eps(own, cond_role="preserve", uc_role="preserve_null"))
         batch = ErasureBatch(
             x=traj.x.float(),
             sigma=traj.sigma.float(),
@@ -395,10 +411,33 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             preserve_x=preserve_x,
             preserve_sigma=preserve_sigma,
             anchor=_pick(table["anchor"], traj.prompt) if self.anchor_prompts is not None else None,
+            teacher_eps=teacher_eps or None,
         )
         if self.adversary is not None:
             batch.trained_concept, self._adversarial_rows = self.adversarial_rows(batch.concept)
+        if self.loss_guidance is not None:
+            self._set_loss_guidance(batch)
         return batch, traj.step
+
+    def _set_loss_guidance(self, batch: ErasureBatch) -> None:
+        """Every prompt role of the loss read at the guidance strength ``loss_guidance``."""
+        for role in ("concept", "null", "erase_from", "preserve", "trained_concept", "anchor"):
+            cond = getattr(batch, role)
+            if cond is not None:
+                n = next(v.shape[0] for v in cond.values() if torch.is_tensor(v))
+                setattr(batch, role, {**cond, "guidance": torch.full((n,), self.loss_guidance, device=self.device)})
+
+    def _recorded_eps(
+        self, traj: TrajectoryBatch, cond_role: str | None, uc_role: str = "null"
+    ) -> dict[str, torch.Tensor]:
+        """The frozen eps the trajectory sampler recorded at traj.x, by prompt role: its ``uc``
+        branch is the empty prompt, its ``cond`` branch the trajectories' own prompt (``cond_role``;
+        None: a prompt no role of the loss has)."""
+        if traj.denoised is None or self.loss_guidance is not None:  # not at the loss's guidance strength
+            return {}
+        roles = {"uc": uc_role, "cond": cond_role}
+        sigma = append_dims(self.denoiser.quantize_sigma(traj.sigma.to(traj.x.dtype)), traj.x.ndim)
+        return {roles[b]: ((traj.x - x0) / sigma).float() for b, x0 in traj.denoised.items() if roles.get(b)}
 
     # ------------------------------------------------------------ training
     def train_dataloader(self) -> DataLoader:

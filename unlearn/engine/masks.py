@@ -149,9 +149,7 @@ class MaskErasureEngine(ErasureEngine):
         )
         self.deconcept_anchor = deconcept_anchor
         self.batch_size = batch_size
-        self.trajectory_sampler_config = generation.sampler_config(
-            trajectory_sampler_config, self.discretization_config_of_sampler(), None
-        )
+        self.trajectory_sampler_config = self.frozen_sampler_config(trajectory_sampler_config)
         self._trajectory_sampler = self._build_trajectory_sampler()
         if isinstance(self._trajectory_sampler, DPMPP2MSampler):
             raise ConfigError(
@@ -170,10 +168,6 @@ class MaskErasureEngine(ErasureEngine):
             self._target_sampler = self._build_trajectory_sampler()
             scale = getattr(self._trajectory_sampler.guider, "scale", 1.0)
             self._target_sampler.guider = NegatedConceptCFG(scale, self.target_negation_scale)
-
-    def discretization_config_of_sampler(self) -> dict | None:
-        base = self.sampler_config or {}
-        return (base.get("params") or {}).get("discretization_config") or self.discretization_config
 
     def _build_trajectory_sampler(self):
         return generation.build_sampler(self.trajectory_sampler_config, "model.params.trajectory_sampler_config")

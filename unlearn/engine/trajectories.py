@@ -28,6 +28,15 @@ Cost per iteration (``n`` = batch size, P = ``pool_size``, N = ``ddim_steps``, r
 about (N - 1) n UNet image-forwards for x_t on average, as in the reference, spread over
 (N - 1) n / P batched sampler calls instead of (N - 1) / 2 calls at batch 2; plus the
 loss's forwards. Memory: P r latents (and their starting noises).
+
+**Recorded predictions** (``record_predictions``, on by default when ``reuse`` > 1): at each
+step the sampler evaluates the frozen model at x_t on every branch of its guider (CFG: the
+empty prompt and the trajectory's prompt), which are ESD's teacher predictions at that x_t.
+The pool keeps those x0 estimates with each sample (each trajectory runs one step past its
+last stop to get the ones at that stop), so the loss skips its frozen forwards: with reuse r
+they cost one sampler step per r samples instead of one per sample. They are the same
+computation in a different batch, so they agree with a separate call to float rounding.
+Memory: P r latents per branch.
 """
 
 from __future__ import annotations
@@ -43,7 +52,13 @@ from unlearn.diffusion.samplers import Sampler, default_noise_sampler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrajectoryBatch", "TrajectoryPool", "sample_at_steps", "sample_to_steps"]
+__all__ = [
+    "TrajectoryBatch",
+    "TrajectoryPool",
+    "sample_at_steps",
+    "sample_at_steps_with_predictions",
+    "sample_to_steps",
+]
 
 Cond = Mapping[str, Any]
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -53,12 +68,15 @@ CondsFor = Callable[[torch.Tensor], tuple[Cond, Cond | None]]
 
 @dataclass
 class TrajectoryBatch:
-    """x: (n, C, H, W) at sigma: (n,); step: (n,) sampler step t; prompt: (n,) prompt index."""
+    """x: (n, C, H, W) at sigma: (n,); step: (n,) sampler step t; prompt: (n,) prompt index;
+    denoised: the frozen denoiser's x0 at (x, sigma) per branch of the sampler's guider
+    (``{"uc": (n, C, H, W), "cond": ...}``), when the source records them, else None."""
 
     x: torch.Tensor
     sigma: torch.Tensor
     step: torch.Tensor
     prompt: torch.Tensor
+    denoised: dict[str, torch.Tensor] | None = None
 
 
 def _head(value: Any, batch: int, keep: int) -> Any:
@@ -86,6 +104,51 @@ def sample_at_steps(
     on sample i alone. Samples are sorted by their last stop so the running set is a prefix;
     per-sample entries of the sampler's ``state`` (multistep history) are cut with it.
     """
+    return _run_to_stops(sampler, denoiser, noise, stops, sigmas, cond, uc, generator, record=False)[0]
+
+
+@torch.no_grad()
+def sample_at_steps_with_predictions(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    noise: torch.Tensor,
+    stops: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Cond,
+    uc: Cond | None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`sample_at_steps`, plus the denoiser's own x0 at every recorded x, per branch of the guider.
+
+    The sampler evaluates the denoiser at x_t on each of its guider's branches (``"uc"`` and
+    ``"cond"`` for CFG) before it steps, so these predictions come with the trajectory: each
+    trajectory runs one step past its last stop, and no other forward is needed. Returns x
+    (P, r, C, H, W) as `sample_at_steps` and ``{branch: (P, r, C, H, W)}``. Needs a guider that
+    names its branches and a sampler whose first evaluation of a step is at x_t itself (DDIM,
+    Euler without churn, Heun, DPM++ 2M); anything else is refused.
+    """
+    x, denoised = _run_to_stops(sampler, denoiser, noise, stops, sigmas, cond, uc, generator, record=True)
+    assert denoised is not None
+    return x, denoised
+
+
+def _run_to_stops(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    noise: torch.Tensor,
+    stops: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Cond,
+    uc: Cond | None,
+    generator: torch.Generator | None,
+    record: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    branches = sampler.guider.branches() if record else ()
+    if branches is None:
+        raise ValueError(
+            f"{type(sampler.guider).__name__}: the guider does not name its branches, so the sampler's "
+            "predictions cannot be read back; set record_predictions to false"
+        )
     stops = stops.cpu()
     last = stops.max(dim=1).values  # (P,)
     order = torch.argsort(last, descending=True, stable=True)  # (P,)
@@ -95,13 +158,25 @@ def sample_at_steps(
     cond = {k: v[idx] if torch.is_tensor(v) else v for k, v in cond.items()}
     uc = None if uc is None else {k: v[idx] if torch.is_tensor(v) else v for k, v in uc.items()}
     out = torch.empty((x.shape[0], stops.shape[1], *x.shape[1:]), dtype=x.dtype, device=x.device)
+    denoised = {b: torch.empty_like(out) for b in branches}
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def recording(x_in: torch.Tensor, sigma_in: torch.Tensor, cond_in: Cond) -> torch.Tensor:
+        x0 = denoiser(x_in, sigma_in, cond_in)
+        calls.append((x_in, sigma_in, x0))
+        return x0
+
     state: MutableMapping[str, Any] = {}
     noise_sampler = default_noise_sampler(generator)
     running = x.shape[0]
+    # Recording runs a trajectory through the step at its last stop too: that step's first
+    # denoiser call is the prediction at the stop's x.
+    past = 0 if record else 1
     for i in range(int(last_sorted[0]) + 1):
         rows, cols = (stops_sorted[:running] == i).nonzero(as_tuple=True)  # samples recorded at step i
-        out[rows.to(x.device), cols.to(x.device)] = x[rows.to(x.device)]
-        keep = int((last_sorted > i).sum())  # samples that still need step i
+        rows, cols = rows.to(x.device), cols.to(x.device)
+        out[rows, cols] = x[rows]
+        keep = int((last_sorted >= i + past).sum())  # samples that still need step i
         if keep == 0:
             break
         if keep < running:
@@ -110,10 +185,43 @@ def sample_at_steps(
             uc = None if uc is None else {k: _head(v, running, keep) for k, v in uc.items()}
             state = {k: _head(v, running, keep) for k, v in state.items()}
             running = keep
-        x = sampler.step(denoiser, x, i, sigmas, cond, uc, state, noise_sampler=noise_sampler)
+        calls.clear()
+        x_before = x
+        x = sampler.step(recording if record else denoiser, x, i, sigmas, cond, uc, state, noise_sampler=noise_sampler)
+        if record and rows.numel():
+            for b, x0 in zip(branches, _branch_predictions(calls, x_before, sigmas[i], len(branches), sampler)):
+                denoised[b][rows, cols] = x0[rows]
     result = torch.empty_like(out)
     result[idx] = out
-    return result
+    if not record:
+        return result, None
+    restored = {}
+    for b, d in denoised.items():
+        restored[b] = torch.empty_like(d)
+        restored[b][idx] = d
+    return result, restored
+
+
+def _branch_predictions(
+    calls: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    k: int,
+    sampler: Sampler,
+) -> tuple[torch.Tensor, ...]:
+    """The k branches' x0 (each (B, C, H, W)) of the step's first denoiser call, checked to be at x and sigma."""
+    if calls:
+        x_in, sigma_in, x0 = calls[0]
+        if (
+            x_in.shape[0] == k * x.shape[0]
+            and all(torch.equal(part, x) for part in x_in.chunk(k))
+            and bool((sigma_in == sigma.to(sigma_in.dtype)).all())
+        ):
+            return x0.chunk(k)
+    raise ValueError(
+        f"{type(sampler).__name__}: its step does not first evaluate the denoiser at the step's own x and sigma, "
+        "so its predictions are not the frozen model's at x_t; set record_predictions to false"
+    )
 
 
 def sample_to_steps(
@@ -157,6 +265,9 @@ class TrajectoryPool:
         step_range: [lo, hi]: t ~ U{lo, ..., hi-1} of the sampler's N steps (None: every step).
         reuse: samples per trajectory, at distinct steps (1: the reference, independent samples;
             see the module docstring); at most the number of steps in ``step_range``.
+        record_predictions: keep the frozen model's x0 on each guider branch at every served x_t
+            (`sample_at_steps_with_predictions`), so the loss need not evaluate it again; None:
+            when ``reuse`` > 1 (reuse 1 stays the reference's computation, bit for bit).
         sampler: (runtime) the frozen sampler with its guider (CFG) and ``num_steps`` N set.
         num_prompts: (runtime) trajectories draw their prompt uniformly from ``range(num_prompts)``.
         seed: (runtime) seeds the CPU generator of noise, prompts and steps (device independent).
@@ -170,6 +281,7 @@ class TrajectoryPool:
         pool_size: int = 8,
         step_range: Sequence[int] | None = None,
         reuse: int = 1,
+        record_predictions: bool | None = None,
     ):
         num_steps = getattr(sampler, "num_steps", None)
         if not isinstance(num_steps, int) or num_steps < 1:
@@ -183,6 +295,14 @@ class TrajectoryPool:
         if isinstance(reuse, bool) or not isinstance(reuse, int) or not 1 <= reuse <= span:
             raise ValueError(f"reuse: expected an integer in [1, {span}] (the steps in step_range), got {reuse!r}")
         self.reuse = reuse
+        if record_predictions is not None and not isinstance(record_predictions, bool):
+            raise ValueError(f"record_predictions: expected true, false or null, got {record_predictions!r}")
+        self.record_predictions = reuse > 1 if record_predictions is None else record_predictions
+        if self.record_predictions and sampler.guider.branches() is None:
+            raise ValueError(
+                f"record_predictions: the sampler's guider {type(sampler.guider).__name__} does not name its "
+                "branches; set it to false"
+            )
         self.sampler = sampler
         self.num_steps = num_steps
         self.pool_size = pool_size
@@ -190,6 +310,7 @@ class TrajectoryPool:
         self.generator = torch.Generator().manual_seed(int(seed))
         self.x: torch.Tensor | None = None  # (P r, C, H, W) each at sigmas[steps[i]]
         self.noise: torch.Tensor | None = None  # (P r, C, H, W) their trajectories' starting noise
+        self.denoised: dict[str, torch.Tensor] | None = None  # {branch: (P r, C, H, W)} with record_predictions
         self.steps: torch.Tensor | None = None  # (P r,)
         self.prompts: torch.Tensor | None = None  # (P r,)
         self.sigmas: torch.Tensor | None = None  # (N + 1,)
@@ -230,13 +351,19 @@ class TrajectoryPool:
         noise = torch.randn((P, *latent_shape), generator=g).to(device)  # (P, C, H, W)
         cond, uc = conds_for(prompts)
         sigmas = self.sampler.get_sigmas(self.num_steps, device=noise.device)  # (N + 1,)
-        x = sample_at_steps(self.sampler, denoiser, noise, steps, sigmas, cond, uc, generator=g)  # (P, r, C, H, W)
+        args = (self.sampler, denoiser, noise, steps, sigmas, cond, uc)
+        if self.record_predictions:  # (P, r, C, H, W), {branch: (P, r, C, H, W)}
+            x, denoised = sample_at_steps_with_predictions(*args, generator=g)
+        else:
+            x, denoised = sample_at_steps(*args, generator=g), None
         # Shuffled so that an iteration's samples (and consecutive iterations) mix trajectories.
         order = torch.arange(P * r) if r == 1 else torch.randperm(P * r, generator=g)
-        self.x = x.flatten(0, 1)[order.to(x.device)]
-        self.noise = noise.repeat_interleave(r, dim=0)[order.to(noise.device)]
-        self.steps = steps.flatten()[order].to(noise.device)
-        self.prompts = prompts.repeat_interleave(r)[order].to(noise.device)
+        order = order.to(x.device)
+        self.x = x.flatten(0, 1)[order]
+        self.denoised = None if denoised is None else {b: d.flatten(0, 1)[order] for b, d in denoised.items()}
+        self.noise = noise.repeat_interleave(r, dim=0)[order]
+        self.steps = steps.flatten()[order.cpu()].to(noise.device)
+        self.prompts = prompts.repeat_interleave(r)[order.cpu()].to(noise.device)
         self.sigmas = sigmas
         self.cursor = 0
         self.refills += 1
@@ -259,4 +386,7 @@ class TrajectoryPool:
         sl = slice(self.cursor, self.cursor + n)
         self.cursor += n
         steps = self.steps[sl]
-        return TrajectoryBatch(x=self.x[sl], sigma=self.sigmas[steps], step=steps, prompt=self.prompts[sl])
+        denoised = None if self.denoised is None else {b: d[sl] for b, d in self.denoised.items()}
+        return TrajectoryBatch(
+            x=self.x[sl], sigma=self.sigmas[steps], step=steps, prompt=self.prompts[sl], denoised=denoised
+        )

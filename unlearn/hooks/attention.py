@@ -7,8 +7,13 @@ before the heads are concatenated and projected by ``to_out``. With the hooker d
 calls the processor it replaced. It is installed with the layer's own
 ``Attention.set_processor`` and the original processor object is put back on removal.
 
-Self- and cross-attention of UNets (SD1/SD2/SDXL) and of single-stream transformer
-blocks are supported; joint attention (SD3/Flux ``add_q_proj`` streams) is not yet.
+Self- and cross-attention of UNets (SD1/SD2/SDXL) go through that processor. Joint attention
+(SD3's MMDiT and Flux's double-stream blocks: image and text tokens attend together, each stream
+with its own projections) and Flux's attention modules are masked without touching their
+processors: a head's output is the head's slice of what the output projections read, so the
+mask scales that slice of the input of ``to_out[0]`` (image stream) and of ``to_add_out`` (text
+stream; the same mask, since the head is one attention over both), or, in Flux's single-stream
+blocks, whose attention has no output projection, of the attention's own output.
 """
 
 from __future__ import annotations
@@ -116,20 +121,18 @@ class AttentionHeadHooker(MaskHooker):
     unit_name = "head"
 
     def is_target(self, module: nn.Module) -> bool:
+        from diffusers.models.attention import AttentionModuleMixin
         from diffusers.models.attention_processor import Attention
 
-        return isinstance(module, Attention)
+        return isinstance(module, (Attention, AttentionModuleMixin))
 
     def num_units(self, module: nn.Module) -> int:
         return int(module.heads)
 
     def attach(self, name: str, module: nn.Module):
+        if _is_transformer_attention(module):
+            return self._attach_to_projections(name, module)
         original = module.processor
-        if getattr(module, "add_q_proj", None) is not None:
-            raise ValueError(
-                f"attention layer {name!r} is a joint (two-stream) attention; its heads cannot be "
-                "masked yet: exclude it with exclude_regex"
-            )
         if type(original).__name__ not in SUPPORTED_PROCESSORS:
             raise ValueError(
                 f"attention layer {name!r} uses {type(original).__name__}; head masks reproduce only "
@@ -138,3 +141,51 @@ class AttentionHeadHooker(MaskHooker):
         processor = HeadMaskedAttnProcessor(self, name, original)
         module.set_processor(processor)
         return _ProcessorHandle(name, module, processor)
+
+    def _attach_to_projections(self, name: str, module: nn.Module) -> _HookHandles:
+        heads = int(module.heads)
+        if getattr(module, "pre_only", False):  # Flux single-stream: the output is the heads, concatenated
+            return _HookHandles([module.register_forward_hook(self._heads_output_hook(name, heads))])
+        projections = [module.to_out[0]]
+        if getattr(module, "to_add_out", None) is not None:  # absent where the text stream ends (context_pre_only)
+            projections.append(module.to_add_out)
+        return _HookHandles([p.register_forward_pre_hook(self._heads_input_hook(name, heads)) for p in projections])
+
+    def _masked_heads(self, h: torch.Tensor, name: str, heads: int) -> torch.Tensor:
+        """h (..., heads * d) with head k's d channels scaled by mask[k]."""
+        return self.apply_mask(h.unflatten(-1, (heads, -1)), name, dim=h.ndim - 1).flatten(-2)
+
+    def _heads_input_hook(self, name: str, heads: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if not self.enabled:
+                return None
+            return (self._masked_heads(args[0], name, heads), *args[1:])
+
+        return hook
+
+    def _heads_output_hook(self, name: str, heads: int):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if not self.enabled:
+                return None
+            return self._masked_heads(output, name, heads)
+
+        return hook
+
+
+def _is_transformer_attention(module: nn.Module) -> bool:
+    """Joint (two-stream) attention, or an attention module of diffusers' newer transformer
+    classes (Flux's), whose processors the head-masking processor does not reproduce."""
+    from diffusers.models.attention_processor import Attention
+
+    return getattr(module, "add_q_proj", None) is not None or not isinstance(module, Attention)
+
+
+class _HookHandles:
+    """Removes the forward hooks of one attention layer."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in reversed(self.handles):
+            handle.remove()

@@ -22,3 +22,18 @@ class DiffusionNetwork(nn.Module, ABC):
     @abstractmethod
     def in_channels(self) -> int:
         """Channels of the noisy input, excluding any concatenated conditioning."""
+
+
+DIFFUSERS_MODEL_ATTRS = ("unet", "transformer")
+
+
+def diffusers_root(network: nn.Module) -> tuple[nn.Module, str]:
+    """(the diffusers model an adapter wraps, its prefix in the adapter): ``network.unet`` under
+    ``"unet."`` (`DiffusersUNet`), ``network.transformer`` under ``"transformer."`` (the SD3 and
+    Flux adapters); any other module is its own root, under ``""``. Its names are diffusers
+    state-dict names, what a pipeline's ``unet`` / ``transformer`` loads."""
+    for attr in DIFFUSERS_MODEL_ATTRS:
+        inner = getattr(network, attr, None)
+        if isinstance(inner, nn.Module):
+            return inner, f"{attr}."
+    return network, ""

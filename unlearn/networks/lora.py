@@ -20,7 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_LORA_TARGETS", "NetworkCopy", "full_copy", "lora_copy", "merged_state_dict", "unet_of"]
+from unlearn.networks.base import diffusers_root
+
+__all__ = ["DEFAULT_LORA_TARGETS", "NetworkCopy", "full_copy", "lora_copy", "merged_state_dict"]
 
 # The modules DMD2 puts LoRA on (official sd_unified_model.py, SDXL generator).
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
@@ -39,12 +41,6 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "upsamplers.0.conv",
     "time_emb_proj",
 )
-
-
-def unet_of(network: nn.Module) -> nn.Module:
-    """The diffusers UNet inside a `DiffusersUNet` (``.unet``), or the network itself."""
-    unet = getattr(network, "unet", None)
-    return unet if isinstance(unet, nn.Module) else network
 
 
 def full_copy(network: nn.Module) -> nn.Module:
@@ -74,7 +70,7 @@ def lora_copy(
     network.requires_grad_(False)
     shared = {id(t): t for t in [*network.parameters(), *network.buffers()]}
     clone = copy.deepcopy(network, memo=shared)
-    root = unet_of(clone)
+    root, _ = diffusers_root(clone)
     config = LoraConfig(
         r=rank,
         lora_alpha=float(alpha if alpha is not None else rank),
@@ -124,12 +120,12 @@ def _tuner_layer_class() -> tuple[type, ...]:
 
 @torch.no_grad()
 def merged_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
-    """The (diffusers UNet) state dict of ``network`` with LoRA adapters folded into the weights.
+    """The diffusers state dict (UNet or transformer) of ``network`` with LoRA adapters folded in.
 
     Keys are those of the plain model (``...to_q.weight``, no ``base_layer`` / ``lora_``);
     a network without adapters gives its state dict as it is. Tensors are detached copies.
     """
-    root = unet_of(network)
+    root, _ = diffusers_root(network)
     tuner = _tuner_layer_class()
     deltas: dict[str, torch.Tensor] = {}
     for name, module in root.named_modules():

@@ -64,6 +64,10 @@ class ErasureBatch:
         anchor: for objectives with ``uses_anchor``, the anchor prompt of each sample's concept
             prompt (row i of ``anchor`` is the anchor of row i of ``concept``: "a striped circle"
             -> "a dotted circle"), whose frozen trajectories ``x`` comes from; else None.
+        teacher_eps: the frozen model's eps already known at the latents of a role, by role
+            (``"null"``, ``"concept"``, ``"erase_from"`` at ``x``; ``"preserve_null"``,
+            ``"preserve"`` at ``preserve_x``), e.g. recorded by the sampler that made them; an
+            objective may use them instead of evaluating the teacher again. None: none known.
     """
 
     x: torch.Tensor
@@ -76,6 +80,7 @@ class ErasureBatch:
     preserve_sigma: torch.Tensor | None = None
     trained_concept: Cond | None = None
     anchor: Cond | None = None
+    teacher_eps: dict[str, torch.Tensor] | None = None
 
     @property
     def erase_prompt(self) -> Cond:

@@ -22,6 +22,11 @@ timesteps t mapped to sigma by the `DiscreteDenoiser`, x_t = x + sigma * eps. Th
 registered once, as the engine's ``network``; the objective only holds a reference to it
 (`ModuleRef`), so the teacher appears once in state dicts, is moved by the engine, and never
 gets an optimizer.
+
+On a rectified-flow model (SD3, Flux) the same losses hold with the flow's own noising,
+x_t = (1 - sigma) x + sigma eps, timesteps t mapped to sigma = shift((t + 1) / T) on the
+scheduler's training grid, and the critic trained as the model was: its velocity
+(x_t - D(x_t)) / sigma against eps - x (`Discretization.denoising_target`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearn.config import non_negative_number
+from unlearn.diffusion.discretization import Discretization
 from unlearn.diffusion.guiders import VanillaCFG
 from unlearn.diffusion.parameterization import append_dims
 from unlearn.networks.classifier_head import BottleneckFeatures, ClassifierHead, widest_block
@@ -111,7 +117,8 @@ class DMD2Objective(DistillationObjective):
             (0: the clean image at the smallest training sigma, DMD2's ``cls_on_clean_image``).
     Runtime arguments (from the engine): ``teacher`` (frozen, held by reference), ``critic``
     (the trainable fake-score network, initialised from the teacher), ``denoiser`` (the
-    engine's `DiscreteDenoiser`).
+    engine's `DiscreteDenoiser`, or its flow denoiser), ``discretization`` (the generator's
+    schedule: on a rectified flow it maps timesteps to sigma and noises x as the flow does).
     """
 
     def __init__(
@@ -119,6 +126,7 @@ class DMD2Objective(DistillationObjective):
         teacher: nn.Module,
         critic: nn.Module,
         denoiser: nn.Module,
+        discretization: Discretization | None = None,
         real_guidance_scale: float = 1.75,
         fake_guidance_scale: float = 1.0,
         min_step: int | None = None,
@@ -132,11 +140,14 @@ class DMD2Objective(DistillationObjective):
         gan_max_step: int = 0,
     ):
         super().__init__()
-        if not hasattr(denoiser, "idx_to_sigma"):
+        self.flow = bool(getattr(discretization, "rectified_flow", False))
+        if not (self.flow or hasattr(denoiser, "idx_to_sigma")):
             raise ValueError(
-                f"denoiser_config: DMD2 needs a DiscreteDenoiser (DDPM timesteps), got {type(denoiser).__name__}"
+                f"denoiser_config: DMD2 needs a DiscreteDenoiser (DDPM timesteps) or a rectified-flow schedule, "
+                f"got {type(denoiser).__name__}"
             )
-        T = int(denoiser.num_idx)
+        self.discretization = discretization
+        T = int(discretization.num_timesteps if self.flow else denoiser.num_idx)
         min_step = int(0.02 * T) if min_step is None else min_step
         max_step = int(0.98 * T) if max_step is None else max_step
         if not 0 <= min_step <= max_step < T:
@@ -176,8 +187,17 @@ class DMD2Objective(DistillationObjective):
         return self.denoiser_ref.module
 
     def sigmas(self, t: torch.Tensor) -> torch.Tensor:
-        """DDPM timesteps (B,) long -> training sigmas (B,)."""
+        """Timesteps (B,) long in [0, T) -> training sigmas (B,): the DDPM grid of the
+        `DiscreteDenoiser`, or the flow schedule's (shifted) training grid, float32."""
+        if self.flow:
+            return self.discretization.t_to_sigma(t).float()
         return self.denoiser.idx_to_sigma(t)
+
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x at sigma (B,): x0 + sigma eps, or (1 - sigma) x0 + sigma eps on a rectified flow."""
+        if self.flow:
+            return self.discretization.add_noise(x0, eps, sigma)
+        return x0 + append_dims(sigma, x0.ndim) * eps
 
     def _random_t(self, n: int, low: int, high: int, device: torch.device) -> torch.Tensor:
         return torch.randint(low, high + 1, (n,)).to(device)  # drawn on the CPU: device-independent
@@ -203,7 +223,7 @@ class DMD2Objective(DistillationObjective):
         if self.features is None or self.cls_head is None:
             raise ValueError("gan_classifier is off: the objective has no classifier head")
         sigma = self.sigmas(self._random_t(x0.shape[0], 0, self.gan_max_step, x0.device))
-        x_t = x0 + append_dims(sigma, x0.ndim) * torch.randn_like(x0)
+        x_t = self.noised(x0, torch.randn_like(x0), sigma)
         feats = self.features.features(self.denoiser, self.critic, x_t, sigma, cond)
         return self.cls_head(feats)
 
@@ -214,7 +234,7 @@ class DMD2Objective(DistillationObjective):
         """DM loss of generator samples x̂ (B, C, H, W), t uniform in [min_step, max_step]."""
         t = self._random_t(x_hat.shape[0], self.min_step, self.max_step, x_hat.device)
         sigma = self.sigmas(t)  # (B,)
-        x_t = x_hat.detach() + append_dims(sigma, x_hat.ndim) * torch.randn_like(x_hat)
+        x_t = self.noised(x_hat.detach(), torch.randn_like(x_hat), sigma)
         x0_real = self.real_x0(x_t, sigma, cond, uc)
         x0_fake = self.fake_x0(x_t, sigma, cond, uc)
         grad = distribution_matching_grad(x_hat, x0_real, x0_fake)
@@ -222,12 +242,14 @@ class DMD2Objective(DistillationObjective):
         return loss, {"loss_dm": loss.detach(), "dm_grad_norm": grad.norm().detach()}
 
     def critic_denoising_loss(self, x_hat: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """The critic's eps loss on sg(x̂) (B, C, H, W), t uniform in [0, T)."""
+        """The critic's denoising loss on sg(x̂) (B, C, H, W), t uniform in [0, T): its eps
+        prediction against eps, or on a rectified flow its velocity against eps - x̂."""
         x0 = x_hat.detach()
         sigma = self.sigmas(self._random_t(x0.shape[0], 0, self.num_timesteps - 1, x0.device))
         eps = torch.randn_like(x0)
-        x_t = x0 + append_dims(sigma, x0.ndim) * eps
-        return fake_score_loss(self.denoiser.predict_eps(self.critic, x_t, sigma, cond), eps)
+        x_t = self.noised(x0, eps, sigma)
+        target = self.discretization.denoising_target(x0, eps) if self.flow else eps
+        return fake_score_loss(self.denoiser.predict_eps(self.critic, x_t, sigma, cond), target)
 
     def generator_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None) -> ObjectiveOutput:
         """dm_loss_weight · DM loss (+ gan_loss_weight · softplus(-D(x̂)) with the GAN head)."""

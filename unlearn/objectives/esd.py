@@ -135,8 +135,12 @@ class ESDObjective(PredictionObjective):
             teacher_calls["preserve_null"] = (px, ps, batch.null)
         if batch.preserve is not None:
             teacher_calls["preserve"] = (px, ps, batch.preserve)
-        with torch.no_grad():
-            eps = {role: e.float() for role, e in batched_calls(teacher, teacher_calls).items()}
+        known = {role: e.float() for role, e in (batch.teacher_eps or {}).items() if role in teacher_calls}
+        missing = {role: call for role, call in teacher_calls.items() if role not in known}
+        eps = dict(known)
+        if missing:
+            with torch.no_grad():
+                eps.update({role: e.float() for role, e in batched_calls(teacher, missing).items()})
         if batch.erase_from is not None:
             e_anchor = eps["erase_from"]
         else:

@@ -5,8 +5,9 @@ t = 999, 749, 499, 249. Sampling alternates denoising and re-noising with fresh 
 
     x̂_i = G(x_{t_i}, t_i),      x_{t_{i+1}} = x̂_i + sigma_{i+1} eps,   eps ~ N(0, I),
 
-starting from pure noise at t_0 and returning the last x̂ (in the sigma-space convention
-x_t = x0 + sigma eps; this is the DDPM ``add_noise`` of the official code). The same
+starting from pure noise at t_0 and returning the last x̂ (re-noised by the schedule's own
+``add_noise``: x0 + sigma eps in the sigma-space convention, the DDPM ``add_noise`` of the
+official code; (1 - sigma) x0 + sigma eps on a rectified flow). The same
 schedule is used for training (backward simulation runs it partially, see
 `unlearn.engine.dmd2`), so training and sampling inputs come from one place.
 """
@@ -46,14 +47,17 @@ class FewStepSampler(Sampler):
     """Denoise with the generator at each of ``timesteps``, re-noise to the next with fresh noise.
 
     Args:
-        discretization_config: a DDPM discretization with ``t_to_sigma`` and ``num_timesteps``
-            (e.g. `LegacyDDPMDiscretization`).
+        discretization_config: a discretization with ``t_to_sigma`` and ``num_timesteps``
+            (`LegacyDDPMDiscretization`; `FlowMatchDiscretization`, whose re-noising is
+            (1 - sigma) x̂ + sigma eps).
         timesteps: the generator's conditioning timesteps, strictly descending; [999] is a
             one-step generator.
         num_steps: if given and different from ``len(timesteps)``, use DMD2's uniform
             timesteps for that many steps instead (`uniform_timesteps`).
         guider_config: default `IdentityGuider`: the teacher's guidance is distilled into G.
     """
+
+    supports_rectified_flow = True  # re-noising goes through the discretization's add_noise
 
     def __init__(
         self,
@@ -102,4 +106,4 @@ class FewStepSampler(Sampler):
         if sigmas[i + 1] == 0:
             return denoised
         eps = (noise_sampler or default_noise_sampler())(x, sigmas[i], sigmas[i + 1])
-        return denoised + sigmas[i + 1] * eps
+        return self.discretization.add_noise(denoised, eps, sigmas[i + 1].expand(x.shape[0]))
