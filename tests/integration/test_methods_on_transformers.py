@@ -39,8 +39,8 @@ def _inputs(engine) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]
     return x, torch.tensor([900.0, 310.0]), cond
 
 
-@pytest.mark.parametrize("train_method", ["xattn", "esd-x-strict"])
-def test_esd_trains_the_text_stream_and_its_export_reloads_into_diffusers(arch_folder, train_method, tmp_path):
+@pytest.mark.parametrize("train_method, reuse", [("xattn", 1), ("esd-x-strict", 2)])
+def test_esd_trains_the_text_stream_and_its_export_reloads_into_diffusers(arch_folder, train_method, reuse, tmp_path):
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
     from safetensors.torch import load_file
 
@@ -56,6 +56,7 @@ def test_esd_trains_the_text_stream_and_its_export_reloads_into_diffusers(arch_f
             *_overrides(folder),
             "concept=a cat",
             f"train_method={train_method}",
+            f"reuse={reuse}",  # 2: the loss takes the frozen predictions recorded along the flow's trajectories
             "ddim_steps=3",
             "lr=1e-2",
             "model.params.trajectory_config.params.pool_size=2",
@@ -211,3 +212,17 @@ def test_dmd2_student_loads_into_the_diffusers_transformer(arch_folder, tmp_path
         ours = engine.generator(x, t, cond)
     assert (student - ours).abs().max().item() <= TOL
     assert (student - teacher).abs().max().item() > 1e-6
+
+
+# ------------------------------------------------------------------------------------ attacks
+def test_attacks_inject_tokens_into_sd3s_clip_encoders_and_say_why_t5_is_left_out(tiny_sd3_pipeline, caplog):
+    from unlearn.attacks.tokens import text_encoders
+    from unlearn.engine.loading import load_model
+
+    engine = load_model([str(ROOT / "configs" / "models" / "sd3.yaml")], overrides=_overrides(tiny_sd3_pipeline))
+    t5 = engine.conditioner.embedders[2]
+    assert type(t5).__name__ == "T5TextEmbedder"
+    with caplog.at_level("WARNING", logger="unlearn.attacks.tokens"):
+        found = text_encoders(engine.conditioner)
+    assert [a.embedder for a in found] == list(engine.conditioner.embedders[:2])  # CLIP-L and CLIP-G
+    assert "T5TextEmbedder: the placeholder 'sks' is 3 tokens in its tokenizer" in caplog.text

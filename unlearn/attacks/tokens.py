@@ -7,7 +7,9 @@ embedding of the k-th placeholder of each prompt by the attack's k-th vector, be
 embeddings and the transformer: the text encoders themselves are not touched, so this works for
 CLIP, OpenCLIP and every model whose conditioner embeds token ids (SD 1.x/2.x, SDXL's two
 encoders, the toy model). A hard token (a row of the embedding table) injected this way gives
-exactly what the prompt with that token written out gives.
+exactly what the prompt with that token written out gives. An encoder whose tokenizer splits
+the placeholder into several tokens (T5's sentencepiece, in SD3 and Flux) cannot be attacked
+this way: it is left out with a warning and reads the placeholder words as text.
 
 Vectors are given per embedder (each has its own table), as `InjectedTokens`: hard attacks give
 token ids, which `vectors_for` turns into each embedder's rows; soft attacks give the vectors.
@@ -16,11 +18,14 @@ token ids, which `vectors_for` turns into each embedder's rows; soft attacks giv
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PLACEHOLDER",
@@ -54,7 +59,13 @@ class TextEncoderAccess:
             raise ValueError(f"{type(embedder).__name__} embeds no token ids (no tokenizer / token embedding)")
         self.embedder = embedder
         self.table: nn.Embedding = table
-        self.placeholder_id = self.token_ids(PLACEHOLDER)[0]
+        pieces = self.token_ids(PLACEHOLDER)
+        if len(pieces) != 1:
+            raise ValueError(
+                f"{type(embedder).__name__}: the placeholder {PLACEHOLDER!r} is {len(pieces)} tokens in its tokenizer, "
+                "so adversarial tokens cannot stand at its place"
+            )
+        self.placeholder_id = pieces[0]
 
     @property
     def vocab_size(self) -> int:
@@ -87,10 +98,10 @@ class TextEncoderAccess:
 
 
 def _token_embedding(embedder: nn.Module) -> nn.Embedding | None:
-    transformer = getattr(embedder, "transformer", None)  # CLIPTextEmbedder (transformers)
+    transformer = getattr(embedder, "transformer", None)  # CLIPTextEmbedder, T5TextEmbedder (transformers)
     if transformer is not None:
-        text_model = getattr(transformer, "text_model", transformer)
-        return getattr(getattr(text_model, "embeddings", None), "token_embedding", None)
+        table = transformer.get_input_embeddings() if hasattr(transformer, "get_input_embeddings") else None
+        return table if isinstance(table, nn.Embedding) else None
     model = getattr(embedder, "model", None)  # OpenCLIPTextEmbedder
     return getattr(model, "token_embedding", None) if model is not None else None
 
@@ -109,7 +120,10 @@ def text_encoders(conditioner: nn.Module) -> list[TextEncoderAccess]:
     found = []
     for embedder in getattr(conditioner, "embedders", []):
         if _token_embedding(embedder) is not None and hasattr(embedder, "tokenize"):
-            found.append(TextEncoderAccess(embedder))
+            try:
+                found.append(TextEncoderAccess(embedder))
+            except ValueError as err:  # e.g. T5's sentencepiece splits the placeholder word
+                log.warning("%s; that encoder reads the prompt with the placeholder words and is not attacked", err)
     if not found:
         raise ValueError("the model's conditioner has no text encoder with token embeddings to attack")
     return found
