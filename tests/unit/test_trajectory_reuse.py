@@ -6,7 +6,7 @@ import torch
 
 from tests.unit.esd_helpers import make_engine
 from unlearn.config import ConfigError
-from unlearn.engine.trajectories import TrajectoryPool, sample_at_steps, sample_at_steps_with_predictions
+from unlearn.engine.trajectories import TrajectoryPool, run_to_stops, sample_at_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,7 +134,7 @@ def test_recorded_predictions_are_the_frozen_models_at_each_recorded_x(engine, s
     stops = torch.tensor([[0, 2, 5], [1, 3, 4], [0, 1, 2]])
     cond, uc = engine._sampler_conds(torch.tensor([0, 0, 0]))
     plain = sample_at_steps(s, engine.teacher_denoise, noise, stops, sigmas, cond, uc)
-    x, denoised = sample_at_steps_with_predictions(s, engine.teacher_denoise, noise, stops, sigmas, cond, uc)
+    x, denoised = run_to_stops(s, engine.teacher_denoise, noise, stops, sigmas, cond, uc, record=True)
     assert torch.allclose(x, plain, rtol=1e-5, atol=1e-5)  # recording leaves the trajectories as they are
     assert set(denoised) == {"uc", "cond"} and denoised["cond"].shape == x.shape
     for i in range(3):
@@ -153,7 +153,7 @@ def test_a_sampler_that_steps_from_another_point_is_refused(engine):
     cond, uc = engine._sampler_conds(torch.tensor([0, 0]))
     noise, stops = torch.randn(2, 3, 16, 16), torch.tensor([[1, 3], [2, 4]])
     with pytest.raises(ValueError, match=r"EulerSampler: its step does not first evaluate the denoiser at the step"):
-        sample_at_steps_with_predictions(churn, engine.teacher_denoise, noise, stops, churn.get_sigmas(6), cond, uc)
+        run_to_stops(churn, engine.teacher_denoise, noise, stops, churn.get_sigmas(6), cond, uc, record=True)
 
 
 def test_reuse_records_predictions_by_default_and_reuse_1_does_not(engine):

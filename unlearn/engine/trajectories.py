@@ -56,7 +56,7 @@ __all__ = [
     "TrajectoryBatch",
     "TrajectoryPool",
     "sample_at_steps",
-    "sample_at_steps_with_predictions",
+    "run_to_stops",
     "sample_to_steps",
 ]
 
@@ -104,11 +104,11 @@ def sample_at_steps(
     on sample i alone. Samples are sorted by their last stop so the running set is a prefix;
     per-sample entries of the sampler's ``state`` (multistep history) are cut with it.
     """
-    return _run_to_stops(sampler, denoiser, noise, stops, sigmas, cond, uc, generator, record=False)[0]
+    return run_to_stops(sampler, denoiser, noise, stops, sigmas, cond, uc, generator)[0]
 
 
 @torch.no_grad()
-def sample_at_steps_with_predictions(
+def run_to_stops(
     sampler: Sampler,
     denoiser: DenoiserFn,
     noise: torch.Tensor,
@@ -117,32 +117,17 @@ def sample_at_steps_with_predictions(
     cond: Cond,
     uc: Cond | None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`sample_at_steps`, plus the denoiser's own x0 at every recorded x, per branch of the guider.
+    record: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """`sample_at_steps`'s x (P, r, C, H, W), and with ``record`` the denoiser's own x0 at every
+    recorded x, per branch of the guider: ``{branch: (P, r, C, H, W)}`` (else None).
 
     The sampler evaluates the denoiser at x_t on each of its guider's branches (``"uc"`` and
     ``"cond"`` for CFG) before it steps, so these predictions come with the trajectory: each
-    trajectory runs one step past its last stop, and no other forward is needed. Returns x
-    (P, r, C, H, W) as `sample_at_steps` and ``{branch: (P, r, C, H, W)}``. Needs a guider that
-    names its branches and a sampler whose first evaluation of a step is at x_t itself (DDIM,
+    trajectory runs one step past its last stop, and no other forward is needed. Needs a guider
+    that names its branches and a sampler whose first evaluation of a step is at x_t itself (DDIM,
     Euler without churn, Heun, DPM++ 2M); anything else is refused.
     """
-    x, denoised = _run_to_stops(sampler, denoiser, noise, stops, sigmas, cond, uc, generator, record=True)
-    assert denoised is not None
-    return x, denoised
-
-
-def _run_to_stops(
-    sampler: Sampler,
-    denoiser: DenoiserFn,
-    noise: torch.Tensor,
-    stops: torch.Tensor,
-    sigmas: torch.Tensor,
-    cond: Cond,
-    uc: Cond | None,
-    generator: torch.Generator | None,
-    record: bool,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     branches = sampler.guider.branches() if record else ()
     if branches is None:
         raise ValueError(
@@ -266,7 +251,7 @@ class TrajectoryPool:
         reuse: samples per trajectory, at distinct steps (1: the reference, independent samples;
             see the module docstring); at most the number of steps in ``step_range``.
         record_predictions: keep the frozen model's x0 on each guider branch at every served x_t
-            (`sample_at_steps_with_predictions`), so the loss need not evaluate it again; None:
+            (`run_to_stops`), so the loss need not evaluate it again; None:
             when ``reuse`` > 1 (reuse 1 stays the reference's computation, bit for bit).
         sampler: (runtime) the frozen sampler with its guider (CFG) and ``num_steps`` N set.
         num_prompts: (runtime) trajectories draw their prompt uniformly from ``range(num_prompts)``.
@@ -351,11 +336,9 @@ class TrajectoryPool:
         noise = torch.randn((P, *latent_shape), generator=g).to(device)  # (P, C, H, W)
         cond, uc = conds_for(prompts)
         sigmas = self.sampler.get_sigmas(self.num_steps, device=noise.device)  # (N + 1,)
-        args = (self.sampler, denoiser, noise, steps, sigmas, cond, uc)
-        if self.record_predictions:  # (P, r, C, H, W), {branch: (P, r, C, H, W)}
-            x, denoised = sample_at_steps_with_predictions(*args, generator=g)
-        else:
-            x, denoised = sample_at_steps(*args, generator=g), None
+        x, denoised = run_to_stops(  # (P, r, C, H, W), {branch: (P, r, C, H, W)} or None
+            self.sampler, denoiser, noise, steps, sigmas, cond, uc, generator=g, record=self.record_predictions
+        )
         # Shuffled so that an iteration's samples (and consecutive iterations) mix trajectories.
         order = torch.arange(P * r) if r == 1 else torch.randperm(P * r, generator=g)
         order = order.to(x.device)
