@@ -104,6 +104,7 @@ def test_on_a_guidance_distilled_flux_the_loss_reads_guidance_1_and_x_t_the_mode
     engine = load_model([*configs, distilled], overrides=settings)
     assert engine.loss_guidance == 1.0 and engine.network.guidance == 3.5
     assert engine.pool.sampler.guider.branches() == ("cond",)  # x_t: no CFG, the embedded 3.5
+    assert engine.pool.reuse == 2 and not engine.pool.record_predictions  # nothing recorded to throw away
     batch, _ = engine.erasure_batch()
     assert batch.teacher_eps is None  # the sampler's predictions are at 3.5, not the loss's 1
     for role in (batch.concept, batch.null):

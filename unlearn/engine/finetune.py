@@ -233,6 +233,12 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 f"{preserve_source} the preserve term uses the concept's x_t); set preserve_source=own "
                 "or preserve_step_range=null"
             )
+        if loss_guidance is not None and not getattr(self.network, "guidance_embeds", False):
+            raise ConfigError(
+                "model.params.loss_guidance: the network reads no guidance strength (only guidance-distilled "
+                "models such as Flux.1-dev do); set loss_guidance=null"
+            )
+        self.loss_guidance = None if loss_guidance is None else float(loss_guidance)
         self.train_image_size = int(train_image_size or self.image_size)
         self.trajectory_sampler_config = self.frozen_sampler_config(trajectory_sampler_config, self.train_image_size)
         self.pool = self._trajectory_source(trajectory_config, len(self.prompts), stream=0)
@@ -260,12 +266,6 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 "model.params.export_diffusers: the network has no diffusers UNet or transformer to save_pretrained"
             )
         self._cond_table: dict[str, dict[str, Any]] | None = None
-        if loss_guidance is not None and not getattr(self.network, "guidance_embeds", False):
-            raise ConfigError(
-                "model.params.loss_guidance: the network reads no guidance strength (only guidance-distilled "
-                "models such as Flux.1-dev do); set loss_guidance=null"
-            )
-        self.loss_guidance = None if loss_guidance is None else float(loss_guidance)
         if self.adversary is not None and erase_from is not None:
             raise ConfigError(
                 "model.params.adversary_config: adversarial prompts stand for the concept's; they do not apply "
@@ -312,6 +312,8 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
 
     def _trajectory_source(self, config: dict | None, num_prompts: int, stream: int, **runtime: Any):
         sampler = generation.build_sampler(self.trajectory_sampler_config, "model.params.trajectory_sampler_config")
+        if self.loss_guidance is not None:  # the sampler's predictions are at another guidance strength
+            runtime["record_predictions"] = False
         return instantiate_from_config(
             config or DEFAULT_TRAJECTORIES,
             _path="model.params.trajectory_config",
@@ -433,7 +435,7 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         """The frozen eps the trajectory sampler recorded at traj.x, by prompt role: its ``uc``
         branch is the empty prompt, its ``cond`` branch the trajectories' own prompt (``cond_role``;
         None: a prompt no role of the loss has)."""
-        if traj.denoised is None or self.loss_guidance is not None:  # not at the loss's guidance strength
+        if traj.denoised is None:
             return {}
         roles = {"uc": uc_role, "cond": cond_role}
         sigma = append_dims(self.denoiser.quantize_sigma(traj.sigma.to(traj.x.dtype)), traj.x.ndim)
