@@ -141,10 +141,7 @@ class ClosedFormEngine(SelectedTensors, ErasureEngine):
         self.selector = self.build_component(
             "selector_config", selector_config or DEFAULT_SELECTOR, ParameterSelector, "the trained tensors"
         )
-        self.concepts = split_concepts(concept, separator)
-        self.separator = separator
-        canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
-        self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
+        canvas = self.set_concepts(concept, separator, template, prompt_templates, prompt_csv)
         self.anchor = anchor
         if anchor is None and anchor_prompts is None:
             self.targets = [""] * len(self.prompts)

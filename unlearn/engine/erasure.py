@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ import torch
 from torch import nn
 
 from unlearn.config import ConfigError, instantiate_from_config, optional_seed
+from unlearn.data.canvas import CanvasSpec
+from unlearn.data.prompts import concept_prompts, split_concepts
 from unlearn.engine.diffusion import DiffusionEngine
 from unlearn.engine.optim import build_optimizer, build_scheduler
 from unlearn.objectives.base import ObjectiveOutput
@@ -123,6 +126,23 @@ class ErasureEngine(DiffusionEngine):
                 f"which {type(self).__name__} trains with"
             )
         return component
+
+    def set_concepts(
+        self,
+        concept: str | Sequence[str],
+        separator: str | None,
+        template: str,
+        prompt_templates: Sequence[str] | None = None,
+        prompt_csv: str | None = None,
+    ) -> CanvasSpec | None:
+        """``self.concepts`` (``concept`` split on ``separator``) and their training prompts
+        ``self.prompts`` (`unlearn.data.prompts.concept_prompts`); returns the toy canvas the
+        prompts were written for (None on other models)."""
+        self.concepts = split_concepts(concept, separator)
+        self.separator = separator
+        canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
+        self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
+        return canvas
 
     def adversarial_search(self, prompts: list[str], concept: str) -> None:
         """With an adversary, search anew when it is due (before the step's inputs are made)."""

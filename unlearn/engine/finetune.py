@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from unlearn.config import ConfigError, instantiate_from_config
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
-from unlearn.data.prompts import concept_prompts, split_concepts
+from unlearn.data.prompts import split_concepts
 from unlearn.diffusion.parameterization import append_dims
 from unlearn.engine import generation
 from unlearn.engine.erasure import ErasureEngine
@@ -214,10 +214,7 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         self.selector: ParameterSelector = self.build_component(
             "selector_config", selector_config or DEFAULT_SELECTOR, ParameterSelector, "the trained tensors"
         )
-        self.concepts = split_concepts(concept, separator)
-        self.separator = separator
-        canvas = CanvasSpec(*map(tuple, self.canvas_concepts)) if self.canvas_concepts else None
-        self.prompts = concept_prompts(self.concepts, template, canvas, prompt_templates, prompt_csv)
+        canvas = self.set_concepts(concept, separator, template, prompt_templates, prompt_csv)
         self.erase_from = erase_from
         self.anchor = anchor
         self.anchor_prompts = self._anchor_prompts(anchor, anchor_prompts, canvas)
