@@ -34,6 +34,11 @@ def _batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma.to(x.dtype)
 
 
+def _eps(x: torch.Tensor, x0: torch.Tensor, sigma_q: torch.Tensor) -> torch.Tensor:
+    """(x - x0) / sigma with the sigma (B,) the network saw."""
+    return (x - x0) / append_dims(sigma_q, x.ndim)
+
+
 class Denoiser(nn.Module):
     """D(x, sigma) from a scaling built from ``scaling_config`` (e.g. `EpsScaling`).
 
@@ -83,8 +88,12 @@ class Denoiser(nn.Module):
         The division uses the same (possibly quantized) sigma the network saw. sigma must be > 0.
         """
         sigma_q = self.quantize_sigma(_batch_sigma(sigma, x))  # (B,)
-        x0 = self(network, x, sigma_q, cond)
-        return (x - x0) / append_dims(sigma_q, x.ndim)
+        return _eps(x, self(network, x, sigma_q, cond), sigma_q)
+
+    def eps_from_x0(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The eps estimate of an x0 this denoiser made at (x, sigma), e.g. inside a sampler: what
+        `predict_eps` returns for the same call; (B, C, H, W)."""
+        return _eps(x, x0, self.quantize_sigma(_batch_sigma(sigma, x)))
 
 
 class DiscreteDenoiser(Denoiser):

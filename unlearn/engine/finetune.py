@@ -45,7 +45,6 @@ from unlearn.config import ConfigError, instantiate_from_config
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
 from unlearn.data.prompts import split_concepts
-from unlearn.diffusion.parameterization import append_dims
 from unlearn.engine import generation
 from unlearn.engine.erasure import ErasureEngine
 from unlearn.engine.export import save_erased_weights
@@ -435,8 +434,11 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         if traj.denoised is None:
             return {}
         roles = {"uc": uc_role, "cond": cond_role}
-        sigma = append_dims(self.denoiser.quantize_sigma(traj.sigma.to(traj.x.dtype)), traj.x.ndim)
-        return {roles[b]: ((traj.x - x0) / sigma).float() for b, x0 in traj.denoised.items() if roles.get(b)}
+        return {
+            roles[b]: self.denoiser.eps_from_x0(traj.x, x0, traj.sigma).float()
+            for b, x0 in traj.denoised.items()
+            if roles.get(b)
+        }
 
     # ------------------------------------------------------------ training
     def train_dataloader(self) -> DataLoader:
