@@ -194,8 +194,9 @@ class DMD2Objective(DistillationObjective):
         return self.denoiser.idx_to_sigma(t)
 
     def noised(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """x at sigma (B,): x0 + sigma eps, or (1 - sigma) x0 + sigma eps on a rectified flow."""
-        if self.flow:
+        """x at sigma (B,), as the schedule noises: x0 + sigma eps, or (1 - sigma) x0 + sigma eps on a
+        rectified flow (without a schedule: the first)."""
+        if self.discretization is not None:
             return self.discretization.add_noise(x0, eps, sigma)
         return x0 + append_dims(sigma, x0.ndim) * eps
 
@@ -248,7 +249,7 @@ class DMD2Objective(DistillationObjective):
         sigma = self.sigmas(self._random_t(x0.shape[0], 0, self.num_timesteps - 1, x0.device))
         eps = torch.randn_like(x0)
         x_t = self.noised(x0, eps, sigma)
-        target = self.discretization.denoising_target(x0, eps) if self.flow else eps
+        target = eps if self.discretization is None else self.discretization.denoising_target(x0, eps)
         return fake_score_loss(self.denoiser.predict_eps(self.critic, x_t, sigma, cond), target)
 
     def generator_loss(self, x_hat: torch.Tensor, cond: Cond, uc: Cond | None) -> ObjectiveOutput:
