@@ -34,10 +34,10 @@ def _text_config(hidden: int, act: str, projection: int = 16) -> dict:
     )
 
 
-def _vae(scaling_factor: float = 0.18215):
+def _vae(scaling_factor: float = 0.18215, **overrides):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    config = dict(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -49,6 +49,11 @@ def _vae(scaling_factor: float = 0.18215):
         sample_size=IMAGE_SIZE,
         scaling_factor=scaling_factor,
     )
+    return AutoencoderKL(**{**config, **overrides})
+
+
+# SD3's and Flux's VAE: 16 latent channels, a shift factor, no quant convs.
+FLOW_VAE = dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
 
 
 def _unet(cross_attention_dim: int, **kwargs):
@@ -182,7 +187,6 @@ def build_sd3(folder: Path, cache: Path) -> Path:
     the offline stand-in tokenizer), the 16-channel VAE with shift and scale, flow matching shift 3.
     Not in BUILDERS: the UNet fixtures and their training recipe do not apply."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -208,21 +212,7 @@ def build_sd3(folder: Path, cache: Path) -> Path:
             pos_embed_max_size=16,
         ),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            norm_num_groups=4,
-            sample_size=IMAGE_SIZE,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        ),
+        vae=_vae(scaling_factor=1.5305, shift_factor=0.0609, **FLOW_VAE),
         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(16, "quick_gelu", projection=16))),
         tokenizer=_tokenizer(cache),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, "gelu", projection=32))),
@@ -242,7 +232,7 @@ def build_flux(folder: Path, cache: Path, schnell: bool = False) -> Path:
     """Flux.1-dev: CLIP-L pooled (16), T5 (32 channels, the stand-in tokenizer), a guidance-embedding
     MMDiT with RoPE over packed 16-channel latents, the VAE's shift and scale, dynamic shifting.
     ``schnell``: Flux.1-schnell's differences: no guidance embedding, a static schedule (shift 1)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
@@ -270,21 +260,7 @@ def build_flux(folder: Path, cache: Path, schnell: bool = False) -> Path:
             base_image_seq_len=256,
             max_image_seq_len=4096,
         ),
-        vae=AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            norm_num_groups=4,
-            sample_size=IMAGE_SIZE,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        ),
+        vae=_vae(scaling_factor=0.3611, shift_factor=0.1159, **FLOW_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(16, "quick_gelu"))),
         tokenizer=_tokenizer(cache),
         text_encoder_2=_tiny_t5(t5_vocab, FLUX_T5_WIDTH, d_ff=64, d_kv=8),
