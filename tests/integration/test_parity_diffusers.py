@@ -320,14 +320,37 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
 def test_single_file_errors_name_what_is_missing(tiny_pipelines, pipelines, tmp_path):
     from safetensors.torch import save_file
 
-    from tests.integration.ldm_layout import unet_to_ldm
+    from tests.integration.ldm_layout import clip_to_ldm, unet_to_ldm
     from unlearn.conditioning import CLIPTextEmbedder
 
     file = tmp_path / "unet_only.safetensors"
     save_file({k: v.contiguous() for k, v in unet_to_ldm(pipelines["sd15"].unet).items()}, str(file))
     with pytest.raises(ValueError, match="set single_file_config .* text_encoder/config.json"):
         CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder")
-    with pytest.raises(ValueError, match="holds no text encoder of width 16 .* found: none"):
+    # A file without text encoders leaves them to single_file_config's folder, which must hold their weights.
+    configs = shutil.copytree(
+        tiny_pipelines["sd15"], tmp_path / "configs", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"single_file_config='.*configs' has no text_encoder/ weights .*: pretrained_path='.*unet_only."
+        r"safetensors' holds no CLIP text encoder, so it loads from that folder",
+    ):
+        CLIPTextEmbedder(pretrained_path=str(file), subfolder="text_encoder", single_file_config=str(configs))
+    embedder = CLIPTextEmbedder(
+        pretrained_path=str(file), subfolder="text_encoder", single_file_config=str(tiny_pipelines["sd15"])
+    )
+    expected = pipelines["sd15"].text_encoder.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in embedder.transformer.state_dict().items())
+    # A file whose text encoders have other widths names the widths it holds.
+    clip16 = tmp_path / "clip16.safetensors"
+    save_file({k: v.contiguous() for k, v in clip_to_ldm(pipelines["sd15"].text_encoder).items()}, str(clip16))
+    with pytest.raises(
+        ValueError, match=r"holds no text encoder of width 32 .* found: \{'cond_stage_model.transformer.': 16\}"
+    ):
         CLIPTextEmbedder(
-            pretrained_path=str(file), subfolder="text_encoder", single_file_config=str(tiny_pipelines["sd15"])
+            pretrained_path=str(clip16),
+            subfolder="text_encoder_2",
+            single_file_config=str(tiny_pipelines["sdxl"]),
+            with_projection=True,
         )

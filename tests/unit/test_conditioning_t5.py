@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from unlearn.conditioning import AbstractEmbModel, GeneralConditioner, T5TextEmbedder
 from unlearn.conditioning.t5_tokenizer import build_t5_tokenizer
@@ -73,9 +74,9 @@ def test_t5_embedder_errors(t5_tokenizer_dir, tmp_path):
         T5TextEmbedder(config={**TINY_T5, "vocab_size": 100}, tokenizer_path=str(t5_tokenizer_dir))
     with pytest.raises(FileNotFoundError, match="Hugging Face Hub id"):
         T5TextEmbedder(pretrained_path="stabilityai/stable-diffusion-3-medium-diffusers", subfolder="text_encoder_3")
-    file = tmp_path / "sd3_medium.safetensors"
-    file.write_bytes(b"")
-    with pytest.raises(ValueError, match="single checkpoint file"):
+    file = tmp_path / "sd3_medium.safetensors"  # a single file without T5: the encoder comes from a folder
+    save_file({"model.diffusion_model.pos_embed": torch.zeros(1)}, str(file))
+    with pytest.raises(ValueError, match="holds no T5 encoder: set single_file_config .* text_encoder_3/config.json"):
         T5TextEmbedder(pretrained_path=str(file), subfolder="text_encoder_3")
     # a folder with the encoder but no tokenizer
     _t5(t5_tokenizer_dir).transformer.save_pretrained(tmp_path / "pipe" / "text_encoder_3")

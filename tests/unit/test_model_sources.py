@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from unlearn.cli import run
 from unlearn.config import ConfigError, load_config, load_configs
@@ -26,6 +28,18 @@ SD3 = [
 
 def _cfg(arch: str, *overrides: str):
     return load_configs([f"configs/models/{arch}.yaml"], overrides)
+
+
+def _fake_file(path, keys):
+    """A .safetensors file with these tensor names (one number each): only its header is read."""
+    save_file({key: torch.zeros(1) for key in keys}, str(path))
+    return path
+
+
+SD2_FILE = ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.token_embedding.weight"]
+SD3_FILE = ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "first_stage_model.encoder.conv_in.weight"]
+SD3_TEXT = [f"text_encoders.{name}.transformer.shared.weight" for name in ("clip_l", "clip_g", "t5xxl")]
+FLUX_FILE = ["double_blocks.0.img_attn.norm.key_norm.scale"]  # BFL's flux1-dev: the transformer only
 
 
 def _fake_folder(root, subfolders, weights=True):
@@ -86,8 +100,7 @@ def test_incomplete_folder_lists_every_missing_part(tmp_path):
 
 
 def test_single_file_needs_a_local_config_folder(tmp_path):
-    ckpt = tmp_path / "v2-1_768-ema-pruned.safetensors"
-    ckpt.write_bytes(b"")
+    ckpt = _fake_file(tmp_path / "v2-1_768-ema-pruned.safetensors", [*SD2_FILE, SD3_FILE[1]])
     with pytest.raises(
         ConfigError, match=r"single checkpoint file, so model_config must name a local diffusers folder"
     ):
@@ -103,6 +116,26 @@ def test_single_file_needs_a_local_config_folder(tmp_path):
     notes.write_text("x")
     with pytest.raises(ConfigError, match="is a file but not a checkpoint"):
         check_model_source(_cfg("sd21", f"model_path={notes}"))
+    broken = tmp_path / "truncated.safetensors"
+    broken.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model_path='.*truncated.safetensors': cannot read it as .safetensors"):
+        check_model_source(_cfg("sd21", f"model_path={broken}", f"model_config={tmp_path / 'configs2'}"))
+
+
+def test_single_file_without_a_text_encoder_needs_its_weights_in_model_config(tmp_path):
+    unet_only = _fake_file(tmp_path / "unet.safetensors", [SD2_FILE[0], SD3_FILE[1]])
+    configs = _fake_folder(tmp_path / "configs", SD, weights=False)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model_config='.*configs' lacks text_encoder/ weights \(\*.safetensors or \*.bin\): "
+        r"model_path='.*unet.safetensors' holds no text_encoder, so model_config's folder must give it",
+    ):
+        check_model_source(_cfg("sd15", f"model_path={unet_only}", f"model_config={configs}"))
+    (configs / "text_encoder" / "model.safetensors").write_bytes(b"")
+    check_model_source(_cfg("sd15", f"model_path={unet_only}", f"model_config={configs}"))
+    ckpt = tmp_path / "v1-5-pruned-emaonly.ckpt"  # never opened: taken to hold every component
+    ckpt.write_bytes(b"")
+    check_model_source(_cfg("sd15", f"model_path={ckpt}", f"model_config={_fake_folder(tmp_path / 'c2', SD, False)}"))
 
 
 def test_sd3_errors_name_its_layout(tmp_path):
@@ -118,12 +151,34 @@ def test_sd3_errors_name_its_layout(tmp_path):
         check_model_source(_cfg("sd3", f"model_path={root}"))
     _fake_folder(tmp_path / "sd3", ["text_encoder_3"])
     check_model_source(_cfg("sd3", f"model_path={root}"))  # complete: no error
-    ckpt = tmp_path / "sd3_medium_incl_clips_t5xxlfp16.safetensors"
-    ckpt.write_bytes(b"")
+
+
+def test_sd3_single_files(tmp_path):
+    full = _fake_file(tmp_path / "sd3_medium_incl_clips_t5xxlfp8.safetensors", SD3_FILE + SD3_TEXT)
     with pytest.raises(
-        ConfigError, match=r"single checkpoint file, but this model config loads from a local diffusers folder only"
+        ConfigError, match=r"single checkpoint file, so model_config must name a local diffusers folder"
     ):
-        check_model_source(_cfg("sd3", f"model_path={ckpt}"))
+        check_model_source(_cfg("sd3", f"model_path={full}"))
+    configs = _fake_folder(tmp_path / "configs", [s for s in SD3 if s != "transformer"], weights=False)
+    with pytest.raises(FileNotFoundError, match=r"model_config='.*configs' lacks transformer/config.json$"):
+        check_model_source(_cfg("sd3", f"model_path={full}", f"model_config={configs}"))
+    _fake_folder(configs, ["transformer"], weights=False)
+    check_model_source(_cfg("sd3", f"model_path={full}", f"model_config={configs}"))  # every weight in the file
+    bare = _fake_file(tmp_path / "sd3_medium.safetensors", SD3_FILE)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"lacks text_encoder/ weights, text_encoder_2/ weights, text_encoder_3/ weights \(\*.safetensors or "
+        r"\*.bin\): model_path='.*sd3_medium.safetensors' holds no text_encoder, text_encoder_2, text_encoder_3",
+    ):
+        check_model_source(_cfg("sd3", f"model_path={bare}", f"model_config={configs}"))
+    ckpt = tmp_path / "sd3_medium.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"read from .safetensors only, as they are released; a pickled checkpoint"):
+        check_model_source(_cfg("sd3", f"model_path={ckpt}", f"model_config={configs}"))
+    undeclared = _cfg("sd3", f"model_path={full}")
+    undeclared.pop("model_config")  # a config that declares no single-file loading
+    with pytest.raises(ConfigError, match=r"this model config loads from a local diffusers folder only"):
+        check_model_source(undeclared)
 
 
 def test_flux_errors_name_its_layout(tmp_path):
@@ -134,10 +189,31 @@ def test_flux_errors_name_its_layout(tmp_path):
         r"text_encoder_2/, tokenizer_2/, vae/",
     ):
         check_model_source(_cfg("flux", "model_path=black-forest-labs/FLUX.1-dev"))
-    ckpt = tmp_path / "flux1-dev.safetensors"
-    ckpt.write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"loads from a local diffusers folder only: pass model_path=<a local"):
-        check_model_source(_cfg("flux", f"model_path={ckpt}"))
+    file = _fake_file(tmp_path / "flux1-dev.safetensors", FLUX_FILE)
+    configs = _fake_folder(tmp_path / "configs", FLUX, weights=False)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"lacks text_encoder/ weights, text_encoder_2/ weights, vae/ weights \(\*.safetensors or \*.bin\)",
+    ):
+        check_model_source(_cfg("flux", f"model_path={file}", f"model_config={configs}"))
+    for sub in ("text_encoder", "text_encoder_2"):
+        (configs / sub / "model.safetensors").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model_config='.*configs' lacks vae/ weights \(\*.safetensors or \*.bin\): model_path='.*flux1-dev."
+        r"safetensors' holds no vae, so model_config's folder must give it, weights included$",
+    ):
+        check_model_source(_cfg("flux", f"model_path={file}", f"model_config={configs}"))
+    (configs / "vae" / "model.safetensors").write_bytes(b"")
+    check_model_source(_cfg("flux", f"model_path={file}", f"model_config={configs}"))  # no error
+    for arch in (["flux"], ["flux", "flux_schnell"]):
+        ckpt = tmp_path / "flux1-dev.ckpt"
+        ckpt.write_bytes(b"")
+        cfg = load_configs(
+            [f"configs/models/{a}.yaml" for a in arch], [f"model_path={ckpt}", f"model_config={configs}"]
+        )
+        with pytest.raises(ConfigError, match=r"read from .safetensors only"):
+            check_model_source(cfg)
 
 
 def test_configs_without_model_path_are_left_alone():

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir, resolve_local_file
+from unlearn.single_file import fallback_folder, holds, safetensors_keys, unloaded
 
 
 class FirstStage(nn.Module, ABC):
@@ -53,6 +54,10 @@ class DiffusersAutoencoderKL(FirstStage):
     it would otherwise compute in float16 (fp16 weights or fp16 autocast), as diffusers' SDXL
     pipeline does: SDXL's VAE overflows in float16. bfloat16 is left alone. Latents and
     images are returned in float32 whatever precision the VAE ran in.
+
+    ``pretrained_path`` may be an original single file (or give it as ``single_file``): its VAE
+    (``first_stage_model.*``) is converted with the architecture of ``single_file_config``'s
+    ``<subfolder>``; a file without a VAE (Flux.1's) takes it whole from that folder, weights included.
     """
 
     def __init__(
@@ -82,15 +87,7 @@ class DiffusersAutoencoderKL(FirstStage):
             sub = subfolder if subfolder and (root / subfolder).is_dir() else None
             vae = AutoencoderKL.from_pretrained(str(root), subfolder=sub, local_files_only=True)
         else:
-            ckpt = resolve_local_file(single_file, "first_stage_config.params.single_file")
-            if single_file_config is None:
-                raise ValueError(
-                    "first_stage_config.params.single_file needs single_file_config (a local diffusers folder)"
-                )
-            cfg_dir = resolve_local_dir(single_file_config, "first_stage_config.params.single_file_config")
-            vae = AutoencoderKL.from_single_file(
-                str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True
-            )
+            vae = _vae_from_single_file(single_file, single_file_config, subfolder)
         vae.requires_grad_(False)
         vae.eval()
         self.vae = vae
@@ -140,6 +137,29 @@ class DiffusersAutoencoderKL(FirstStage):
         z = z / self.scale_factor + self.shift_factor
         with self._precision(z.device.type) as dtype:
             return self.vae.decode(z.to(dtype)).sample.float()
+
+
+def _vae_from_single_file(single_file: str, single_file_config: str | None, subfolder: str | None):
+    """The VAE of an original single file (``first_stage_model.*``), converted by diffusers with the
+    architecture of ``single_file_config/<subfolder>``; a file without one (Flux.1's) leaves the VAE
+    to that folder, which then holds its weights."""
+    from diffusers import AutoencoderKL
+
+    ckpt = resolve_local_file(single_file, "first_stage_config.params.single_file")
+    if not holds(safetensors_keys(ckpt, "first_stage_config.params.single_file"), "vae"):
+        root = fallback_folder(single_file, single_file_config, subfolder, "VAE")
+        return AutoencoderKL.from_pretrained(str(root), subfolder=subfolder, local_files_only=True)
+    if single_file_config is None:
+        raise ValueError("first_stage_config.params.single_file needs single_file_config (a local diffusers folder)")
+    cfg_dir = resolve_local_dir(single_file_config, "first_stage_config.params.single_file_config")
+    vae = AutoencoderKL.from_single_file(str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True)
+    missing = unloaded(vae)
+    if missing:
+        raise ValueError(
+            f"first_stage_config.params.single_file={single_file!r} lacks {len(missing)} weights of the VAE in "
+            f"{cfg_dir / (subfolder or '')} (e.g. {missing[:3]}): the file and the config describe different VAEs"
+        )
+    return vae
 
 
 class PixelUnshuffleFirstStage(FirstStage):

@@ -62,9 +62,12 @@ class DiffusersFluxTransformer(DiffusersTransformer):
         variant: str | None = None,
         gradient_checkpointing: bool = False,
         guidance: float = 3.5,
+        single_file_config: str | None = None,
     ):
         super().__init__()
-        self.transformer = build_transformer("FluxTransformer2DModel", pretrained_path, subfolder, config, variant)
+        self.transformer = build_transformer(
+            "FluxTransformer2DModel", pretrained_path, subfolder, config, variant, single_file_config
+        )
         self.guidance = float(guidance)
         if gradient_checkpointing:
             self.set_gradient_checkpointing(True)

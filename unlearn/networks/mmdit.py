@@ -17,10 +17,15 @@ import torch
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.paths import resolve_local_dir
+from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, holds, safetensors_keys, unloaded
 
 log = logging.getLogger(__name__)
 
 __all__ = ["build_transformer", "DiffusersSD3Transformer"]
+
+
+# The kind of network (unlearn.single_file.COMPONENT_PREFIXES) each diffusers class reads from a single file.
+_SINGLE_FILE_KINDS = {"SD3Transformer2DModel": "sd3_transformer", "FluxTransformer2DModel": "flux_transformer"}
 
 
 def build_transformer(
@@ -29,11 +34,14 @@ def build_transformer(
     subfolder: str | None = "transformer",
     config: dict[str, Any] | None = None,
     variant: str | None = None,
+    single_file_config: str | None = None,
 ):
     """A diffusers transformer (``model_class``, e.g. ``"SD3Transformer2DModel"``) from one local source.
 
     * ``pretrained_path``: a diffusers pipeline folder (``subfolder="transformer"``) or a
-      transformer folder, as ``save_pretrained`` writes them. Nothing is downloaded.
+      transformer folder, as ``save_pretrained`` writes them; or one original ``.safetensors``
+      (SAI's SD3 / 3.5 layout, BFL's Flux.1 layout), whose architecture comes from
+      ``single_file_config/<subfolder>/config.json``. Nothing is downloaded.
     * ``config``: the model's config dict (random weights; tiny models).
     """
     import diffusers
@@ -41,17 +49,14 @@ def build_transformer(
     cls = getattr(diffusers, model_class)
     if (pretrained_path is None) == (config is None):
         raise ValueError(
-            "network params: give exactly one of pretrained_path (a local diffusers folder) or config "
-            f"(a {model_class} config dict)"
+            "network params: give exactly one of pretrained_path (a local diffusers folder or single file) or "
+            f"config (a {model_class} config dict)"
         )
     if config is not None:
         return cls(**dict(config))
-    expected = f"a diffusers folder with {subfolder or '.'}/config.json"
     if Path(pretrained_path).expanduser().is_file():
-        raise ValueError(
-            f"pretrained_path={pretrained_path!r} is a single checkpoint file; {model_class} loads from a local "
-            f"diffusers folder only ({expected} and weights, as save_pretrained writes it)"
-        )
+        return _from_single_file(cls, pretrained_path, subfolder, single_file_config)
+    expected = f"a diffusers folder with {subfolder or '.'}/config.json"
     root = resolve_local_dir(pretrained_path, "pretrained_path", expected=expected)
     sub = subfolder if subfolder and (root / subfolder).is_dir() else None
     if not (root / (sub or "") / "config.json").is_file():
@@ -61,6 +66,40 @@ def build_transformer(
         )
     log.info("loading %s from %s (subfolder %s)", model_class, root, sub)
     return cls.from_pretrained(str(root), subfolder=sub, local_files_only=True, variant=variant)
+
+
+def _from_single_file(cls, path: str, subfolder: str | None, config_dir: str | None):
+    """``cls.from_single_file``: diffusers converts the original keys; unlike diffusers (which leaves
+    weights the file lacks uninitialised), every weight of the model must come from the file."""
+    name, file = cls.__name__, Path(path).expanduser()
+    if file.suffix != SAFETENSORS:
+        raise ValueError(
+            f"pretrained_path={path!r}: {name} single files are read from {SAFETENSORS} only (as they are "
+            "released); a pickled checkpoint is never opened"
+        )
+    sub = subfolder or "."
+    if config_dir is None:
+        raise ValueError(
+            f"pretrained_path={path!r} is a single checkpoint file: set single_file_config (model configs: "
+            f"model_config) to a local diffusers folder with {sub}/config.json"
+        )
+    root = resolve_local_dir(config_dir, "single_file_config")
+    if not (root / (subfolder or "") / "config.json").is_file():
+        raise FileNotFoundError(f"single_file_config={config_dir!r} has no {sub}/config.json ({name}'s architecture)")
+    kind = _SINGLE_FILE_KINDS.get(name)
+    if kind and not holds(safetensors_keys(file, "pretrained_path"), kind):
+        raise ValueError(
+            f"pretrained_path={path!r} holds no {name} (no keys under {', '.join(COMPONENT_PREFIXES[kind])})"
+        )
+    log.info("loading %s from %s (config %s)", name, file, root / (subfolder or ""))
+    model = cls.from_single_file(str(file), config=str(root), subfolder=subfolder, local_files_only=True)
+    missing = unloaded(model)
+    if missing:
+        raise ValueError(
+            f"pretrained_path={path!r} lacks {len(missing)} weights of the {name} in {root / (subfolder or '')} "
+            f"(e.g. {missing[:3]}): the file and the config describe different models"
+        )
+    return model
 
 
 class DiffusersTransformer(DiffusionNetwork):
@@ -103,9 +142,12 @@ class DiffusersSD3Transformer(DiffusersTransformer):
         config: dict[str, Any] | None = None,
         variant: str | None = None,
         gradient_checkpointing: bool = False,
+        single_file_config: str | None = None,
     ):
         super().__init__()
-        self.transformer = build_transformer("SD3Transformer2DModel", pretrained_path, subfolder, config, variant)
+        self.transformer = build_transformer(
+            "SD3Transformer2DModel", pretrained_path, subfolder, config, variant, single_file_config
+        )
         if gradient_checkpointing:
             self.set_gradient_checkpointing(True)
 

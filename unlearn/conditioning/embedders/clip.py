@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir
+from unlearn.single_file import fallback_folder, holds, safetensors_keys
 
 from ..tokenizer import build_clip_tokenizer
 from .base import AbstractEmbModel
@@ -76,10 +77,12 @@ class CLIPTextEmbedder(AbstractEmbModel):
         subfolder: subfolder of ``pretrained_path`` (``"text_encoder"``, ``"text_encoder_2"``).
         final_norm: apply the final LayerNorm to ``penultimate``/``hidden`` outputs.
         pooled_only: return the pooled vector (B, P) alone, no tokens.
-        single_file_config: when ``pretrained_path`` is a single SD checkpoint file
-            (``.safetensors``/``.ckpt`` in the original LDM/sgm layout), a local diffusers
+        single_file_config: when ``pretrained_path`` is a single checkpoint file
+            (``.safetensors``/``.ckpt`` in the original LDM/sgm/SD3 layout), a local diffusers
             folder holding ``<subfolder>/config.json`` and the tokenizer; diffusers converts
             the text encoder's weights (CLIP, or OpenCLIP for SD 2.x / SDXL's second encoder).
+            A file without text encoders (Flux.1; SD3 without CLIPs) leaves the encoder to
+            this folder, which then holds its weights.
     """
 
     def __init__(
@@ -114,7 +117,13 @@ class CLIPTextEmbedder(AbstractEmbModel):
         self.final_norm = final_norm
 
         if pretrained_path is not None and Path(pretrained_path).expanduser().is_file():
-            self.transformer = clip_from_single_file(pretrained_path, single_file_config, subfolder, with_projection)
+            if holds(safetensors_keys(pretrained_path, "pretrained_path"), "clip"):
+                self.transformer = clip_from_single_file(
+                    pretrained_path, single_file_config, subfolder, with_projection
+                )
+            else:  # a file without text encoders (Flux.1, SD3 without CLIPs): the folder has them
+                folder = fallback_folder(pretrained_path, single_file_config, subfolder, "CLIP text encoder")
+                self.transformer = self._build_model(str(folder), None, subfolder, with_projection)
             pretrained_path = single_file_config  # the tokenizer sits beside the text encoder's config
         else:
             self.transformer = self._build_model(pretrained_path, config, subfolder, with_projection)

@@ -1,4 +1,4 @@
-"""Text encoders read from a single SD checkpoint file (original LDM / sgm key layout).
+"""Text encoders read from a single checkpoint file (original LDM / sgm / SAI SD3 key layout).
 
 A single ``.safetensors``/``.ckpt`` holds its text encoder(s) under a prefix:
 
@@ -6,7 +6,10 @@ A single ``.safetensors``/``.ckpt`` holds its text encoder(s) under a prefix:
 * ``cond_stage_model.model.``: OpenCLIP ViT-H/14 with all 24 layers (SD 2.x);
 * ``conditioner.embedders.0.transformer.``: CLIP ViT-L/14 (SDXL's first encoder);
 * ``conditioner.embedders.1.model.``: OpenCLIP ViT-bigG/14 (SDXL's second encoder);
-* ``conditioner.embedders.0.model.``: OpenCLIP ViT-bigG/14 (the SDXL refiner's only encoder).
+* ``conditioner.embedders.0.model.``: OpenCLIP ViT-bigG/14 (the SDXL refiner's only encoder);
+* ``text_encoders.clip_l.transformer.``, ``text_encoders.clip_g.transformer.``: SD3's CLIP-L and
+  CLIP-G, transformers layout;
+* ``text_encoders.t5xxl.transformer.``: SD3's T5-XXL (`t5_from_single_file`), transformers layout.
 
 The architecture comes from a local diffusers folder (``<subfolder>/config.json``); the
 weights are converted with diffusers' own single-file converters, so the result equals
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir
+from unlearn.single_file import COMPONENT_PREFIXES, read_tensors, unloaded
 
-__all__ = ["clip_from_single_file"]
+__all__ = ["clip_from_single_file", "t5_from_single_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,13 @@ _PREFIXES = (
     ("conditioner.embedders.0.transformer.", "clip", "text_model.embeddings.token_embedding.weight"),
     ("conditioner.embedders.0.model.", "open_clip", "token_embedding.weight"),
     ("conditioner.embedders.1.model.", "open_clip", "token_embedding.weight"),
+    ("text_encoders.clip_l.transformer.", "clip", "text_model.embeddings.token_embedding.weight"),
+    ("text_encoders.clip_g.transformer.", "clip", "text_model.embeddings.token_embedding.weight"),
 )
+# SD3 reads CLIP-L's pooled output unprojected (SAI's reference code), so diffusers' from_single_file
+# gives that encoder an identity text_projection, whatever the file holds; so does this loader.
+_UNPROJECTED = "text_encoders.clip_l.transformer."
+_T5_PREFIX = "text_encoders.t5xxl.transformer."
 
 
 def _choose_prefix(checkpoint: dict[str, torch.Tensor], width: int, subfolder: str | None, path: str):
@@ -65,7 +74,7 @@ def _expected_extra(key: str, kind: str, n_layers: int) -> bool:
 
 def clip_from_single_file(path: str, config_dir: str | None, subfolder: str | None, with_projection: bool) -> nn.Module:
     """Build the transformers CLIP text model ``subfolder`` of ``config_dir`` with weights from ``path``."""
-    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint, load_single_file_checkpoint
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     if config_dir is None:
@@ -78,12 +87,14 @@ def clip_from_single_file(path: str, config_dir: str | None, subfolder: str | No
     config = CLIPTextConfig.from_pretrained(str(root), subfolder=subfolder or "", local_files_only=True)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     model = cls(config)
-    checkpoint = load_single_file_checkpoint(str(Path(path).expanduser()), local_files_only=True)
+    checkpoint = read_tensors(path, COMPONENT_PREFIXES["clip"])
     prefix, kind = _choose_prefix(checkpoint, config.hidden_size, subfolder, path)
     if kind == "clip":
         state = _clip_state(checkpoint, prefix)
     else:
         state = convert_open_clip_checkpoint(model, checkpoint, prefix=prefix)
+    if prefix == _UNPROJECTED and with_projection:
+        state["text_projection.weight"] = torch.eye(config.hidden_size)
     # transformers >= 5.6 flattens CLIPTextModel (no "text_model." level); the file always has it.
     wanted = set(model.state_dict())
     if not any(k.startswith("text_model.") for k in wanted):
@@ -99,4 +110,36 @@ def clip_from_single_file(path: str, config_dir: str | None, subfolder: str | No
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     logger.info("loaded %s from %s (prefix %s, config %s)", cls.__name__, path, prefix, root / (subfolder or ""))
+    return model
+
+
+def t5_from_single_file(path: str, config_dir: str | None, subfolder: str | None) -> nn.Module:
+    """The transformers T5 encoder ``subfolder`` of ``config_dir`` with SD3's T5-XXL weights from ``path``
+    (fp8 files included: the weights load in the model's float32, as diffusers loads them)."""
+    from diffusers.loaders.single_file_utils import (
+        convert_sd3_t5_checkpoint_to_diffusers,
+        create_diffusers_t5_model_from_checkpoint,
+    )
+    from transformers import T5EncoderModel
+
+    if config_dir is None:
+        raise ValueError(
+            f"pretrained_path={path!r} is a single checkpoint file: set single_file_config (model configs: "
+            f"model_config) to a local diffusers folder with {subfolder or 'text_encoder_3'}/config.json and the "
+            "tokenizer (no weights needed)"
+        )
+    root = resolve_local_dir(config_dir, "single_file_config", subfolder)
+    checkpoint = read_tensors(path, (_T5_PREFIX,))
+    model = create_diffusers_t5_model_from_checkpoint(
+        T5EncoderModel, checkpoint, subfolder=subfolder or "", config=str(root), local_files_only=True
+    )
+    model.tie_weights()  # files store the input embedding once, as ``shared``; diffusers leaves its tie unset
+    unexpected = sorted(set(convert_sd3_t5_checkpoint_to_diffusers(checkpoint)) - set(model.state_dict()))
+    missing = unloaded(model)
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained_path={path!r}: the T5 encoder under {_T5_PREFIX!r} does not fit {root}/{subfolder}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    logger.info("loaded T5EncoderModel from %s (config %s)", path, root / (subfolder or ""))
     return model

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir
+from unlearn.single_file import fallback_folder, holds, safetensors_keys
 
 from .base import AbstractEmbModel
+from .ldm_text import t5_from_single_file
 
 __all__ = ["T5TextEmbedder"]
 
@@ -31,13 +33,18 @@ class T5TextEmbedder(AbstractEmbModel):
     """Tokenize prompts and encode them with a T5 encoder.
 
     Args:
-        pretrained_path: a local diffusers or transformers folder (never a hub id).
+        pretrained_path: a local diffusers or transformers folder (never a hub id), or a single
+            checkpoint file (see ``single_file_config``).
         subfolder: the encoder's subfolder (SD3: ``"text_encoder_3"``); its tokenizer is the
             matching ``tokenizer*/`` folder (``tokenizer_3``) unless ``tokenizer_path`` is given.
         config: ``T5Config`` kwargs for a random (tiny) encoder; then ``tokenizer_path`` is needed.
         tokenizer_path: a local tokenizer folder.
         max_length: prompts are padded / truncated to this many tokens (SD3: 256).
         freeze: ``requires_grad=False`` and eval mode for the encoder.
+        single_file_config: when ``pretrained_path`` is a single checkpoint file, a local diffusers
+            folder holding ``<subfolder>/config.json`` and the tokenizer. The encoder's weights come
+            from the file when it has them (SD3 files with ``text_encoders.t5xxl.*``), else from this
+            folder, which then holds them (Flux.1 and most SD3 files).
     """
 
     def __init__(
@@ -48,6 +55,7 @@ class T5TextEmbedder(AbstractEmbModel):
         tokenizer_path: str | None = None,
         max_length: int = 256,
         freeze: bool = True,
+        single_file_config: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import T5Config, T5EncoderModel
@@ -59,17 +67,15 @@ class T5TextEmbedder(AbstractEmbModel):
         self.max_length = max_length
         if config is not None:
             self.transformer = T5EncoderModel(T5Config(**dict(config)))
+        elif Path(pretrained_path).expanduser().is_file():
+            if holds(safetensors_keys(pretrained_path, "pretrained_path"), "t5"):
+                self.transformer = t5_from_single_file(pretrained_path, single_file_config, subfolder)
+            else:  # a file without T5 (Flux.1, most SD3 files): the folder has it
+                folder = fallback_folder(pretrained_path, single_file_config, subfolder, "T5 encoder")
+                self.transformer = self._from_folder(str(folder), subfolder)
+            pretrained_path = single_file_config  # the tokenizer sits beside the encoder's config
         else:
-            if Path(pretrained_path).expanduser().is_file():
-                raise ValueError(
-                    f"pretrained_path={pretrained_path!r} is a single checkpoint file; the T5 encoder loads from a "
-                    f"local diffusers folder only ({subfolder or 'text_encoder_3'}/config.json and weights)"
-                )
-            root = resolve_local_dir(pretrained_path, "pretrained_path", subfolder)
-            logger.info("loading T5EncoderModel from %s (subfolder %s)", root, subfolder)
-            self.transformer = T5EncoderModel.from_pretrained(
-                str(root), subfolder=subfolder or "", local_files_only=True
-            )
+            self.transformer = self._from_folder(pretrained_path, subfolder)
         self.tokenizer = self._build_tokenizer(pretrained_path, tokenizer_path, subfolder)
         if len(self.tokenizer) > self.transformer.config.vocab_size:
             raise ValueError(
@@ -79,6 +85,14 @@ class T5TextEmbedder(AbstractEmbModel):
         if freeze:
             self.transformer.eval()
             self.transformer.requires_grad_(False)
+
+    @staticmethod
+    def _from_folder(pretrained_path: str, subfolder: str | None) -> nn.Module:
+        from transformers import T5EncoderModel
+
+        root = resolve_local_dir(pretrained_path, "pretrained_path", subfolder)
+        logger.info("loading T5EncoderModel from %s (subfolder %s)", root, subfolder)
+        return T5EncoderModel.from_pretrained(str(root), subfolder=subfolder or "", local_files_only=True)
 
     @staticmethod
     def _build_tokenizer(pretrained_path: str | None, tokenizer_path: str | None, subfolder: str | None) -> nn.Module:
