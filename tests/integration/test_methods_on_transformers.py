@@ -213,17 +213,3 @@ def test_dmd2_student_loads_into_the_diffusers_transformer(arch_folder, tmp_path
         ours = engine.generator(x, t, cond)
     assert (student - ours).abs().max().item() <= TOL
     assert (student - teacher).abs().max().item() > 1e-6
-
-
-# ------------------------------------------------------------------------------------ attacks
-def test_attacks_inject_tokens_into_sd3s_clip_encoders_and_say_why_t5_is_left_out(tiny_sd3_pipeline, caplog):
-    from unlearn.attacks.tokens import text_encoders
-    from unlearn.engine.loading import load_model
-
-    engine = load_model([str(ROOT / "configs" / "models" / "sd3.yaml")], overrides=_overrides(tiny_sd3_pipeline))
-    t5 = engine.conditioner.embedders[2]
-    assert type(t5).__name__ == "T5TextEmbedder"
-    with caplog.at_level("WARNING", logger="unlearn.attacks.tokens"):
-        found = text_encoders(engine.conditioner)
-    assert [a.embedder for a in found] == list(engine.conditioner.embedders[:2])  # CLIP-L and CLIP-G
-    assert "T5TextEmbedder: the placeholder 'sks' is 3 tokens in its tokenizer" in caplog.text

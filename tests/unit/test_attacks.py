@@ -46,9 +46,15 @@ def test_soft_vectors_carry_gradients_and_placeholder_counts_are_checked(model):
         with pytest.raises(ValueError, match=r"holds \[2\] placeholders \('sks'\); the attack has 3"):
             model.conditioning_for([with_placeholders("a striped circle", 2)])
     assert vectors.grad is not None and vectors.grad.abs().sum() > 0
-    batched = batched_tokens([InjectedTokens(ids=[5, 6]), None, InjectedTokens(ids=[7, 8])], [encoder])
-    assert batched.vectors[0].shape == (3, 2, encoder.weight.shape[1])
-    assert torch.equal(batched.vectors[0][2], encoder.weight[[7, 8]]) and batched.vectors[0][1].abs().sum() == 0
+    batched = batched_tokens([InjectedTokens(ids=[5, 6]), None, InjectedTokens(ids=[7, 8])])
+    assert batched.ids == [[5, 6], None, [7, 8]]  # hard tokens stay ids, each prompt its own
+    rows = batched.rows(encoder, 3)
+    assert rows.shape == (3, 2, encoder.weight.shape[1])
+    assert torch.equal(rows[2], encoder.weight[[7, 8]]) and rows[1].abs().sum() == 0
+    soft = batched_tokens([None, InjectedTokens(vectors={0: vectors.detach()})])
+    assert soft.vectors[0].shape == (2, 3, encoder.weight.shape[1]) and soft.vectors[0][0].abs().sum() == 0
+    with pytest.raises(ValueError, match="mix hard and soft tokens"):
+        batched_tokens([InjectedTokens(ids=[5, 6, 7]), InjectedTokens(vectors={0: vectors.detach()})])
 
 
 def _target(model, detector=None, prompts=("a striped circle",), **kw):

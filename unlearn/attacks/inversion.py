@@ -2,11 +2,13 @@
 Generative Models", ICLR 2024).
 
 Textual inversion (Gal et al., ICLR 2023) against the erased model: ``num_tokens`` new token
-embeddings v (one (K, D_i) set per text encoder) are learned so that the erased model denoises
-images of the concept best under a prompt holding them, E_{t, eps} ‖eps − eps_θ*(x_t, t | c(v))‖²
-(`DenoisingLoss`); the model and its text encoders stay frozen. v starts from ``init_word``'s
-embedding (default: the concept word; a word of several tokens starts every learned token at the
-mean of its rows), Adam.
+embeddings v (one (K, D_i) set per text encoder, T5 included, where each learned token stands for
+the span of tokens its tokenizer spells the placeholder with) are learned so that the erased
+model denoises images of the concept best under a prompt holding them,
+E_{t, eps} ‖eps − eps_θ*(x_t, t | c(v))‖² (`DenoisingLoss`); the model and its text encoders stay
+frozen. v starts from ``init_word``'s
+embedding in each encoder's own table (default: the concept word; a word of several tokens starts
+every learned token at the mean of its rows), Adam.
 
 In each prompt the placeholder(s) take the place of the concept word's first occurrence ("an
 outlined circle" -> "an sks circle"); a prompt that does not name the concept gets them as a

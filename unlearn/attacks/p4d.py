@@ -6,8 +6,9 @@ a prompt P′ holding learned hard tokens is searched to minimise
 
     E_{t, x_t} ‖eps_θ*(x_t, t | P′) − eps_θ(x_t, t | P)‖²
 
-on x_t = x0 + sigma_t eps, x0 the concept's images (the target's images of the prompt, else the
-original model's own samples of it). The tokens are found as in PEZ (Wen et al., NeurIPS 2023):
+on x_t noised from x0 as `DenoisingLoss` does (x0 + sigma_t eps, or the rectified flow's), x0 the
+concept's images (the target's images of the prompt, else the original model's own samples of
+it). The tokens are found as in PEZ (Wen et al., NeurIPS 2023):
 continuous embeddings E (K × D) are kept; every step each row is projected to its nearest
 vocabulary row by **cosine similarity** (start / end / padding tokens and the placeholder are
 never picked), the forward pass uses those real tokens, and the gradient taken at the projected
@@ -22,11 +23,13 @@ Variants (``mode``):
   at its end. (The paper counts CLIP tokens; a word split into several tokens cannot take a token
   in its middle in text, so words are counted here.)
 
-Several text encoders (SDXL): the ids are shared; E lives in the first encoder's space and is
-projected onto its table, the other encoders take the rows of the same ids (no gradient flows
-through them to E). The paper (and PEZ) run 3,000 steps at lr 0.1, weight decay 0.1; the
-defaults here are sized for the toy model. Every ``check_every`` steps the current prompt is
-sampled on ``check_seeds`` and the search stops once the detector sees the concept.
+Several text encoders (SDXL, SD3, Flux): E lives in the first encoder's space and is projected
+onto its table; the other encoders read the same ids (no gradient flows through them to E): those
+that share its vocabulary (SDXL's and SD3's second CLIP) take the ids' rows, one of another
+vocabulary (T5) reads the tokens as text (`unlearn.attacks.tokens`). The paper (and PEZ) run
+3,000 steps at lr 0.1, weight decay 0.1; the defaults here are sized for the toy model. Every
+``check_every`` steps the current prompt is sampled on ``check_seeds`` and the search stops once
+the detector sees the concept.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class EpsMatchingLoss(DenoisingLoss):
         n = self.x_t.shape[0]
         cond = {k: v.expand(n, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in self.source_cond.items()}
         eps = self.original.denoiser.predict_eps(self.original.sampling_network, self.x_t, self.sigma, cond)
-        self.eps = eps.float()  # (n, C, h, w): what the original model predicts for the source prompt
+        self.target = eps.float()  # (n, C, h, w): what the original model predicts for the source prompt
 
 
 def _positive_int(key: str, value) -> int:
@@ -198,8 +201,6 @@ class P4D(Attack):
     def attack_prompt(self, target: AttackTarget, prompt: str, index: int = 0) -> AdversarialPrompt:
         model, original = target.model, target.original
         encoders = text_encoders(model.conditioner)
-        if len({e.vocab_size for e in encoders}) != 1:
-            raise ValueError(f"{self.name}: the text encoders have different vocabularies; the ids must be shared")
         text = self.text_for(prompt)
         k = text.split().count(PLACEHOLDER)
         for e in encoders:
@@ -216,7 +217,7 @@ class P4D(Attack):
 
         first = encoders[0]
         table = first.weight.detach()  # (V, D)
-        banned = sorted(set(first.special_ids) | {first.placeholder_id})
+        banned = first.banned_ids
         allowed = torch.ones(first.vocab_size, dtype=torch.bool)
         allowed[banned] = False
         pool = allowed.nonzero().squeeze(1)
@@ -229,11 +230,8 @@ class P4D(Attack):
             ids = nearest_rows(embeddings.detach(), table, banned)  # (K,)
             # forward: the projected rows; backward: their gradient lands on E (PEZ)
             rows = table[ids] + (embeddings - embeddings.detach()).to(table.dtype)
-            vectors = {
-                0: rows,
-                **{i: e.weight.detach()[ids.to(e.weight.device)] for i, e in enumerate(encoders[1:], 1)},
-            }
-            with injected(model.conditioner, InjectedTokens(vectors=vectors)):
+            # the other encoders read the same ids: their own rows, or the tokens' text (T5)
+            with injected(model.conditioner, InjectedTokens(ids=ids.tolist(), vectors={0: rows})):
                 loss = loss_fn(model.conditioning_for([text]))
             (grad,) = torch.autograd.grad(loss, [embeddings])
             embeddings.grad = grad

@@ -21,6 +21,8 @@ output, (L, D), every text encoder's features side by side):
    ``mutation_rate``, one random position replaced by a random token. The population is encoded
    in batches of ``batch_size`` prompts through the conditioner (tokens injected at placeholders).
 
+The tokens are those of the first text encoder's vocabulary (CLIP's); an encoder of another
+vocabulary (SD3's and Flux's T5) reads each candidate as its text (`unlearn.attacks.tokens`).
 The result is hard tokens (`InjectedTokens` ids, and their text). The paper: population 200,
 3,000 generations, mutation 0.25, crossover 0.5, η = 3 (nudity), 16 or 77 tokens; the defaults
 here are sized for the toy model (whose text encoder holds 14 tokens). Draws are seeded from
@@ -138,8 +140,6 @@ class RingABell(Attack):
         self.check(target)
         model = target.model
         encoders = text_encoders(model.conditioner)
-        if len({e.vocab_size for e in encoders}) != 1:
-            raise ValueError(f"{self.name}: the text encoders have different vocabularies; the ids must be shared")
         text = " ".join([PLACEHOLDER] * self.num_tokens)
         if any(e.placeholders_in(text) != self.num_tokens for e in encoders):
             raise ValueError(f"num_tokens: {self.num_tokens} tokens do not fit the text encoder's max length")
@@ -192,8 +192,7 @@ class RingABell(Attack):
         text = " ".join([PLACEHOLDER] * ids.shape[1])
         for s in range(0, ids.shape[0], self.batch_size):
             chunk = ids[s : s + self.batch_size]
-            vectors = {i: e.weight[chunk.to(e.weight.device)] for i, e in enumerate(encoders)}  # (b, K, D_i)
-            f = self.encode(model, [text] * chunk.shape[0], InjectedTokens(vectors=vectors))  # (b, L, D)
+            f = self.encode(model, [text] * chunk.shape[0], InjectedTokens(ids=chunk.tolist()))  # (b, L, D)
             out.append(torch.linalg.vector_norm((f - goal).flatten(1), dim=1).cpu())
         return torch.cat(out)
 
@@ -203,7 +202,7 @@ class RingABell(Attack):
         """The genetic search: (the best ids, the best distance after each generation, start first)."""
         g, n, k = generator, self.population, self.num_tokens
         allowed = torch.ones(encoders[0].vocab_size, dtype=torch.bool)
-        allowed[sorted({*encoders[0].special_ids, encoders[0].placeholder_id})] = False
+        allowed[encoders[0].banned_ids] = False
         pool = allowed.nonzero().squeeze(1)  # the tokens a candidate may hold
 
         def random_tokens(*shape: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from unlearn.attacks.tokens import InjectedTokens, batched_tokens, injected, text_encoders
+from unlearn.attacks.tokens import InjectedTokens, batched_tokens, injected
 
 __all__ = ["sample_prompts"]
 
@@ -19,11 +19,9 @@ def sample_prompts(
     """Images (P, S, 3, H, W) of every prompt (with its injected tokens) on every seed, in batches of
     ``batch_size`` images across prompts (an image depends on its prompt and seed only)."""
     jobs = [(p, s) for p in range(len(texts)) for s in seeds]
-    encoders = text_encoders(model.conditioner) if any(t is not None for t in tokens) else []
     images = []
     for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", unit="batch", leave=False):
         chunk = jobs[start : start + batch_size]
-        batch_tokens = batched_tokens([tokens[p] for p, _ in chunk], encoders) if encoders else None
-        with injected(model.conditioner, batch_tokens):
+        with injected(model.conditioner, batched_tokens([tokens[p] for p, _ in chunk])):
             images.append(model.generate([texts[p] for p, _ in chunk], seeds=[s for _, s in chunk]).cpu())
     return torch.cat(images).reshape(len(texts), len(seeds), *images[0].shape[1:])

@@ -8,6 +8,11 @@ of its argmax (one-hot × the embedding table: a hard token, so the found prompt
 the gradient flows through the softmax (straight-through). Adam (lr 0.01); noise level, noise
 and images are redrawn every ``steps_per_timestep`` steps; every ``check_every`` steps the
 current hard prompt is sampled and the search stops as soon as the detector sees the concept.
+
+The tokens are searched in the first text encoder's vocabulary (CLIP's); encoders that share it
+take the relaxed one-hot rows, and an encoder of another vocabulary (SD3's and Flux's T5) reads
+the current tokens as text (`unlearn.attacks.tokens`): it sees what the found prompt gives, but
+no gradient reaches the logits through it.
 """
 
 from __future__ import annotations
@@ -77,23 +82,25 @@ class UnlearnDiffAtk(Attack):
     def attack_prompt(self, target: AttackTarget, prompt: str, index: int = 0) -> AdversarialPrompt:
         model = target.model
         encoders = text_encoders(model.conditioner)
-        vocab = {e.vocab_size for e in encoders}
-        if len(vocab) != 1:
-            raise ValueError(f"{self.name}: the text encoders have different vocabularies ({sorted(vocab)})")
+        first = encoders[0]  # the tokens are searched in its vocabulary
+        shared = [i for i, e in enumerate(encoders) if e.shares_vocabulary(first)]
         g = torch.Generator().manual_seed(target.seed * 1_000_003 + index)
-        logits = (1e-3 * torch.randn(self.num_tokens, vocab.pop(), generator=g)).to(model.device).requires_grad_(True)
+        logits = (1e-3 * torch.randn(self.num_tokens, first.vocab_size, generator=g)).to(model.device)
+        logits.requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.lr)
         # Start / end / padding tokens and the placeholder itself are never chosen.
         banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        banned[sorted(set(encoders[0].special_ids) | {encoders[0].placeholder_id})] = True
+        banned[first.banned_ids] = True
         loss_fn = DenoisingLoss(model, target.images_for(prompt), self.images_per_step, self.steps_per_timestep, g)
         text = with_placeholders(prompt, self.num_tokens)
         start, detected, step = time.perf_counter(), False, 0
         for step in range(1, self.steps + 1):
             soft = F.softmax(logits.masked_fill(banned, -float("inf")), dim=-1)  # (K, V)
-            hard = F.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+            picked = soft.argmax(dim=-1)  # (K,)
+            hard = F.one_hot(picked, soft.shape[-1]).to(soft.dtype)
             choice = hard + soft - soft.detach()  # forward: real tokens; backward: through the softmax
-            tokens = InjectedTokens(vectors={i: choice @ e.weight for i, e in enumerate(encoders)})
+            # Encoders of another vocabulary (T5 beside CLIP) read the forward's tokens as text, without a gradient.
+            tokens = InjectedTokens(ids=picked.tolist(), vectors={i: choice @ encoders[i].weight for i in shared})
             with injected(model.conditioner, tokens):
                 loss = loss_fn(model.conditioning_for([text]))
             # Only the logits get a gradient: a model whose own weights train (adversarial erasure)
@@ -109,7 +116,7 @@ class UnlearnDiffAtk(Attack):
             source=prompt,
             text=text,
             tokens=InjectedTokens(ids=ids),
-            readable=f"{encoders[0].decode(ids)} {prompt}",
+            readable=f"{first.decode(ids)} {prompt}",
             steps=step,
             seconds=time.perf_counter() - start,
             detected_during_search=detected,
