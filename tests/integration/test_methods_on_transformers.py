@@ -6,6 +6,7 @@ transformer (or onto the model) with the engine's outputs."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,18 @@ def test_masks_train_on_a_transformer_and_load_back(
 
 
 # ------------------------------------------------------------------------------------- DMD2
-def test_dmd2_student_loads_into_the_diffusers_transformer(arch_folder, tmp_path):
+GAN = (  # the GAN head on the critic's middle block, real images from the toy canvas
+    "model.params.objective_config.params.gan_classifier=true",
+    "model.params.real_data_config={target: unlearn.data.canvas_datamodule.CanvasDataset, "
+    f"params: {{length: 4, image_size: {IMAGE_SIZE}}}}}",
+    "lightning.trainer.log_every_n_steps=1",
+)
+
+
+@pytest.mark.parametrize("gan_classifier", [False, True])
+def test_dmd2_student_loads_into_the_diffusers_transformer(arch_folder, gan_classifier, tmp_path):
+    import csv
+
     from safetensors.torch import load_file
 
     from unlearn.engine.loading import load_model
@@ -195,10 +207,20 @@ def test_dmd2_student_loads_into_the_diffusers_transformer(arch_folder, tmp_path
             "model.params.batch_size=1",
             "model.params.scheduler_config.params.warmup_steps=0",
             "model.params.prompts_config.params.prompts=[a cat, a red car]",
+            *(GAN if gan_classifier else ()),
             "--logdir",
             str(tmp_path),
         ]
     )
+    if gan_classifier:
+        state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        width = state["objective.cls_head.0.weight"].shape[0]
+        assert width == (16 if arch == "sd3" else 32)  # the transformer's width: heads x head dim
+        with open(next(run.glob("csv/*/metrics.csv"))) as f:
+            rows = list(csv.DictReader(f))
+        for term in ("train/loss_gan_g", "train/loss_gan_d"):  # the generator's at step 0, the critic's at both
+            values = [float(r[term]) for r in rows if r.get(term)]
+            assert values and all(math.isfinite(v) and v > 0.1 for v in values), (term, values)
     engine = load_model(run=run)
     sigmas = engine.student_sampler.get_sigmas()
     assert sigmas[0] == 1.0 and sigmas[-1] == 0  # t = 999 is the flow's pure noise

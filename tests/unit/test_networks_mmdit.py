@@ -167,3 +167,79 @@ def test_flux_forward_is_the_transformer_call_on_packed_latents():
             encoder_hidden_states=cond["crossattn"], txt_ids=torch.zeros(10, 3), img_ids=latent_image_ids(4, 4),
         ).sample  # fmt: skip
     assert torch.equal(out, unpack_latents(ref, 8, 8))
+
+
+# ------------------------------------------------------------------ bottleneck (DMD2's GAN features)
+def _tiny(arch: str, **config):
+    torch.manual_seed(0)
+    if arch == "sd3":
+        return DiffusersSD3Transformer(config={**TINY, **config}).eval()
+    return DiffusersFluxTransformer(config={**TINY_FLUX, **config}).eval()
+
+
+@pytest.mark.parametrize(
+    "arch, layers, module",
+    [
+        ("sd3", dict(num_layers=3), "transformer.transformer_blocks.1"),
+        ("flux", dict(num_layers=2, num_single_layers=1), "transformer.transformer_blocks.1"),
+        ("flux", dict(num_layers=1, num_single_layers=2), "transformer.single_transformer_blocks.0"),
+    ],
+)
+def test_bottleneck_is_the_image_stream_after_the_middle_block(arch, layers, module):
+    from unlearn.networks.classifier_head import BottleneckFeatures
+    from unlearn.networks.mmdit import token_map
+
+    net = _tiny(arch, **layers)
+    assert net.bottleneck_module == module  # of 3 blocks the 2nd; Flux counts double- then single-stream blocks
+    assert net.bottleneck_channels == (16 if arch == "sd3" else 32)  # heads x head dim
+    x, cond = _inputs()
+    cond = {k: cond[k] for k in ("crossattn", "vector")}
+    t = torch.tensor([250.0, 900.0])
+    seen = {}
+    block = net.get_submodule(module)
+    watch = block.register_forward_hook(lambda m, a, out: seen.update(image=out[1]))  # (text, image) tokens
+    tail = net.transformer.proj_out.register_forward_hook(lambda m, a, out: seen.update(tail=True))
+    features = BottleneckFeatures(net, None)
+    with torch.no_grad():
+        feats = features.features(net, x, t, cond)
+        assert "tail" not in seen  # the forward stopped at the bottleneck
+        assert feats.shape == (2, net.bottleneck_channels, 4, 4)  # 8 x 8 latents: a 4 x 4 grid of 2 x 2 patches
+        assert torch.equal(feats, token_map(seen["image"], 4, 4))
+        out = net(x, t, cond)  # outside `features` the hooks do nothing
+    features.remove()
+    watch.remove()
+    tail.remove()
+    with torch.no_grad():
+        assert torch.equal(net(x, t, cond), out)
+
+
+@pytest.mark.parametrize("arch, embedder", [("sd3", "transformer.pos_embed"), ("flux", "transformer.x_embedder")])
+def test_bottleneck_tokens_land_on_their_patch(arch, embedder):
+    """Read at the (patch-local) token embedding of a non-square latent, a change in one 2 x 2
+    latent patch changes the feature map at that patch's grid position only."""
+    from unlearn.networks.classifier_head import BottleneckFeatures
+
+    net = _tiny(arch)
+    features = BottleneckFeatures(net, embedder)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, 8, 12, generator=g)
+    cond = {"crossattn": torch.randn(1, 10, 24, generator=g), "vector": torch.randn(1, 12, generator=g)}
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        before = features.features(net, x, t, cond)
+        x[:, :, 2:4, 8:10] += 1.0  # grid row 1, column 4
+        diff = (features.features(net, x, t, cond) - before).abs().amax(dim=1)[0]  # (4, 6)
+    assert before.shape == (1, net.bottleneck_channels, 4, 6)
+    assert diff[1, 4] > 1e-3 and diff.sum() == diff[1, 4]
+
+
+def test_token_map_is_the_inverse_of_flattening_a_grid():
+    from unlearn.networks.mmdit import token_map
+
+    grid = torch.randn(2, 5, 3, 4)  # (B, D, h, w)
+    assert torch.equal(token_map(grid.flatten(2).transpose(1, 2), 3, 4), grid)
+    # Flux's packed tokens on their grid are the latent's 2 x 2 space-to-depth
+    x = torch.randn(2, 3, 4, 6)
+    assert torch.equal(token_map(pack_latents(x), 2, 3), torch.nn.functional.pixel_unshuffle(x, 2))
+    with pytest.raises(ValueError, match="expected 3 x 3 = 9 image tokens, got 12"):
+        token_map(grid.flatten(2).transpose(1, 2), 3, 3)

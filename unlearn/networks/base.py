@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,21 @@ class DiffusionNetwork(nn.Module, ABC):
     @abstractmethod
     def in_channels(self) -> int:
         """Channels of the noisy input, excluding any concatenated conditioning."""
+
+    # The bottleneck: where DMD2's GAN head reads the critic's features
+    # (`unlearn.networks.classifier_head.BottleneckFeatures`). Each adapter names the module and
+    # says how to read its output as a feature map, so one forward hook serves every architecture.
+    bottleneck_module: str | None = None
+
+    @property
+    def bottleneck_channels(self) -> int | None:
+        """Channels C of `bottleneck_map`'s features; None: not known for this network."""
+        return None
+
+    def bottleneck_map(self, output: Any, height: int, width: int) -> torch.Tensor:
+        """A module's forward output -> features (B, C, h, w), for an input x of height x width:
+        a tensor as it is, a tuple's first item (a UNet block's hidden states)."""
+        return output[0] if isinstance(output, (tuple, list)) else output
 
 
 DIFFUSERS_MODEL_ATTRS = ("unet", "transformer")

@@ -1,11 +1,13 @@
 """A realism classifier on a network's bottleneck features: DMD2's GAN head (Sec. 4.3).
 
-`BottleneckFeatures` stops a forward at one module (the UNet's ``mid_block``) and returns its
-output; `ClassifierHead` maps those features to one logit per image.
+`BottleneckFeatures` stops a forward at the network's bottleneck (a UNet's ``mid_block``, a
+transformer's middle block) and returns its output as a feature map; `ClassifierHead` maps
+those features to one logit per image.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,11 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BottleneckFeatures", "ClassifierHead", "widest_block"]
+from unlearn.networks.base import DiffusionNetwork
+
+__all__ = ["BottleneckFeatures", "ClassifierHead", "bottleneck_channels"]
 
 
 class _FeaturesReady(Exception):
-    """Raised by the feature hook to end the forward at the bottleneck (the decoder is not needed)."""
+    """Raised by the feature hook to end the forward at the bottleneck (the rest of the network is not needed)."""
 
     def __init__(self, features: torch.Tensor):
         super().__init__()
@@ -25,26 +29,52 @@ class _FeaturesReady(Exception):
 
 
 class BottleneckFeatures:
-    """A forward hook on one module (the UNet's ``mid_block``) that returns its output.
+    """A forward hook on one module of ``network`` that returns its output as a feature map.
 
-    ``features(fn, *args)`` runs ``fn(*args)`` (a forward of the network) and returns the
-    module's output (B, C, h, w); the forward stops there, so the decoder half never runs
-    (DMD2's ``classify_forward`` does the same by rewriting the UNet's forward). Outside
-    ``features`` the hook does nothing. ``remove()`` unregisters it.
+    ``module_name`` defaults to the network's ``bottleneck_module`` (`DiffusionNetwork`: the
+    UNet's ``mid_block``, a transformer's middle block). ``features(fn, *args)`` runs
+    ``fn(*args)`` (a forward of the network) and returns the module's output read by the
+    network's ``bottleneck_map``: (B, C, h, w), a transformer's image tokens un-packed from
+    their grid. The forward stops there, so the second half never runs (DMD2's
+    ``classify_forward`` does the same by rewriting the UNet's forward). A pre-hook on the
+    network records its input's height and width, which place the tokens on their grid.
+    Outside ``features`` the hooks do nothing. ``remove()`` unregisters them.
     """
 
-    def __init__(self, network: nn.Module, module_name: str):
+    def __init__(self, network: nn.Module, module_name: str | None = None):
+        module_name = module_name or getattr(network, "bottleneck_module", None)
+        if not module_name:
+            raise ValueError(
+                f"gan_feature_module: {type(network).__name__} names no bottleneck; set "
+                "model.params.objective_config.params.gan_feature_module"
+            )
         try:
             module = network.get_submodule(module_name)
         except AttributeError:
             raise ValueError(f"gan_feature_module: {type(network).__name__} has no submodule {module_name!r}") from None
         self.module_name = module_name
+        # any other module reads as a DiffusionNetwork does by default: a tensor, or a tuple's first item
+        self._as_map = getattr(network, "bottleneck_map", None) or functools.partial(
+            DiffusionNetwork.bottleneck_map, network
+        )
         self._armed = False
-        self._handle = module.register_forward_hook(self._hook)
+        self._input_size: tuple[int, int] | None = None
+        self._handles = [
+            network.register_forward_pre_hook(self._record_input, with_kwargs=True),
+            module.register_forward_hook(self._hook),
+        ]
+
+    def _record_input(self, network: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._armed:
+            x = args[0] if args else kwargs["x"]  # forward(x, t, cond); x: (B, C, H, W)
+            self._input_size = (int(x.shape[-2]), int(x.shape[-1]))
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._armed:
-            raise _FeaturesReady(output[0] if isinstance(output, (tuple, list)) else output)
+        if not self._armed:
+            return
+        if self._input_size is None:
+            raise ValueError(f"gan_feature_module: {self.module_name!r} ran outside a forward of the critic")
+        raise _FeaturesReady(self._as_map(output, *self._input_size))
 
     def features(self, fn: Callable[..., Any], *args: Any) -> torch.Tensor:
         self._armed = True
@@ -53,11 +83,12 @@ class BottleneckFeatures:
         except _FeaturesReady as ready:
             return ready.features
         finally:
-            self._armed = False
+            self._armed, self._input_size = False, None
         raise ValueError(f"gan_feature_module: {self.module_name!r} did not run during the critic's forward")
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 class ClassifierHead(nn.Sequential):
@@ -78,12 +109,12 @@ class ClassifierHead(nn.Sequential):
         return super().forward(features.float()).flatten()  # (B,)
 
 
-def widest_block(network: nn.Module) -> int:
-    config = getattr(getattr(network, "unet", network), "config", None)
-    widths = getattr(config, "block_out_channels", None) if config is not None else None
-    if not widths:
+def bottleneck_channels(network: nn.Module) -> int:
+    """Channels of ``network``'s bottleneck features (a UNet's widest block, a transformer's width)."""
+    channels = getattr(network, "bottleneck_channels", None)
+    if not channels:
         raise ValueError(
             "gan_feature_channels: cannot infer the bottleneck width of "
             f"{type(network).__name__}; set model.params.objective_config.params.gan_feature_channels"
         )
-    return int(widths[-1])
+    return int(channels)

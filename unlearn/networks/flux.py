@@ -82,6 +82,16 @@ class DiffusersFluxTransformer(DiffusersTransformer):
         """Packed image tokens of a height x width latent (the image_seq_len of Flux's shift)."""
         return (height // 2) * (width // 2)
 
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """One token per 2 x 2 latent patch (`pack_latents`, row-major)."""
+        return height // 2, width // 2
+
+    @property
+    def block_names(self) -> list[str]:
+        """The double-stream blocks, then the single-stream blocks (text and image tokens in one sequence)."""
+        single = self.transformer.single_transformer_blocks
+        return super().block_names + [f"transformer.single_transformer_blocks.{i}" for i in range(len(single))]
+
     @property
     def guidance_embeds(self) -> bool:
         return bool(self.transformer.config.guidance_embeds)

@@ -10,6 +10,7 @@ that modulates every block with the timestep.
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, holds, safetens
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_transformer", "DiffusersSD3Transformer"]
+__all__ = ["build_transformer", "DiffusersSD3Transformer", "token_map"]
 
 
 # The kind of network (unlearn.single_file.COMPONENT_PREFIXES) each diffusers class reads from a single file.
@@ -102,13 +103,52 @@ def _from_single_file(cls, path: str, subfolder: str | None, config_dir: str | N
     return model
 
 
+def token_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Image tokens (B, height * width, D) in row-major grid order -> a feature map (B, D, height, width)."""
+    b, n, d = tokens.shape
+    if n != height * width:
+        raise ValueError(f"tokens: expected {height} x {width} = {height * width} image tokens, got {n}")
+    return tokens.transpose(1, 2).reshape(b, d, height, width)
+
+
 class DiffusersTransformer(DiffusionNetwork):
     """What the adapters of diffusers' joint-attention transformers share: ``self.transformer``,
-    gradient checkpointing, and the text conditioning every call needs."""
+    gradient checkpointing, the text conditioning every call needs, and the bottleneck.
+
+    A transformer has no spatial bottleneck; its counterpart of a UNet's mid block (DMD2's GAN
+    features) is the image stream after the middle block of ``block_names``, un-packed from its
+    token grid to (B, heads x head dim, h, w).
+    """
 
     transformer: torch.nn.Module
     COND_KEYS = ("crossattn", "vector")
     COND_MEANING = "text tokens and the pooled vector"
+
+    @property
+    def block_names(self) -> list[str]:
+        """The transformer blocks in the order they run, as names in this adapter."""
+        return [f"transformer.transformer_blocks.{i}" for i in range(len(self.transformer.transformer_blocks))]
+
+    @abstractmethod
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w): the image-token grid of a height x width latent."""
+
+    @property
+    def bottleneck_module(self) -> str:
+        names = self.block_names
+        return names[(len(names) - 1) // 2]  # of 2k blocks, the k-th: half the depth has run
+
+    @property
+    def bottleneck_channels(self) -> int:
+        config = self.transformer.config
+        return int(config.num_attention_heads * config.attention_head_dim)
+
+    def bottleneck_map(self, output: Any, height: int, width: int) -> torch.Tensor:
+        # diffusers' blocks return (text tokens, image tokens); the single-stream Flux blocks of
+        # older diffusers return one sequence, text then image: the image tokens are the last h * w.
+        tokens = output[-1] if isinstance(output, (tuple, list)) else output  # (B, [L +] h w, D)
+        h, w = self.token_grid(height, width)
+        return token_map(tokens[:, tokens.shape[1] - h * w :], h, w)  # (B, D, h, w)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if enabled:
@@ -154,6 +194,11 @@ class DiffusersSD3Transformer(DiffusersTransformer):
     @property
     def in_channels(self) -> int:
         return int(self.transformer.config.in_channels)
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """One token per patch_size x patch_size patch (`PatchEmbed`, row-major)."""
+        patch = int(self.transformer.config.patch_size)
+        return height // patch, width // patch
 
     @property
     def joint_attention_dim(self) -> int:

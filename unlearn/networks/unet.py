@@ -79,7 +79,10 @@ class DiffusersUNet(DiffusionNetwork):
     ``cond`` keys: ``crossattn`` → ``encoder_hidden_states`` (B, L, D); ``vector`` →
     ``class_labels`` (class-conditional UNets); ``text_embeds`` and ``time_ids`` →
     ``added_cond_kwargs`` (SDXL); ``concat`` → concatenated to ``x`` on channels.
+    The bottleneck (DMD2's GAN features) is the mid block, (B, widest block, H/2^k, W/2^k).
     """
+
+    bottleneck_module = "unet.mid_block"
 
     def __init__(
         self,
@@ -109,6 +112,10 @@ class DiffusersUNet(DiffusionNetwork):
     @property
     def in_channels(self) -> int:
         return int(self.unet.config.in_channels)
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return int(self.unet.config.block_out_channels[-1])
 
     @property
     def cross_attention_dim(self) -> int | None:

@@ -41,7 +41,7 @@ from unlearn.config import non_negative_number
 from unlearn.diffusion.discretization import Discretization
 from unlearn.diffusion.guiders import VanillaCFG
 from unlearn.diffusion.parameterization import append_dims
-from unlearn.networks.classifier_head import BottleneckFeatures, ClassifierHead, widest_block
+from unlearn.networks.classifier_head import BottleneckFeatures, ClassifierHead, bottleneck_channels
 from unlearn.objectives.base import Cond, DistillationObjective, ObjectiveOutput
 
 __all__ = [
@@ -111,8 +111,11 @@ class DMD2Objective(DistillationObjective):
         gan_classifier: add the classifier head on the critic's ``gan_feature_module`` output;
             the critic loss then needs real images. ``gan_loss_weight`` weighs the generator's
             softplus(-D(x̂)), ``gan_critic_loss_weight`` the classifier's loss.
-        gan_feature_module: module of the critic whose output feeds the classifier head.
-        gan_feature_channels: that module's output channels (default: the UNet's widest block).
+        gan_feature_module: module of the critic whose output feeds the classifier head; None:
+            the network's bottleneck (a UNet's ``mid_block``; a transformer's middle block, whose
+            image tokens are un-packed to their grid).
+        gan_feature_channels: that module's output channels (default: the bottleneck's: the UNet's
+            widest block, the transformer's width).
         gan_max_step: the classifier sees x + sigma_t eps with t uniform in [0, gan_max_step]
             (0: the clean image at the smallest training sigma, DMD2's ``cls_on_clean_image``).
     Runtime arguments (from the engine): ``teacher`` (frozen, held by reference), ``critic``
@@ -135,7 +138,7 @@ class DMD2Objective(DistillationObjective):
         gan_classifier: bool = False,
         gan_loss_weight: float = 1e-3,
         gan_critic_loss_weight: float = 1e-2,
-        gan_feature_module: str = "unet.mid_block",
+        gan_feature_module: str | None = None,
         gan_feature_channels: int | None = None,
         gan_max_step: int = 0,
     ):
@@ -167,7 +170,7 @@ class DMD2Objective(DistillationObjective):
         self.cls_head: ClassifierHead | None = None
         if gan_classifier:
             self.features = BottleneckFeatures(critic, gan_feature_module)
-            self.cls_head = ClassifierHead(gan_feature_channels or widest_block(critic))
+            self.cls_head = ClassifierHead(gan_feature_channels or bottleneck_channels(critic))
 
     @property
     def gan_classifier(self) -> bool:
