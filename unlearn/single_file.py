@@ -30,6 +30,7 @@ __all__ = [
     "fallback_folder",
     "read_tensors",
     "unloaded",
+    "require_loaded",
 ]
 
 SAFETENSORS = ".safetensors"
@@ -93,6 +94,17 @@ def fallback_folder(path: str | Path, config_dir: str | None, subfolder: str | N
 def unloaded(model: torch.nn.Module) -> list[str]:
     """Parameters still on the meta device: weights that diffusers' non-strict loading left out."""
     return [name for name, p in model.named_parameters() if p.is_meta]
+
+
+def require_loaded(model: torch.nn.Module, key: str, path: str | Path, config_dir: Path, what: str) -> None:
+    """ValueError naming ``key``'s file when ``model`` (``what``, built from the config in
+    ``config_dir``) still has weights the file did not give."""
+    missing = unloaded(model)
+    if missing:
+        raise ValueError(
+            f"{key}={str(path)!r} lacks {len(missing)} weights of the {what} in {config_dir} (e.g. {missing[:3]}): "
+            "the file and the config describe different models"
+        )
 
 
 def read_tensors(path: str | Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

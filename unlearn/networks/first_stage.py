@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unlearn.paths import resolve_local_dir, resolve_local_file
-from unlearn.single_file import fallback_folder, holds, safetensors_keys, unloaded
+from unlearn.single_file import fallback_folder, holds, require_loaded, safetensors_keys
 
 
 class FirstStage(nn.Module, ABC):
@@ -153,12 +153,7 @@ def _vae_from_single_file(single_file: str, single_file_config: str | None, subf
         raise ValueError("first_stage_config.params.single_file needs single_file_config (a local diffusers folder)")
     cfg_dir = resolve_local_dir(single_file_config, "first_stage_config.params.single_file_config")
     vae = AutoencoderKL.from_single_file(str(ckpt), config=str(cfg_dir), subfolder=subfolder, local_files_only=True)
-    missing = unloaded(vae)
-    if missing:
-        raise ValueError(
-            f"first_stage_config.params.single_file={single_file!r} lacks {len(missing)} weights of the VAE in "
-            f"{cfg_dir / (subfolder or '')} (e.g. {missing[:3]}): the file and the config describe different VAEs"
-        )
+    require_loaded(vae, "first_stage_config.params.single_file", single_file, cfg_dir / (subfolder or ""), "VAE")
     return vae
 
 

@@ -18,7 +18,7 @@ import torch
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.paths import resolve_local_dir
-from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, holds, safetensors_keys, unloaded
+from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, holds, require_loaded, safetensors_keys
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,7 @@ def _from_single_file(cls, path: str, subfolder: str | None, config_dir: str | N
         )
     log.info("loading %s from %s (config %s)", name, file, root / (subfolder or ""))
     model = cls.from_single_file(str(file), config=str(root), subfolder=subfolder, local_files_only=True)
-    missing = unloaded(model)
-    if missing:
-        raise ValueError(
-            f"pretrained_path={path!r} lacks {len(missing)} weights of the {name} in {root / (subfolder or '')} "
-            f"(e.g. {missing[:3]}): the file and the config describe different models"
-        )
+    require_loaded(model, "pretrained_path", path, root / (subfolder or ""), name)
     return model
 
 
