@@ -104,3 +104,27 @@ def test_masks_train_against_adversarial_prompts_too(tmp_path):
     assert all(f.text.startswith("sks sks ") for f in engine.adversary.found)
     assert any(p.startswith("sks sks ") for prompts in seen for p in prompts)  # the adversarial prompts were encoded
     assert any(not torch.equal(v, engine.masks.masks()[k]) for k, v in lambdas.items())  # and the masks trained
+
+
+def test_the_shipped_adversarial_config_searches_with_concept_inversion_in_the_concept_words_place(tmp_path):
+    from unlearn.config import instantiate_from_config, load_configs
+
+    smoke_model = ["model.params.loss_fn_config=null", "model.params.base_learning_rate=null"]
+    key = "model.params.adversary_config.params"
+    cfg = load_configs(
+        ["configs/toy/smoke.yaml", "configs/methods/esd_x.yaml", "configs/methods/adversarial.yaml"],
+        ["concept=striped", "ddim_steps=2", *smoke_model, "template=custom",
+         "model.params.prompt_templates=['a {concept} thing', 'something {concept}', '{concept} again']",
+         "lightning.callbacks.toy_benchmark=null",
+         f"{key}.every_n_steps=2", f"{key}.images_per_prompt=2", f"{key}.prompts_per_search=2",
+         f"{key}.attack.params.steps=2", f"{key}.attack.params.images_per_step=2"],
+    )  # fmt: skip
+    assert cfg.model.params.adversary_config.params.attack.target == "unlearn.attacks.ConceptInversion"
+    torch.manual_seed(0)
+    engine = instantiate_from_config(cfg.model, _path="model")
+    fit(engine, 3, tmp_path)
+    assert engine.adversary.searches == 2  # steps 0 and 2
+    found = engine.adversary.found
+    assert len(found) == 2 and all(f.text.split().count("sks") == 1 and "striped" not in f.text for f in found)
+    assert all(f.tokens.ids is None and f.tokens.vectors[0].shape == (1, 32) for f in found)  # one soft token
+    assert engine.erased_metadata()["adversary"] == "concept_inversion"
