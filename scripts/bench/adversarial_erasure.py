@@ -275,8 +275,9 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     for spec in args.attacks:
-        if not attack_spec(spec)[1].is_file():
-            raise FileNotFoundError(f"--attacks: no such file: {attack_spec(spec)[1]}")
+        config = attack_spec(spec)[1]
+        if not config.is_file():
+            raise FileNotFoundError(f"--attacks: no such file: {config}")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or PLAIN not in args.variants:
         raise ValueError(f"--variants: {PLAIN} and any of {', '.join(VARIANTS)}; got {args.variants}")
