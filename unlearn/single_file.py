@@ -31,6 +31,7 @@ __all__ = [
     "read_tensors",
     "unloaded",
     "require_loaded",
+    "config_root",
 ]
 
 SAFETENSORS = ".safetensors"
@@ -71,6 +72,17 @@ def holds(keys: frozenset[str] | None, kind: str) -> bool:
 def has_weights(folder: Path) -> bool:
     """Whether a diffusers component folder holds weights (``*.safetensors`` or ``*.bin``)."""
     return any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
+
+
+def config_root(path: str | Path, config_dir: str | None, needs: str, subfolder: str | None = None) -> Path:
+    """``config_dir``, the local diffusers folder that gives the single file ``path`` its
+    architecture (``needs`` says what it must hold); ValueError naming the key when it is unset."""
+    if config_dir is None:
+        raise ValueError(
+            f"pretrained_path={str(path)!r} is a single checkpoint file: set single_file_config (model configs: "
+            f"model_config) to a local diffusers folder with {needs}"
+        )
+    return resolve_local_dir(config_dir, "single_file_config", subfolder)
 
 
 def fallback_folder(path: str | Path, config_dir: str | None, subfolder: str | None, what: str) -> Path:

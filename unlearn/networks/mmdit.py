@@ -18,7 +18,7 @@ import torch
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.paths import resolve_local_dir
-from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, holds, require_loaded, safetensors_keys
+from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, config_root, holds, require_loaded, safetensors_keys
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ def _from_single_file(cls, path: str, subfolder: str | None, config_dir: str | N
             "released); a pickled checkpoint is never opened"
         )
     sub = subfolder or "."
-    if config_dir is None:
-        raise ValueError(
-            f"pretrained_path={path!r} is a single checkpoint file: set single_file_config (model configs: "
-            f"model_config) to a local diffusers folder with {sub}/config.json"
-        )
-    root = resolve_local_dir(config_dir, "single_file_config")
+    root = config_root(path, config_dir, f"{sub}/config.json")
     if not (root / (subfolder or "") / "config.json").is_file():
         raise FileNotFoundError(f"single_file_config={config_dir!r} has no {sub}/config.json ({name}'s architecture)")
     kind = _SINGLE_FILE_KINDS.get(name)

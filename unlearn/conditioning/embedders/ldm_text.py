@@ -25,8 +25,7 @@ import re
 import torch
 from torch import nn
 
-from unlearn.paths import resolve_local_dir
-from unlearn.single_file import COMPONENT_PREFIXES, read_tensors, unloaded
+from unlearn.single_file import COMPONENT_PREFIXES, config_root, read_tensors, unloaded
 
 __all__ = ["clip_from_single_file", "t5_from_single_file"]
 
@@ -77,13 +76,8 @@ def clip_from_single_file(path: str, config_dir: str | None, subfolder: str | No
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    if config_dir is None:
-        raise ValueError(
-            f"pretrained_path={path!r} is a single checkpoint file: set single_file_config (model configs: "
-            f"model_config) to a local diffusers folder with {subfolder or 'text_encoder'}/config.json and the "
-            "tokenizer (no weights needed)"
-        )
-    root = resolve_local_dir(config_dir, "single_file_config", subfolder)
+    needs = f"{subfolder or 'text_encoder'}/config.json and the tokenizer (no weights needed)"
+    root = config_root(path, config_dir, needs, subfolder)
     config = CLIPTextConfig.from_pretrained(str(root), subfolder=subfolder or "", local_files_only=True)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     model = cls(config)
@@ -122,13 +116,8 @@ def t5_from_single_file(path: str, config_dir: str | None, subfolder: str | None
     )
     from transformers import T5EncoderModel
 
-    if config_dir is None:
-        raise ValueError(
-            f"pretrained_path={path!r} is a single checkpoint file: set single_file_config (model configs: "
-            f"model_config) to a local diffusers folder with {subfolder or 'text_encoder_3'}/config.json and the "
-            "tokenizer (no weights needed)"
-        )
-    root = resolve_local_dir(config_dir, "single_file_config", subfolder)
+    needs = f"{subfolder or 'text_encoder_3'}/config.json and the tokenizer (no weights needed)"
+    root = config_root(path, config_dir, needs, subfolder)
     checkpoint = read_tensors(path, (_T5_PREFIX,))
     model = create_diffusers_t5_model_from_checkpoint(
         T5EncoderModel, checkpoint, subfolder=subfolder or "", config=str(root), local_files_only=True
