@@ -35,6 +35,10 @@
 # Every erased model is then attacked with each config of ATTACKS (default UnlearnDiffAtk; "" for
 # none) by scripts/attack.py: its concept's prompts, ATTACK_IMAGES (4) held-out seeds each, the
 # ASR before and after into OUT/attacks/<row>/<attack>/attack.json and the table.
+# MODEL (default configs/models/toy_canvas.yaml, the toy UNet) is the model config every row
+# erases and evaluates: configs/models/toy_mmdit.yaml gives the toy MMDiT's rows (ESD_RUNS set to
+# its settings, DMD2_STEPS=0 to leave out the students; the ESD train methods are the
+# joint-attention ones, unlearn/selection.py).
 # A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
@@ -50,7 +54,7 @@ ESD_TEACHER=${ESD_TEACHER:-}
 BASELINES=${BASELINES-uce ca}
 CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
 CA_LR=1.6e-5 CA_ITERATIONS=100  # configs/methods/ca.yaml's lr and iterations (run names leave them out)
-MODEL=configs/models/toy_canvas.yaml
+MODEL=${MODEL:-configs/models/toy_canvas.yaml}
 PY=${PYTHON:-python}
 RUNS="$OUT/runs"
 mkdir -p "$RUNS"
@@ -178,7 +182,7 @@ fi
 echo "DMD2 teacher: ESD-x $ESD_TEACHER" | tee -a "$OUT/concepts.txt"
 suffix=$(suffix_of "$ESD_TEACHER")
 teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
-for steps in 4 1; do
+for steps in $([ "$DMD2_STEPS" -gt 0 ] && echo 4 1); do
   name=dmd2_${steps}step$suffix
   if ! done_ "$name"; then
     timesteps=$([ "$steps" = 4 ] && echo "[999,749,499,249]" || echo "[999]")
