@@ -24,7 +24,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--config", nargs="*", default=[], help="model config files, merged left to right")
     src.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     src.add_argument("--masks", help="a mask file (masks.safetensors of a mask-erasure run) to apply")
-    src.add_argument("--weights", help="erased weights (erased.safetensors of an ESD run) to apply")
+    src.add_argument(
+        "--weights", help="erased weights (erased.safetensors of an ESD run: UNet or text encoder tensors) to apply"
+    )
 
 
 def load_model_from_args(args: argparse.Namespace, device: str = "cpu"):

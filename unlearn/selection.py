@@ -1,4 +1,4 @@
-"""Which UNet parameters an erasure method fine-tunes: the ESD ``train_method`` sets.
+"""Which parameters an erasure method fine-tunes: the ESD ``train_method`` sets, and the text encoder.
 
 ESD (Gandikota et al., ICCV 2023, Sec. 4 and the official ``train-scripts/train-esd.py``)
 names its parameter sets by substrings of CompVis/LDM parameter names. Here they are
@@ -53,6 +53,12 @@ own projections are what the prompt enters the image through, as ``attn2`` in a 
 fork's ``esd-x`` trains every attention Linear of both block kinds, image and text streams
 alike: a larger set than this ``xattn``.)
 
+**The text encoder** (AdvUnlearn, Zhang et al., NeurIPS 2024: the module whose erasure holds under
+attack): ``train_method: text_encoder`` (alias ``text_encoder_full``, the AdvUnlearn name) trains a CLIP
+text encoder of the conditioner instead of the network (`TextEncoder`: which embedder, which layers).
+Its tensors are exported under the diffusers pipeline component they belong to
+(``text_encoder.encoder.layers.0.mlp.fc1.weight``), so the erased text encoder is a plug-in.
+
 The newer official scripts (``esd_sd.py``) call the sets ``esd-x``, ``esd-u``, ``esd-all``
 and ``esd-x-strict``; the first three are accepted here as aliases of ``xattn``,
 ``noxattn`` and ``full``. (That script's ``esd-u`` takes only Linear/Conv weights, i.e.
@@ -64,15 +70,21 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
+from unlearn.config import ConfigError
 from unlearn.networks.base import diffusers_root
 
 __all__ = [
     "ParameterSelector",
+    "SelectionSite",
+    "TextEncoder",
     "TrainMethod",
+    "TEXT_ENCODER_METHOD",
+    "text_encoder_components",
     "TRAIN_METHODS",
     "TRAIN_METHOD_ALIASES",
     "canonical_train_method",
@@ -95,6 +107,9 @@ TRAIN_METHODS: tuple[str, ...] = (
     "esd-x-strict",
 )
 TRAIN_METHOD_ALIASES: dict[str, str] = {"esd-x": "xattn", "esd-u": "noxattn", "esd-all": "full"}
+# The train method that selects a text encoder (`TextEncoder`) instead of network tensors, and its AdvUnlearn name.
+TEXT_ENCODER_METHOD = "text_encoder"
+TEXT_ENCODER_ALIASES: tuple[str, ...] = ("text_encoder_full",)
 
 # LDM block indices of the layer-restricted methods (train-esd.py).
 XLAYER_LDM_OUTPUT_BLOCKS: tuple[int, ...] = (6, 8)
@@ -119,6 +134,7 @@ def canonical_train_method(train_method: str) -> str:
     name = TRAIN_METHOD_ALIASES.get(train_method, train_method)
     if name not in TRAIN_METHODS:
         valid = list(TRAIN_METHODS) + [f"{a} (= {t})" for a, t in TRAIN_METHOD_ALIASES.items()]
+        valid.append(f"{TEXT_ENCODER_METHOD} (the CLIP text encoder, not the network)")
         raise ValueError(f"train_method: unknown {train_method!r}; choose one of {', '.join(valid)}")
     return name
 
@@ -242,22 +258,167 @@ def selection_root(network: nn.Module) -> tuple[nn.Module, str]:
     return diffusers_root(network)
 
 
+@dataclass(frozen=True)
+class SelectionSite:
+    """Where a selector's tensors live in a model, and the names they are exported under.
+
+    Attributes:
+        owner: the engine's module that holds them: ``"network"`` or ``"conditioner"``.
+        root: the module their names are relative to (the diffusers UNet, a CLIP text model).
+        prefix: ``root``'s name inside ``owner`` (``"unet."``, ``"embedders.0.transformer."``).
+        export_prefix: what their names start with in ``erased.safetensors``: nothing for the
+            network (diffusers UNet names, as ``pipe.unet`` has them, the format files have always had),
+            the pipeline component for a text encoder (``"text_encoder."``).
+        folder: the diffusers pipeline folder ``root`` is saved to (``unet``, ``text_encoder``).
+        embedder: the conditioner's embedder that holds them (a text encoder), else None.
+    """
+
+    owner: str
+    root: nn.Module
+    prefix: str
+    export_prefix: str
+    folder: str
+    embedder: nn.Module | None = None
+
+
 class ParameterSelector(ABC):
-    """Contract: ``selector(root) -> [parameter names]`` (relative to ``root``, the module
-    `selection_root` picks: the diffusers UNet of a `DiffusersUNet`), never empty; ``name``
-    is recorded in exports."""
+    """Contract: ``selector.site(network, conditioner)`` says where the tensors live (by default the
+    network's `selection_root`: the diffusers UNet of a `DiffusersUNet`); ``selector(site.root) ->
+    [parameter names]`` (relative to ``site.root``), never empty; ``name`` is recorded in exports."""
 
     name: str = ""
 
     @abstractmethod
     def __call__(self, root: nn.Module) -> list[str]: ...
 
+    def site(self, network: nn.Module, conditioner: nn.Module | None) -> SelectionSite:
+        root, prefix = selection_root(network)
+        return SelectionSite(owner="network", root=root, prefix=prefix, export_prefix="", folder=prefix.rstrip("."))
+
 
 class TrainMethod(ParameterSelector):
-    """ESD's ``train_method`` sets (see the module docstring); aliases esd-x/-u/-all accepted."""
+    """ESD's ``train_method`` sets (see the module docstring); aliases esd-x/-u/-all accepted.
+    ``text_encoder`` (or ``text_encoder_full``) is `TextEncoder` with its default embedder and
+    ``layers`` (the only train method that reads them)."""
 
-    def __init__(self, train_method: str = "xattn"):
+    def __init__(self, train_method: str = "xattn", layers: Sequence[int] | None = None):
+        self._text_encoder: TextEncoder | None = None
+        if train_method in (TEXT_ENCODER_METHOD, *TEXT_ENCODER_ALIASES):
+            self._text_encoder = TextEncoder(layers=layers)
+            self.name = self._text_encoder.name
+            return
+        if layers is not None:
+            raise ValueError(f"layers: apply to train_method {TEXT_ENCODER_METHOD} only, not {train_method!r}")
         self.name = canonical_train_method(train_method)
 
+    def site(self, network: nn.Module, conditioner: nn.Module | None) -> SelectionSite:
+        if self._text_encoder is not None:
+            return self._text_encoder.site(network, conditioner)
+        return super().site(network, conditioner)
+
     def __call__(self, root: nn.Module) -> list[str]:
+        if self._text_encoder is not None:
+            return self._text_encoder(root)
         return select_parameters(root, self.name)
+
+
+# Config path of the selector's arguments (both engines that select tensors build it there).
+SELECTOR_PARAMS = "model.params.selector_config.params"
+# A CLIP text transformer's layers and final norm; transformers < 5.6 nests them under "text_model.".
+_CLIP_LAYER = re.compile(r"(^|\.)encoder\.layers\.(\d+)\.")
+_CLIP_FINAL_NORM = _has("final_layer_norm")
+
+
+def text_encoder_components(conditioner: nn.Module | None) -> dict[int, str]:
+    """{embedder index: diffusers pipeline component} of the conditioner's text encoders (the
+    embedders that tokenize), in order: ``text_encoder``, ``text_encoder_2``, ``text_encoder_3``, as
+    pipelines name them (SDXL's CLIP-L and CLIP-G, SD3's CLIP-L, CLIP-G and T5, Flux's CLIP and T5)."""
+    found = [i for i, e in enumerate(getattr(conditioner, "embedders", [])) if hasattr(e, "tokenize")]
+    return {i: TEXT_ENCODER_METHOD if k == 0 else f"{TEXT_ENCODER_METHOD}_{k + 1}" for k, i in enumerate(found)}
+
+
+def _is_clip_text_embedder(embedder: nn.Module) -> bool:
+    from unlearn.conditioning.embedders.clip import CLIPTextEmbedder
+
+    return isinstance(embedder, CLIPTextEmbedder)
+
+
+class TextEncoder(ParameterSelector):
+    """AdvUnlearn's module (Zhang et al., NeurIPS 2024): a CLIP text encoder of the conditioner.
+
+    The network is not touched: the erased text encoder is a plug-in for the original pipeline.
+
+    Args:
+        embedder: index of the conditioner's embedder to train (``emb_models[i]``); None: the first
+            CLIP text embedder.
+        layers: None: every transformer layer and the final LayerNorm (AdvUnlearn's
+            ``text_encoder_full``); or the indices of the transformer layers to train (``[0]`` is
+            AdvUnlearn's ``text_encoder_layer0``). The token and position embeddings stay frozen
+            either way, as in AdvUnlearn: the token table is where the attacks' soft tokens enter, so an
+            erasure held there would not hold against them.
+    """
+
+    def __init__(self, embedder: int | None = None, layers: Sequence[int] | None = None):
+        if embedder is not None and (isinstance(embedder, bool) or not isinstance(embedder, int) or embedder < 0):
+            raise ValueError(f"embedder: expected the index of a conditioner embedder or null, got {embedder!r}")
+        if layers is not None:
+            ok = not isinstance(layers, str) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+            if not ok or not layers or len(set(layers)) != len(layers):
+                raise ValueError(f"layers: expected null or distinct layer indices (e.g. [0]), got {layers!r}")
+            layers = sorted(layers)
+        self.embedder, self.layers = embedder, None if layers is None else list(layers)
+        suffix = "" if layers is None else "_layers_" + "_".join(map(str, self.layers))
+        self.name = TEXT_ENCODER_METHOD + suffix
+
+    def _embedder_index(self, embedders: list[nn.Module]) -> int:
+        kinds = [type(e).__name__ for e in embedders]
+        if self.embedder is None:
+            clip = [i for i, e in enumerate(embedders) if _is_clip_text_embedder(e)]
+            if not clip:
+                raise ConfigError(f"{SELECTOR_PARAMS}.embedder: the conditioner has no CLIP text embedder ({kinds})")
+            return clip[0]
+        if self.embedder >= len(embedders):
+            raise ConfigError(
+                f"{SELECTOR_PARAMS}.embedder: {self.embedder} is out of range; the conditioner has "
+                f"{len(embedders)} embedder(s) {kinds}"
+            )
+        if not _is_clip_text_embedder(embedders[self.embedder]):
+            raise ConfigError(
+                f"{SELECTOR_PARAMS}.embedder: emb_models[{self.embedder}] is a {kinds[self.embedder]}; only a CLIP "
+                "text embedder (CLIPTextEmbedder) can be trained"
+            )
+        return self.embedder
+
+    def site(self, network: nn.Module, conditioner: nn.Module | None) -> SelectionSite:
+        embedders = list(getattr(conditioner, "embedders", []))
+        if not embedders:
+            raise ConfigError(f"{SELECTOR_PARAMS}: the model has no conditioner with a text encoder to train")
+        index = self._embedder_index(embedders)
+        root = embedders[index].transformer
+        n_layers = root.config.num_hidden_layers
+        if self.layers is not None and not all(0 <= i < n_layers for i in self.layers):
+            raise ConfigError(
+                f"{SELECTOR_PARAMS}.layers: {self.layers} is out of range; the text encoder has layers "
+                f"0..{n_layers - 1}"
+            )
+        component = text_encoder_components(conditioner)[index]
+        return SelectionSite(
+            owner="conditioner",
+            root=root,
+            prefix=f"embedders.{index}.transformer.",
+            export_prefix=component + ".",
+            folder=component,
+            embedder=embedders[index],
+        )
+
+    def _keeps(self, name: str) -> bool:
+        layer = _CLIP_LAYER.search(name)
+        if self.layers is None:
+            return layer is not None or _CLIP_FINAL_NORM(name)
+        return layer is not None and int(layer.group(2)) in self.layers
+
+    def __call__(self, root: nn.Module) -> list[str]:
+        names = [name for name, _ in root.named_parameters() if self._keeps(name)]
+        if not names:
+            raise ValueError(f"{self.name}: selects no parameters in this {type(root).__name__} (no encoder.layers)")
+        return names

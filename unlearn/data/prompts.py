@@ -36,6 +36,7 @@ __all__ = [
     "split_concepts",
     "read_prompt_csv",
     "concept_prompts",
+    "canvas_retain_prompts",
     "read_name_list",
     "canvas_prompt_rows",
     "write_prompt_csv",
@@ -197,6 +198,16 @@ def concept_prompts(
         else:
             raise ValueError("template custom needs prompt_templates (with a {concept} slot) or prompt_csv")
     return _unique(prompts)
+
+
+def canvas_retain_prompts(concepts: Sequence[str], canvas: CanvasSpec) -> list[str]:
+    """The toy canvas prompts (``auto`` template) of every other concept of the kinds of ``concepts``
+    (the other styles when a style is erased): prompts to keep, unrelated to what is erased; [] when
+    the canvas has no other."""
+    kinds = {canvas.concept_kind(c) for c in concepts}
+    others = [c for kind in ("object", "style") if kind in kinds for c in getattr(canvas, f"{kind}s")]
+    others = [c for c in others if c not in concepts]
+    return concept_prompts(others, "auto", canvas) if others else []
 
 
 def read_name_list(path: str | Path) -> list[str]:

@@ -6,7 +6,10 @@ model as it is being trained, for prompts that bring the concept back; until the
 erasure loss is also applied to them: in a ``share`` of the training samples the trained model
 sees an adversarial prompt where it would see the concept's (the target stays the frozen
 model's erasure target for the concept), so the erasure has to hold for the tokens that undo it.
-The retain term is the method's own (ESD's ``preserve`` prompts).
+The retain term is the method's own (ESD's ``preserve`` prompts). When the method trains the text
+encoder (AdvUnlearn's choice, `unlearn.selection.TextEncoder`), the found prompts (text and tokens)
+are encoded anew by the trained encoder, with grad, at every step (`encode`), so the erasure is
+learnt by the encoder that reads them.
 
 The attack fits the model's denoising loss on images of the concept: the original model's own
 samples of each attacked prompt (``images_per_prompt`` of them, drawn once), so no real images
@@ -90,8 +93,7 @@ class AdversarialPrompts:
         try:
             self.found = self.attack(target)
             with torch.no_grad():
-                conds = [self._cond(engine, a) for a in self.found]
-            self.conds = {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+                self.conds = self.encode(engine)
         finally:
             engine.train(was_training)
         self.searches += 1
@@ -107,17 +109,27 @@ class AdversarialPrompts:
                 self._images[prompt] = engine.generate([prompt] * len(seeds), seeds=seeds)
         return self._images[prompt]
 
-    @staticmethod
-    def _cond(engine, found: AdversarialPrompt) -> dict[str, torch.Tensor]:
-        with injected(engine.conditioner, found.tokens):
-            return engine.conditioning_for([found.text])
+    def encode(self, engine) -> dict[str, torch.Tensor] | None:
+        """The found prompts' conditions (one row each) by the engine's conditioner as it is now, with
+        grad where it trains; None before the first search."""
+        if not self.found:
+            return None
+        conds = []
+        for found in self.found:
+            with injected(engine.conditioner, found.tokens):
+                conds.append(engine.conditioning_for([found.text]))
+        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
 
-    def replace(self, concept: dict[str, Any], generator: torch.Generator) -> tuple[dict[str, Any], torch.Tensor]:
+    def replace(
+        self, concept: dict[str, Any], generator: torch.Generator, conds: dict[str, torch.Tensor] | None = None
+    ) -> tuple[dict[str, Any], torch.Tensor]:
         """``concept`` (the trained model's condition per sample) with a ``share`` of its rows
-        replaced by adversarial prompts' conditions; also the (n,) bool rows replaced."""
+        replaced by adversarial prompts' conditions (``conds``, one row per found prompt; None: those
+        computed at the search); also the (n,) bool rows replaced."""
         n = next(v.shape[0] for v in concept.values() if torch.is_tensor(v))
         if self.conds is None:
             return concept, torch.zeros(n, dtype=torch.bool)
+        conds = self.conds if conds is None else conds
         use = torch.rand(n, generator=generator) < self.share  # (n,)
         which = torch.randint(len(self.found), (n,), generator=generator)
         out = {}
@@ -125,6 +137,6 @@ class AdversarialPrompts:
             if not torch.is_tensor(value):
                 out[key] = value
                 continue
-            adversarial = self.conds[key][which.to(value.device)]  # (n, ...)
+            adversarial = conds[key][which.to(value.device)]  # (n, ...)
             out[key] = torch.where(use.to(value.device).view(-1, *[1] * (value.ndim - 1)), adversarial, value)
         return out, use

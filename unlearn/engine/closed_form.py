@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader
 from unlearn.config import ConfigError
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
-from unlearn.data.prompts import concept_prompts, split_concepts
+from unlearn.data.prompts import canvas_retain_prompts, split_concepts
 from unlearn.editors.base import EditPrompts, TextRows, WeightEditor
 from unlearn.engine.erasure import ErasureEngine
-from unlearn.engine.finetune import SelectedTensors
+from unlearn.engine.selected import SelectedTensors
 from unlearn.selection import ParameterSelector
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class ClosedFormEngine(SelectedTensors, ErasureEngine):
         self._base_weights = (
             engine_kwargs.get("ckpt_path") or net_params.get("pretrained_path") or net_params.get("single_file") or ""
         )
-        n_edit = self.select_tensors(self.selector, trainable=False)
+        n_edit = self.select_tensors(self.selector, trainable=False, owners=("network",))
         self._check_selection()
         log.info(
             "%s %s: editing %d tensors (%d parameters); %d prompt(s) -> %d target(s), %d kept: %s",
@@ -175,10 +175,7 @@ class ClosedFormEngine(SelectedTensors, ErasureEngine):
         if preserve == "auto":
             if canvas is None:
                 return [""]
-            kinds = {canvas.concept_kind(c) for c in self.concepts}
-            others = [c for kind in ("object", "style") if kind in kinds for c in getattr(canvas, f"{kind}s")]
-            others = [c for c in others if c not in self.concepts]
-            return concept_prompts(others, "auto", canvas) if others else [""]
+            return canvas_retain_prompts(self.concepts, canvas) or [""]
         if isinstance(preserve, str):
             return split_concepts(preserve, self.separator)
         if not all(isinstance(p, str) for p in preserve):

@@ -149,12 +149,17 @@ class ErasureEngine(DiffusionEngine):
         if self.adversary is not None:
             self.adversary.maybe_search(self, prompts, concept, self.global_step, self._adversary_generator)
 
-    def adversarial_rows(self, cond: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def adversarial_rows(
+        self, cond: dict[str, Any], reencode: bool = False
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
         """``cond`` (one row per sample of the concept) with the adversary's share of rows replaced
-        by adversarial prompts, and those rows (None without an adversary)."""
+        by adversarial prompts, and those rows (None without an adversary). ``reencode``: the
+        adversarial prompts encoded anew by the conditioner as it is now (a trained text encoder,
+        with grad), not the conditions computed when they were found."""
         if self.adversary is None:
             return cond, None
-        return self.adversary.replace(cond, self._adversary_generator)
+        current = self.adversary.encode(self) if reencode else None
+        return self.adversary.replace(cond, self._adversary_generator, current)
 
     # ------------------------------------------------------------------ frozen parts
     def frozen_parts(self) -> list[nn.Module]:

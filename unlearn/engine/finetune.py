@@ -7,8 +7,12 @@ supplies what they share:
 
 1. What is trained: the parameters ``selector_config`` picks (ESD's ``train_method``,
    `unlearn.selection.TrainMethod`); everything else has ``requires_grad=False``. The frozen
-   original is the same network with the original values of those parameters swapped in
-   (`FrozenCopy`): no second copy of the model.
+   original is the same model with the original values of those parameters swapped in
+   (`FrozenCopy`): no second copy of the model. With a text encoder selected (AdvUnlearn's
+   module, `unlearn.selection.TextEncoder`) the network stays the original; the frozen side's
+   conditions (x_t sampling, the teacher's targets) come from the original text encoder, and the
+   trained side's from the trained one, re-encoded with grad at every step
+   (``ErasureBatch.trained``; adversarial prompts too).
 2. Where x_t comes from: the frozen model's sampler (``trajectory_sampler_config``, CFG and
    step count included) stopped at a random step, from a trajectory source
    (``trajectory_config``, by default a `TrajectoryPool` that samples ``pool_size``
@@ -21,9 +25,10 @@ supplies what they share:
    (`unlearn.data.anchors`): x_t is then sampled from the anchor prompts, the anchor of the
    same prompt index as the concept prompt it stands in for.
 4. `export` writes ``erased.safetensors``: the changed parameters under diffusers UNet names
-   (`unlearn.engine.export`), and with ``export_diffusers`` the whole UNet (``unet/``).
-   `SelectedTensors` holds this part (selection, frozen originals, export, ``as_original``),
-   shared with the closed-form editors' engine (`unlearn.engine.closed_form`).
+   (or ``text_encoder.`` names; `unlearn.engine.export`), and with ``export_diffusers`` the whole
+   UNet (``unet/``) or text encoder (``text_encoder/``). `SelectedTensors`
+   (`unlearn.engine.selected`) holds this part (selection, frozen originals, export,
+   ``as_original``), shared with the closed-form editors' engine (`unlearn.engine.closed_form`).
 
 Training data is made here: `train_dataloader` yields iteration indices, so the method
 config sets ``data: null`` and ``lightning.trainer.max_steps`` is the number of iterations.
@@ -34,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,14 +48,13 @@ from torch.utils.data import DataLoader
 from unlearn.config import ConfigError, instantiate_from_config
 from unlearn.data.anchors import pair_anchor_prompts
 from unlearn.data.canvas import CanvasSpec
-from unlearn.data.prompts import split_concepts
+from unlearn.data.prompts import canvas_retain_prompts, split_concepts
 from unlearn.engine import generation
 from unlearn.engine.erasure import ErasureEngine
-from unlearn.engine.export import save_erased_weights
-from unlearn.engine.teacher import FrozenCopy
+from unlearn.engine.selected import SelectedTensors
 from unlearn.engine.trajectories import TrajectoryBatch, check_step_range
 from unlearn.objectives.base import ErasureBatch, PredictionObjective
-from unlearn.selection import ParameterSelector, selection_root
+from unlearn.selection import ParameterSelector
 
 log = logging.getLogger(__name__)
 
@@ -77,68 +80,6 @@ def _pick(cond: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
     return {k: v[idx.to(v.device)] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
-class SelectedTensors:
-    """The part of an engine that changes selected UNet tensors: their frozen originals, export.
-
-    Mixed into `ErasureEngine` subclasses (`FineTuneEngine`, `ClosedFormEngine`). After
-    `select_tensors`, ``selected`` holds the tensors' diffusers UNet names, ``teacher`` their
-    original values (`FrozenCopy`, saved in checkpoints), and `export` writes
-    ``erased.safetensors`` from them with the subclass's ``erased_metadata()`` (with
-    ``export_diffusers``, also the whole UNet).
-    """
-
-    export_name = "erased.safetensors"
-    export_diffusers = False
-
-    def select_tensors(self, selector: ParameterSelector, trainable: bool) -> int:
-        """Select ``selector``'s tensors (``requires_grad`` when ``trainable``), keep their originals;
-        return how many numbers they hold."""
-        root, prefix = selection_root(self.network)
-        self.selected = selector(root)  # diffusers UNet names
-        params = dict(self.network.named_parameters())
-        if trainable:
-            for name in self.selected:
-                params[prefix + name].requires_grad_(True)
-        self.teacher = FrozenCopy(self.network, [prefix + n for n in self.selected])
-        self._prefix = prefix
-        return sum(params[prefix + n].numel() for n in self.selected)
-
-    def erased_state_dict(self) -> dict[str, torch.Tensor]:
-        """The selected parameters under diffusers UNet names (detached, on the CPU)."""
-        params = dict(self.network.named_parameters())
-        return {n: params[self._prefix + n].detach().cpu().contiguous() for n in self.selected}
-
-    def erased_metadata(self) -> dict[str, Any]:
-        """String-able facts written into the export (method, concept, settings)."""
-        raise NotImplementedError
-
-    def export(self, out_dir: str | Path) -> Path:
-        """Write ``erased.safetensors`` (and ``unet/`` or ``transformer/`` when ``export_diffusers``) to ``out_dir``."""
-        out_dir = Path(out_dir)
-        path = save_erased_weights(out_dir / self.export_name, self.erased_state_dict(), self.erased_metadata())
-        log.info("wrote %s (%d tensors)", path, len(self.selected))
-        if self.export_diffusers:  # <run>/unet or <run>/transformer, as in a diffusers pipeline folder
-            root, prefix = selection_root(self.network)
-            root.save_pretrained(str(out_dir / prefix.rstrip(".")))
-            log.info("wrote %s", out_dir / prefix.rstrip("."))
-        return path
-
-    @contextlib.contextmanager
-    def as_original(self) -> Iterator[None]:
-        """The original values of the selected parameters, swapped in (and back out)."""
-        params = dict(self.network.named_parameters())
-        changed = {name: params[name].detach().clone() for name in self.teacher.names}
-        with torch.no_grad():
-            for name, value in self.teacher.tensors().items():
-                params[name].copy_(value)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, value in changed.items():
-                    params[name].copy_(value)
-
-
 class FineTuneEngine(SelectedTensors, ErasureEngine):
     """A prediction-matching erasure method on any text-conditional `DiffusionEngine` model.
 
@@ -160,15 +101,17 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             of the same kind (None: the concept removed from each prompt), elsewhere the text that
             replaces the concept phrase (required). anchor_prompts: the anchor prompts instead,
             one per training prompt, in order.
-        preserve: prompt(s) to keep. preserve_source: where they are checked: ``concept``
+        preserve: prompt(s) to keep; ``auto`` on the toy canvas: the prompts of its other concepts
+            of the erased one's kind (a retain set unrelated to the concept, as AdvUnlearn's).
+            preserve_source: where they are checked: ``concept``
             (the erased concept's x_t) or ``own`` (x_t from their own frozen trajectories, a
             second trajectory source; doubles the sampling cost per iteration).
         preserve_step_range: with ``preserve_source: own``, [lo, hi] of the steps the preserve
             prompts' x_t are taken after; None: ``step_range``'s.
         batch_size: trajectories per iteration (1 like the reference).
         train_image_size: pixel size of x_t (the toolkit's ``image_size``); None: ``image_size``.
-        export_diffusers: also write ``<run_dir>/unet/`` (``transformer/`` for SD3 and Flux) with
-            ``save_pretrained``.
+        export_diffusers: also write ``<run_dir>/unet/`` (``transformer/`` for SD3 and Flux,
+            ``text_encoder/`` when the text encoder is trained) with ``save_pretrained``.
         loss_guidance: for a guidance-distilled network (Flux.1-dev, whose guidance strength is an
             input): the strength every model call of the loss reads; x_t is still sampled at the
             network's own (``guidance``). None: the network's own everywhere.
@@ -217,7 +160,7 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         self.erase_from = erase_from
         self.anchor = anchor
         self.anchor_prompts = self._anchor_prompts(anchor, anchor_prompts, canvas)
-        self.preserve = split_concepts(preserve, separator) if preserve else []
+        self.preserve = self._preserve_prompts(preserve, canvas)
         if preserve_source not in PRESERVE_SOURCES:
             raise ConfigError(
                 f"model.params.preserve_source: expected one of {list(PRESERVE_SOURCES)}, got {preserve_source!r}"
@@ -257,10 +200,6 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             )
         self.batch_size = batch_size
         self.export_diffusers = bool(export_diffusers)
-        if self.export_diffusers and not hasattr(selection_root(self.network)[0], "save_pretrained"):
-            raise ConfigError(
-                "model.params.export_diffusers: the network has no diffusers UNet or transformer to save_pretrained"
-            )
         self._cond_table: dict[str, dict[str, Any]] | None = None
         if self.adversary is not None and erase_from is not None:
             raise ConfigError(
@@ -269,14 +208,16 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             )
 
         n_train = self.select_tensors(self.selector, trainable=True)
-        n_all = sum(p.numel() for p in self.network.parameters())
+        self.check_export_diffusers()
+        n_all = sum(p.numel() for p in self._owner.parameters())
         log.info(
-            "%s %s: training %d tensors, %d of %d network parameters (%.2f%%); %d prompt(s): %s",
+            "%s %s: training %d tensors, %d of %d %s parameters (%.2f%%); %d prompt(s): %s",
             self.objective.name or type(self.objective).__name__,
             self.selector.name,
             len(self.selected),
             n_train,
             n_all,
+            self.site.owner,
             100 * n_train / max(n_all, 1),
             len(self.prompts),
             self.prompts[:4],
@@ -301,6 +242,19 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
                 "set erase_from=null"
             )
         return pair_anchor_prompts(self.prompts, self.concepts, anchor, given, self.separator, canvas)
+
+    def _preserve_prompts(self, preserve: str | Sequence[str] | None, canvas: CanvasSpec | None) -> list[str]:
+        if not preserve:
+            return []
+        if preserve != "auto":
+            return split_concepts(preserve, self.separator)
+        retain = canvas_retain_prompts(self.concepts, canvas) if canvas is not None else []
+        if not retain:
+            raise ConfigError(
+                "model.params.preserve: auto keeps the toy canvas's other concepts of the erased one's kind, and "
+                "this model has none; give the prompts to keep (a prompt, several split by separator, or a list)"
+            )
+        return retain
 
     def _pool_seed(self, stream: int) -> int:
         # One stream per rank (under DDP every rank draws its own trajectories) and per source.
@@ -327,6 +281,8 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
 
     # ------------------------------------------------------------ model calls
     def _teacher_network(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        if self.conditioner_selected:  # the network is never trained then: it is the original
+            return self.network(x, t, cond)
         return self.teacher(self.network, x, t, cond)
 
     def teacher_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
@@ -344,9 +300,10 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
 
     # ------------------------------------------------------------ prompts and x_t
     def _conds(self) -> dict[str, dict[str, Any]]:
-        """Embeddings of every prompt role, computed once (frozen conditioner, no ucg dropout)."""
+        """Embeddings of every prompt role by the original conditioner (no ucg dropout), computed once:
+        the frozen side's conditions (x_t sampling, the teacher's targets)."""
         if self._cond_table is None or next(iter(self._cond_table["concept"].values())).device != self.device:
-            with torch.no_grad():
+            with torch.no_grad(), self.original_conditioner():
                 self._cond_table = {
                     "concept": self.conditioning_for(self.prompts),
                     "null": self.unconditional_for([""]),
@@ -384,14 +341,15 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
         traj = self._take(self.pool, self._sampler_conds)
         table, n = self._conds(), traj.x.shape[0]
         zeros = torch.zeros(n, dtype=torch.long)
-        preserve = preserve_x = preserve_sigma = None
+        preserve = preserve_x = preserve_sigma = preserve_idx = None
         if self.preserve_pool is not None:
             own = self._take(self.preserve_pool, self._preserve_sampler_conds)
-            preserve = _pick(table["preserve"], own.prompt)
+            preserve_idx = own.prompt
             preserve_x, preserve_sigma = own.x.float(), own.sigma.float()
         elif self.preserve:
-            pick = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
-            preserve = _pick(table["preserve"], pick)
+            preserve_idx = torch.randint(len(self.preserve), (n,), generator=self.pool.generator)
+        if preserve_idx is not None:
+            preserve = _pick(table["preserve"], preserve_idx)
         if self.erase_from is not None:
             cond_role = "erase_from"
         else:  # an anchor prompt is no role of the loss
@@ -411,19 +369,53 @@ class FineTuneEngine(SelectedTensors, ErasureEngine):
             anchor=_pick(table["anchor"], traj.prompt) if self.anchor_prompts is not None else None,
             teacher_eps=teacher_eps or None,
         )
+        if self.conditioner_selected:
+            batch.trained = self._trained_conds(traj.prompt, preserve_idx)
         if self.adversary is not None:
-            batch.trained_concept, self._adversarial_rows = self.adversarial_rows(batch.concept)
+            batch.trained_concept, self._adversarial_rows = self.adversarial_rows(
+                batch.trained_cond("concept"), reencode=self.conditioner_selected
+            )
         if self.loss_guidance is not None:
             self._set_loss_guidance(batch)
         return batch, traj.step
 
     def _set_loss_guidance(self, batch: ErasureBatch) -> None:
         """Every prompt role of the loss read at the guidance strength ``loss_guidance``."""
+
+        def guided(cond: dict[str, Any]) -> dict[str, Any]:
+            n = next(v.shape[0] for v in cond.values() if torch.is_tensor(v))
+            return {**cond, "guidance": torch.full((n,), self.loss_guidance, device=self.device)}
+
         for role in ("concept", "null", "erase_from", "preserve", "trained_concept", "anchor"):
             cond = getattr(batch, role)
             if cond is not None:
-                n = next(v.shape[0] for v in cond.values() if torch.is_tensor(v))
-                setattr(batch, role, {**cond, "guidance": torch.full((n,), self.loss_guidance, device=self.device)})
+                setattr(batch, role, guided(cond))
+        if batch.trained is not None:
+            batch.trained = {role: guided(cond) for role, cond in batch.trained.items()}
+
+    def _trained_conds(self, prompt_idx: torch.Tensor, preserve_idx: torch.Tensor | None) -> dict[str, dict[str, Any]]:
+        """The step's prompt roles through the text encoder being trained, with grad (the batch's own
+        conditions are the original encoder's, for the frozen side); rows as in the batch."""
+        zeros = torch.zeros_like(prompt_idx)
+        trained = {
+            "concept": self._encoded_rows(self.prompts, prompt_idx),
+            "null": self._encoded_rows([""], zeros, unconditional=True),
+        }
+        if self.erase_from is not None:
+            trained["erase_from"] = self._encoded_rows([self.erase_from], zeros)
+        if self.anchor_prompts is not None:
+            trained["anchor"] = self._encoded_rows(self.anchor_prompts, prompt_idx)
+        if preserve_idx is not None:
+            trained["preserve"] = self._encoded_rows(self.preserve, preserve_idx)
+        return trained
+
+    def _encoded_rows(self, prompts: Sequence[str], idx: torch.Tensor, unconditional: bool = False) -> dict[str, Any]:
+        """Rows ``idx`` (n,) of ``prompts``' conditions by the conditioner as it is now, each prompt
+        encoded once (``unconditional``: as the guidance branch, like the frozen table's null)."""
+        unique = sorted(set(idx.tolist()))
+        texts = [prompts[i] for i in unique]
+        cond = self.unconditional_for(texts) if unconditional else self.conditioning_for(texts)
+        return _pick(cond, torch.tensor([unique.index(i) for i in idx.tolist()]))
 
     def _recorded_eps(
         self, traj: TrajectoryBatch, cond_role: str | None, uc_role: str = "null"

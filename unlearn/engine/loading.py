@@ -45,8 +45,8 @@ def load_model(
     ``masks``: a mask file (`unlearn.hooks.save_masks`) applied to the model's network;
     a mask-training engine's own training masks are removed first.
     ``weights``: an erased-weights file (``erased.safetensors`` of an ESD run, changed UNet
-    parameters under diffusers names), applied after every checkpoint
-    (`unlearn.engine.export.apply_erased_weights`).
+    parameters under diffusers names or text encoder parameters under ``text_encoder.``), applied
+    after every checkpoint (`unlearn.engine.export.apply_erased_weights`).
     """
     base: list[Path] = []
     ckpt_file: Path | None = Path(ckpt) if ckpt else None

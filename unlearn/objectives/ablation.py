@@ -76,9 +76,9 @@ class ConceptAblationObjective(PredictionObjective):
 
         student_calls = {"ablate": (x, sigma, batch.erase_prompt)}
         if self.prior_weight > 0:
-            student_calls["prior"] = (x, sigma, batch.anchor)
+            student_calls["prior"] = (x, sigma, batch.trained_cond("anchor"))
         if batch.preserve is not None:
-            student_calls["preserve"] = (px, ps, batch.preserve)
+            student_calls["preserve"] = (px, ps, batch.trained_cond("preserve"))
         pred = {role: p.float() for role, p in batched_calls(student, student_calls).items()}
 
         if self.target_model == "original":
@@ -87,7 +87,7 @@ class ConceptAblationObjective(PredictionObjective):
             target = pred["prior"].detach()
         else:
             with torch.no_grad():
-                target = student(x, sigma, batch.anchor).float()
+                target = student(x, sigma, batch.trained_cond("anchor")).float()
         loss_ablate = F.mse_loss(pred["ablate"], target)
         loss = loss_ablate
         logs = {"loss_ablate": loss_ablate.detach()}

@@ -61,6 +61,10 @@ class ErasureBatch:
             checked on when they come from its own trajectories; None: on ``x`` and ``sigma``.
         trained_concept: what the trained model sees on the erase term when it differs from
             ``erase_from`` / ``concept`` (adversarial prompts), else None.
+        trained: each role's condition as the trained model sees it, where it differs from the
+            frozen model's (a trained text encoder re-encodes every role, with grad), by role
+            (``"concept"``, ``"null"``, ``"erase_from"``, ``"preserve"``, ``"anchor"``); None: the same
+            conditions for both. Objectives read the trained side through `trained_cond`.
         anchor: for objectives with ``uses_anchor``, the anchor prompt of each sample's concept
             prompt (row i of ``anchor`` is the anchor of row i of ``concept``: "a striped circle"
             -> "a dotted circle"), whose frozen trajectories ``x`` comes from; else None.
@@ -81,14 +85,22 @@ class ErasureBatch:
     trained_concept: Cond | None = None
     anchor: Cond | None = None
     teacher_eps: dict[str, torch.Tensor] | None = None
+    trained: dict[str, Cond] | None = None
+
+    def trained_cond(self, role: str) -> Cond | None:
+        """What the trained model sees for ``role`` (``"preserve"``, ``"null"``, ...): its entry in
+        ``trained``, else the role's own condition."""
+        if self.trained is not None and role in self.trained:
+            return self.trained[role]
+        return getattr(self, role)
 
     @property
     def erase_prompt(self) -> Cond:
         """What the trained model sees on the erase term: ``trained_concept``, else ``erase_from``,
-        else ``concept``."""
+        else ``concept`` (as the trained model sees them)."""
         if self.trained_concept is not None:
             return self.trained_concept
-        return self.erase_from if self.erase_from is not None else self.concept
+        return self.trained_cond("erase_from" if self.erase_from is not None else "concept")
 
     @property
     def preserve_latents(self) -> tuple[torch.Tensor, torch.Tensor]:

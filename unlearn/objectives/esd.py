@@ -149,9 +149,9 @@ class ESDObjective(PredictionObjective):
 
         student_calls = {"erase": (x, sigma, batch.erase_prompt)}
         if batch.preserve is not None:
-            student_calls["preserve"] = (px, ps, batch.preserve)
+            student_calls["preserve"] = (px, ps, batch.trained_cond("preserve"))
         if self.null_weight > 0:
-            student_calls["null"] = (x, sigma, batch.null)
+            student_calls["null"] = (x, sigma, batch.trained_cond("null"))
         pred = {role: p.float() for role, p in batched_calls(student, student_calls).items()}
         loss_erase = self._mse(pred["erase"], target, sigma)
         loss = loss_erase
