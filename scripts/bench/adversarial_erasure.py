@@ -64,10 +64,18 @@ VARIANTS = {
         "{target: unlearn.attacks.ConceptInversion, params: {steps: 150}}", "every_n_steps=50", "prompts_per_search=4"
     ),
 }
+TEXT_ENCODER = "configs/methods/esd_text_encoder.yaml"
+VARIANTS["te"] = [TEXT_ENCODER]  # ESD on the text encoder, AdvUnlearn's module, without its adversary
+VARIANTS["adv_te"] = [ADVERSARY, TEXT_ENCODER]  # AdvUnlearn: the shipped adversary, the text encoder trained
+# Settings a variant keeps whatever --lr says (given after it): the text encoder's own learning rate.
+TEXT_ENCODER_LR = "1e-4"
+VARIANT_SETTINGS = {"te": [f"lr={TEXT_ENCODER_LR}"], "adv_te": [f"lr={TEXT_ENCODER_LR}"]}
 VARIANT_NOTES = {
     "adv_uda": "UnlearnDiffAtk searches, 40 steps every 100 training steps on 2 prompts",
     "adv_ci": "concept inversion searches, 50 steps every 100 on 2 prompts",
     "adv_ci_strong": "concept inversion searches, 150 steps every 50 on 4 prompts (the shipped config)",
+    "te": f"ESD on the text encoder (configs/methods/esd_text_encoder.yaml, lr {TEXT_ENCODER_LR}), no adversary",
+    "adv_te": f"AdvUnlearn: the text encoder (lr {TEXT_ENCODER_LR}) against the shipped adversary",
 }
 # The issue's bar for the adversarial erasure: UA, IRA, CRA floors and the ASR ratio to plain ESD-x.
 FLOORS = {"UA": 90.0, "IRA": 80.0, "CRA": 90.0}
@@ -149,15 +157,20 @@ def attack_spec(spec: str) -> tuple[str, Path, list[str]]:
     return name, Path(config), pairs
 
 
+def train_command(args, concept: str, seed: int, variant: str, runs: Path) -> list[str]:
+    """main.py's command line for one (concept, seed, variant); a variant's own settings come last."""
+    cmd = [args.python, "main.py", "--base", MODEL, METHOD, *VARIANTS[variant], f"concept={concept}"]
+    cmd += [f"lr={args.lr}", f"iterations={args.iterations}", f"reuse={args.reuse}", *VARIANT_SETTINGS.get(variant, [])]
+    name = f"{variant}_{concept}_seed{seed}"
+    return cmd + ["lightning.callbacks.toy_benchmark=null", "--seed", str(seed), "--name", name, "--logdir", str(runs)]
+
+
 def one_run(args, cores: Cores, out: Path, concept: str, seed: int, variant: str) -> dict[str, Any]:
     """Train (unless done), evaluate and attack one (concept, seed, variant); its figures."""
     name = f"{variant}_{concept}_seed{seed}"
     runs = out / "runs"
     if run_dir(runs, name) is None:
-        cmd = [args.python, "main.py", "--base", MODEL, METHOD, *VARIANTS[variant], f"concept={concept}"]
-        cmd += [f"lr={args.lr}", f"iterations={args.iterations}", f"reuse={args.reuse}"]
-        cmd += ["lightning.callbacks.toy_benchmark=null", "--seed", str(seed), "--name", name, "--logdir", str(runs)]
-        cores.run(cmd, runs / f"{name}.log")
+        cores.run(train_command(args, concept, seed, variant, runs), runs / f"{name}.log")
     run = run_dir(runs, name)
     weights = ["--config", MODEL, "--weights", str(run / "erased.safetensors")]
     metrics_file = out / "eval" / name / "metrics.json"
