@@ -108,14 +108,14 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, argv, message)
 
 def test_the_text_encoder_variants_train_at_their_own_learning_rate(tmp_path):
     bench = _bench()
-    args = bench.build_parser().parse_args(["--lr", "1e-3"])
+    args = bench.build_parser().parse_args(["--lr", "5e-4"])
     plain = bench.train_command(args, "circle", 23, "esd_x", tmp_path)
     advunlearn = bench.train_command(args, "circle", 23, "adv_te", tmp_path)
-    assert [a for a in plain if a.startswith("lr=")] == ["lr=1e-3"]
+    assert [a for a in plain if a.startswith("lr=")] == ["lr=5e-4"]
     assert "configs/methods/esd_text_encoder.yaml" not in plain
     # adversary first, then the text encoder's config (it sets the selector the adversary's prompts train)
     configs = [a for a in advunlearn if a.startswith("configs/methods/")]
     assert configs == ["configs/methods/esd_x.yaml", "configs/methods/adversarial.yaml", bench.TEXT_ENCODER]
     lrs = [a for a in advunlearn if a.startswith("lr=")]
-    assert lrs == ["lr=1e-3", f"lr={bench.TEXT_ENCODER_LR}"]  # the later override wins in main.py
+    assert lrs == ["lr=5e-4", f"lr={bench.TEXT_ENCODER_LR}"]  # the later override wins in main.py
     assert advunlearn[advunlearn.index("--name") + 1] == "adv_te_circle_seed23"
