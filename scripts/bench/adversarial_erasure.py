@@ -144,7 +144,9 @@ class Cores:
 
 def run_dir(runs: Path, name: str) -> Path | None:
     """The newest finished run called ``name`` (main.py names runs ``<timestamp>_<name>``)."""
-    done = sorted(d for d in runs.glob(f"*_{name}") if (d / "erased.safetensors").is_file())
+    # the whole name after the timestamp: te_circle_seed23 is not adv_te_circle_seed23
+    named = (d for d in runs.glob(f"*_{name}") if d.name.split("_", 1)[1] == name)
+    done = sorted(d for d in named if (d / "erased.safetensors").is_file())
     return done[-1] if done else None
 
 

@@ -90,6 +90,12 @@ def test_the_newest_finished_run_is_used(tmp_path):
             (run / "erased.safetensors").write_bytes(b"")
     assert bench.run_dir(tmp_path, "esd_x_outlined_seed23").name.startswith("2026-01-02")
     assert bench.run_dir(tmp_path, "esd_x_circle_seed23") is None
+    # a newer run of a variant whose name ends with another's is not the other's
+    (tmp_path / "2026-01-04T00-00-00_adv_te_outlined_seed23").mkdir()
+    (tmp_path / "2026-01-04T00-00-00_adv_te_outlined_seed23" / "erased.safetensors").write_bytes(b"")
+    (tmp_path / "2026-01-01T00-00-00_te_outlined_seed23").mkdir()
+    (tmp_path / "2026-01-01T00-00-00_te_outlined_seed23" / "erased.safetensors").write_bytes(b"")
+    assert bench.run_dir(tmp_path, "te_outlined_seed23").name == "2026-01-01T00-00-00_te_outlined_seed23"
 
 
 @pytest.mark.parametrize(
