@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unlearn.paths import resolve_local_dir
+from unlearn.scaled_fp8 import dequantize, is_scaled
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,6 +30,7 @@ __all__ = [
     "has_weights",
     "fallback_folder",
     "read_tensors",
+    "diffusers_source",
     "unloaded",
     "require_loaded",
     "config_root",
@@ -124,15 +126,27 @@ def read_tensors(path: str | Path, prefixes: tuple[str, ...]) -> dict[str, torch
 
     A ``.safetensors`` file reads just those (a text encoder need not read a 10 GB file whole);
     any other file loads whole through diffusers' ``load_single_file_checkpoint``, which uses
-    ``torch.load(weights_only=True)``: nothing in the file can run code.
+    ``torch.load(weights_only=True)``: nothing in the file can run code. Scaled float8 weights come
+    back multiplied by their scales (`unlearn.scaled_fp8`).
     """
     path = Path(path).expanduser()
     if path.suffix != SAFETENSORS:
         from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
         checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
-        return {k: v for k, v in checkpoint.items() if k.startswith(prefixes)}
-    from safetensors import safe_open
+        tensors = {k: v for k, v in checkpoint.items() if k.startswith(prefixes)}
+    else:
+        from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
+    return dequantize(tensors, str(path)) if is_scaled(tensors) else tensors
+
+
+def diffusers_source(path: str | Path, what: str) -> str | dict[str, torch.Tensor]:
+    """What to hand a diffusers ``from_single_file``: the file's path, or, for a file of scaled
+    float8 weights (which diffusers would read unscaled), its tensors dequantized."""
+    path = Path(path).expanduser()
+    if is_scaled(safetensors_keys(path, what)):
+        return read_tensors(path, ("",))
+    return str(path)

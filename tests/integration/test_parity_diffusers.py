@@ -317,6 +317,35 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
 
 
+def test_fp8_scaled_sdxl_file_loads_its_unet_weights_times_their_scales(tiny_pipelines, pipelines, tmp_path):
+    """A ComfyUI-style scaled float8 SDXL file: the UNet loads each weight as q * s, not as q."""
+    from safetensors.torch import save_file
+
+    from tests.integration.fp8_layout import scaled_fp8
+    from tests.integration.ldm_layout import clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    pipe = pipelines["sdxl"]
+    rest = {
+        **vae_to_ldm(pipe.vae),
+        **clip_to_ldm(pipe.text_encoder, prefix="conditioner.embedders.0.transformer."),
+        **openclip_to_ldm(pipe.text_encoder_2, extra_layer=False, prefix="conditioner.embedders.1.model."),
+    }
+    unet, unet_expected = scaled_fp8(unet_to_ldm(pipe.unet), per_row=True)
+    configs = tmp_path / "configs"
+    shutil.copytree(tiny_pipelines["sdxl"], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    models = {}
+    for name, network in (("scaled", unet), ("expected", unet_expected)):
+        file = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in {**network, **rest}.items()}, str(file))
+        overrides = [f"model_path={file}", f"model_config={configs}", f"model.params.image_size={IMAGE_SIZE}"]
+        models[name] = load_model(["configs/models/sdxl.yaml"], overrides=overrides).state_dict()
+    got, expected = models["scaled"], models["expected"]
+    assert got.keys() == expected.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    key = next(k for k in got if k.endswith("attn1.to_q.weight"))
+    assert not torch.equal(got[key], pipe.unet.state_dict()[key.removeprefix("network.unet.")])  # float8 rounding
+
+
 def test_single_file_errors_name_what_is_missing(tiny_pipelines, pipelines, tmp_path):
     from safetensors.torch import save_file
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.integration.fp8_layout import scaled_fp8
 from tests.integration.ldm_layout import vae_to_ldm
 from tests.integration.mmdit_layout import flux_to_original, sd3_to_original
 from tests.integration.tiny_pipelines import IMAGE_SIZE
@@ -127,6 +128,41 @@ def test_sd3_fp8_t5_loads_in_float32(sd3, tiny_sd3_pipeline, tmp_path):
     got = embedder.transformer.state_dict()
     assert got.keys() == t5.keys()
     assert all(got[k].dtype == torch.float32 and torch.equal(got[k], t5[k].to(torch.float8_e4m3fn).float()) for k in t5)
+
+
+def test_sd3_fp8_scaled_file_loads_its_weights_times_their_scales(sd3, sd3_files, tiny_sd3_pipeline, tmp_path):
+    """A ComfyUI-style scaled float8 file: the transformer with ``scale_weight`` (one scale a tensor),
+    the text encoders with ``weight_scale`` (one a row). Each weight loads as q * s; read unscaled,
+    as diffusers would, it is off by 1 / s."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(sd3_files["all"]))
+    network, network_expected = scaled_fp8({k: v for k, v in state.items() if not k.startswith(SD3_TEXT)})
+    text, text_expected = scaled_fp8(
+        {k: v for k, v in state.items() if k.startswith(SD3_TEXT)}, "weight_scale", per_row=True
+    )
+    scaled = _save({**network, **text}, tmp_path / "sd3_medium_incl_clips_t5xxl_fp8_scaled.safetensors")
+    expected = _save({**network_expected, **text_expected}, tmp_path / "dequantized.safetensors")
+    configs = _without_weights(tiny_sd3_pipeline, tmp_path / "configs")
+    got, want = _load(SD3, scaled, configs), _load(SD3, expected, configs)
+    assert _differing(got, want) == []
+    key = "network.transformer.transformer_blocks.0.attn.to_q.weight"
+    scale = network["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.scale_weight"]
+    assert not torch.equal(got.state_dict()[key], sd3.state_dict()[key])  # float8 rounding
+    torch.testing.assert_close(got.state_dict()[key], sd3.state_dict()[key], atol=float(scale) * 32, rtol=0)
+
+
+def test_sd3_plain_fp8_file_loads_its_values_in_float32(sd3_files, tiny_sd3_pipeline, tmp_path):
+    """flux1-dev-fp8-style: float8 weights without scales load as those values, in float32."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(sd3_files["no_text"]))
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}
+    got = _load(SD3, _save(fp8, tmp_path / "sd3_fp8.safetensors"), tiny_sd3_pipeline)
+    expected = {k: v.float() for k, v in fp8.items()}
+    want = _load(SD3, _save(expected, tmp_path / "expected.safetensors"), tiny_sd3_pipeline)
+    assert _differing(got, want) == []
+    assert {p.dtype for p in got.network.parameters()} == {torch.float32}
 
 
 def test_sd3_single_file_errors_name_the_file(sd3, sd3_files, tiny_sd3_pipeline, tmp_path):

@@ -18,7 +18,15 @@ import torch
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.paths import resolve_local_dir
-from unlearn.single_file import COMPONENT_PREFIXES, SAFETENSORS, config_root, holds, require_loaded, safetensors_keys
+from unlearn.single_file import (
+    COMPONENT_PREFIXES,
+    SAFETENSORS,
+    config_root,
+    diffusers_source,
+    holds,
+    require_loaded,
+    safetensors_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +96,8 @@ def _from_single_file(cls, path: str, subfolder: str | None, config_dir: str | N
             f"pretrained_path={path!r} holds no {name} (no keys under {', '.join(COMPONENT_PREFIXES[kind])})"
         )
     log.info("loading %s from %s (config %s)", name, file, root / (subfolder or ""))
-    model = cls.from_single_file(str(file), config=str(root), subfolder=subfolder, local_files_only=True)
+    source = diffusers_source(file, "pretrained_path")
+    model = cls.from_single_file(source, config=str(root), subfolder=subfolder, local_files_only=True)
     require_loaded(model, "pretrained_path", path, root / (subfolder or ""), name)
     return model
 

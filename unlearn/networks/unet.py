@@ -10,6 +10,7 @@ import torch
 
 from unlearn.networks.base import DiffusionNetwork
 from unlearn.paths import resolve_local_dir, resolve_local_file
+from unlearn.single_file import diffusers_source
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def build_unet(
         kwargs["subfolder"] = subfolder
     else:
         kwargs["original_config"] = str(resolve_local_file(original_config, "original_config"))
-    return UNet2DConditionModel.from_single_file(str(ckpt), **kwargs)
+    return UNet2DConditionModel.from_single_file(diffusers_source(ckpt, "single_file"), **kwargs)
 
 
 class DiffusersUNet(DiffusionNetwork):
