@@ -21,7 +21,7 @@ import torchvision.transforms.functional as TF
 from unlearn.eval.evaluate import judge_outputs, render_reference_images
 from unlearn.eval.judge import CanvasJudge
 
-__all__ = ["BLUR_SIGMAS", "SINK_SEED", "SINK_SHARE", "judge_sinks"]
+__all__ = ["BLUR_SIGMAS", "SINK_SEED", "SINK_SHARE", "blur", "judge_sinks"]
 
 BLUR_SIGMAS = (1.5, 2.0, 3.0)  # pixels, at the judge's image size
 SINK_SEED = 314_159  # seed of the real renders that get blurred
@@ -31,6 +31,11 @@ SINK_SHARE = 50.0  # percent of the blurred images; most of them, not just the m
 def _shares(pred: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     counts = np.bincount(pred, minlength=len(names))
     return {name: 100.0 * float(c) / len(pred) for name, c in zip(names, counts)}
+
+
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images`` (N, C, H, W) under a Gaussian blur of ``sigma`` pixels (a kernel of +-3 sigma)."""
+    return TF.gaussian_blur(images, kernel_size=2 * int(np.ceil(3 * sigma)) + 1, sigma=float(sigma))
 
 
 def judge_sinks(
@@ -43,11 +48,7 @@ def judge_sinks(
     and a sink takes more than ``SINK_SHARE`` percent of them (so there is at most one).
     """
     images = render_reference_images(count, judge.image_size, seed=seed)  # (N, 3, H, W)
-    blurred = []
-    for sigma in sigmas:
-        kernel = 2 * int(np.ceil(3 * sigma)) + 1
-        blurred.append(TF.gaussian_blur(images, kernel_size=kernel, sigma=float(sigma)))
-    objects, styles, _ = judge_outputs(judge, torch.cat(blurred))
+    objects, styles, _ = judge_outputs(judge, torch.cat([blur(images, sigma) for sigma in sigmas]))
     out = {}
     for kind, pred, names in (("object", objects, judge.objects), ("style", styles, judge.styles)):
         shares = _shares(pred, list(names))
