@@ -145,8 +145,11 @@ def read_tensors(path: str | Path, prefixes: tuple[str, ...]) -> dict[str, torch
 
 def diffusers_source(path: str | Path, what: str) -> str | dict[str, torch.Tensor]:
     """What to hand a diffusers ``from_single_file``: the file's path, or, for a file of scaled
-    float8 weights (which diffusers would read unscaled), its tensors dequantized."""
+    float8 weights (which diffusers would read unscaled), its tensors dequantized.
+
+    A pickled ``.ckpt`` has no header to look for scales in, so it is read here once (with
+    ``weights_only``) and its tensors handed over, dequantized where scaled."""
     path = Path(path).expanduser()
-    if is_scaled(safetensors_keys(path, what)):
+    if path.suffix != SAFETENSORS or is_scaled(safetensors_keys(path, what)):
         return read_tensors(path, ("",))
     return str(path)

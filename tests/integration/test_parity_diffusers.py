@@ -317,8 +317,10 @@ def test_single_file_loads_the_weights_of_its_folder(arch, tiny_pipelines, engin
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
 
 
-def test_fp8_scaled_sdxl_file_loads_its_unet_weights_times_their_scales(tiny_pipelines, pipelines, tmp_path):
-    """A ComfyUI-style scaled float8 SDXL file: the UNet loads each weight as q * s, not as q."""
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_fp8_scaled_sdxl_file_loads_its_unet_weights_times_their_scales(suffix, tiny_pipelines, pipelines, tmp_path):
+    """A ComfyUI-style scaled float8 SDXL file: the UNet loads each weight as q * s, not as q, from a
+    .safetensors file and from a pickled {"state_dict": ...} .ckpt (read with weights_only)."""
     from safetensors.torch import save_file
 
     from tests.integration.fp8_layout import scaled_fp8
@@ -335,8 +337,12 @@ def test_fp8_scaled_sdxl_file_loads_its_unet_weights_times_their_scales(tiny_pip
     shutil.copytree(tiny_pipelines["sdxl"], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     models = {}
     for name, network in (("scaled", unet), ("expected", unet_expected)):
-        file = tmp_path / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in {**network, **rest}.items()}, str(file))
+        file = tmp_path / f"{name}{suffix}"
+        state = {k: v.contiguous() for k, v in {**network, **rest}.items()}
+        if suffix == ".ckpt":
+            torch.save({"state_dict": state}, file)
+        else:
+            save_file(state, str(file))
         overrides = [f"model_path={file}", f"model_config={configs}", f"model.params.image_size={IMAGE_SIZE}"]
         models[name] = load_model(["configs/models/sdxl.yaml"], overrides=overrides).state_dict()
     got, expected = models["scaled"], models["expected"]
