@@ -15,14 +15,15 @@
 # default 3000: at 500 the 4-step student still drew the erased style back, see each DMD2
 # run's eval/progress.md, copied beside its metrics) and MASK_STEPS (default 300) set how
 # long the CPU-bound runs train. Masks run once per MASK_VARIANTS entry (default "paper
-# budget"): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
+# budget"; "" for none): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
 # after training), "budget" trains binary straight-through masks capped at the same 5% in every
 # forward (the binary strategy's max_off_share), so training optimises the masks that are saved;
 # MASK_SEED (default 0, the seed the table's mask rows were drawn with) is their model.params.seed.
 # ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
-# for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py); the
+# for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py; "" for
+# none); the
 # table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
 # default: the one with the highest UA, the first listed on ties; a student can only stay
 # as erased as its teacher).
@@ -39,7 +40,12 @@
 # erases and evaluates: configs/models/toy_mmdit.yaml gives the toy MMDiT's rows (ESD_RUNS set to
 # its settings, DMD2_STEPS=0 to leave out the students; the ESD train methods are the
 # joint-attention ones, unlearn/selection.py).
-# A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues.
+# A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues, and
+# disjoint parts can run side by side, each on its own core, once the base evaluation exists:
+#   OMP_NUM_THREADS=1 taskset -c 0 env MASK_VARIANTS= BASELINES= bash scripts/bench/toy_methods.sh
+#   OMP_NUM_THREADS=1 taskset -c 1 env ESD_RUNS= DMD2_STEPS=0 bash scripts/bench/toy_methods.sh
+# (ESD and DMD2 on one, masks and baselines on the other); each ends by writing the table from
+# every row that exists, so the one that finishes last writes the whole table.
 set -euo pipefail
 OUT=${1:-scripts/bench/results/toy}
 IMAGES=${IMAGES:-4}
@@ -47,9 +53,9 @@ ATTACKS=${ATTACKS-configs/attacks/unlearndiffatk.yaml}
 ATTACK_IMAGES=${ATTACK_IMAGES:-4}
 DMD2_STEPS=${DMD2_STEPS:-3000}
 MASK_STEPS=${MASK_STEPS:-300}
-MASK_VARIANTS=${MASK_VARIANTS:-paper budget}
+MASK_VARIANTS=${MASK_VARIANTS-paper budget}
 MASK_SEED=${MASK_SEED:-0}
-ESD_RUNS=${ESD_RUNS:-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
+ESD_RUNS=${ESD_RUNS-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 BASELINES=${BASELINES-uce ca}
 CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
@@ -171,7 +177,7 @@ for baseline in $BASELINES; do
   done
 done
 
-if [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs
+if [ "$DMD2_STEPS" -gt 0 ] && [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs
   ESD_TEACHER=$("$PY" - $(for setting in $ESD_RUNS; do echo "$setting $OUT/eval/esd_x$(suffix_of "$setting")/metrics.json"; done) <<'PY'
 import json, sys
 runs = list(zip(sys.argv[1::2], sys.argv[2::2]))
@@ -179,9 +185,11 @@ print(max(runs, key=lambda run: json.load(open(run[1]))["UA"])[0])  # max keeps 
 PY
 )
 fi
-echo "DMD2 teacher: ESD-x $ESD_TEACHER" | tee -a "$OUT/concepts.txt"
-suffix=$(suffix_of "$ESD_TEACHER")
-teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
+if [ "$DMD2_STEPS" -gt 0 ]; then
+  echo "DMD2 teacher: ESD-x $ESD_TEACHER" | tee -a "$OUT/concepts.txt"
+  suffix=$(suffix_of "$ESD_TEACHER")
+  teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
+fi
 for steps in $([ "$DMD2_STEPS" -gt 0 ] && echo 4 1); do
   name=dmd2_${steps}step$suffix
   if ! done_ "$name"; then
