@@ -40,12 +40,13 @@ def test_one_config_for_every_train_method(override, method):
 def test_toolkit_keys_reach_the_engine():
     cfg = load_configs(
         [SMOKE, METHODS / "esd_x.yaml"],
-        ["concept=striped;dotted", "separator=;", "iterations=7", "lr=1e-4", "negative_guidance=2"],
+        ["concept=striped;dotted", "separator=;", "iterations=7", "lr=1e-4", "negative_guidance=2", "null_weight=1"],
     )
     params = cfg.model.params
     assert cfg.model.target == "unlearn.engine.finetune.FineTuneEngine"
     assert params.concept == "striped;dotted" and params.separator == ";"
     assert params.base_learning_rate == 1e-4 and params.objective_config.params.negative_guidance == 2
+    assert params.objective_config.params.null_weight == 1
     assert cfg.lightning.trainer.max_steps == 7 and cfg.data is None
     assert params.network_config.params.config.cross_attention_dim == 32  # the model config is kept
 

@@ -71,3 +71,16 @@ def test_each_part_trains_only_its_own_runs(tmp_path, env, names):
     trained = [call.split("--name ")[1].split()[0] for call in calls if call.startswith("main.py")]
     assert trained == names
     assert programs(calls).count("scripts/evaluate.py") == 1 + len(names)
+
+
+def test_esd_args_reach_every_esd_run_and_nothing_else(tmp_path):
+    proc, calls = run_script(
+        tmp_path,
+        ESD_RUNS="1e-3",
+        ESD_ARGS="null_weight=1 reuse=50",
+        ATTACKS="",
+        **{"MASK_VARIANTS": "paper", "BASELINES": "", "DMD2_STEPS": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    trainings = [call for call in calls if call.startswith("main.py")]
+    assert [("null_weight=1 reuse=50" in call) for call in trainings] == [True, True, False, False]
