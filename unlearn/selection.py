@@ -43,6 +43,9 @@ own projections are what the prompt enters the image through, as ``attn2`` in a 
                 ``add_k_proj``, ``add_v_proj``, ``to_add_out`` (double-stream blocks only;
                 Flux's single-stream blocks project both streams with the same tensors)
 ``esd-x-strict``  ``attn.add_k_proj`` / ``add_v_proj`` (the text-side keys and values)
+``xattn-pooled``  ``xattn`` and the pooled text projection ``time_text_embed.text_embedder``:
+                the prompt's other way into every block (the adaLN modulation); not in
+                the ESD papers, defined for these models only
 ``noxattn``     everything but those, the timestep/pooled-text embedder
                 (``time_text_embed``) and the output layer (``norm_out``, ``proj_out``)
 ``notime``      everything but ``time_text_embed``, ``norm_out`` and ``proj_out``
@@ -105,6 +108,7 @@ TRAIN_METHODS: tuple[str, ...] = (
     "xlayer",
     "selflayer",
     "esd-x-strict",
+    "xattn-pooled",
 )
 TRAIN_METHOD_ALIASES: dict[str, str] = {"esd-x": "xattn", "esd-u": "noxattn", "esd-all": "full"}
 # The train method that selects a text encoder (`TextEncoder`) instead of network tensors, and its AdvUnlearn name.
@@ -174,6 +178,11 @@ def ldm_output_block(k: int, layers_per_block: int) -> str:
 
 
 def _predicate(unet: nn.Module, method: str) -> Callable[[str], bool]:
+    if method in JOINT_ONLY_METHODS:
+        raise ValueError(
+            f"train_method {method!r} is defined on joint-attention transformers (SD3, Flux); "
+            "on a UNet choose xattn (SDXL's pooled text vector enters through add_embedding, which it leaves)"
+        )
     if method == "full":
         return lambda name: True
     if method == "xattn":
@@ -198,10 +207,12 @@ def _predicate(unet: nn.Module, method: str) -> Callable[[str], bool]:
 
 # Joint-attention transformers (SD3's MMDiT, Flux): the text stream's own attention projections
 # play the part of a UNet's cross-attention (attn2); single-stream blocks have none.
-JOINT_METHODS: tuple[str, ...] = ("xattn", "noxattn", "full", "notime", "esd-x-strict")
+JOINT_METHODS: tuple[str, ...] = ("xattn", "noxattn", "full", "notime", "esd-x-strict", "xattn-pooled")
+JOINT_ONLY_METHODS: tuple[str, ...] = ("xattn-pooled",)
 _is_joint_xattn = re.compile(r"(^|\.)attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)\.").search
 _is_joint_xattn_kv = re.compile(r"(^|\.)attn\.add_[kv]_proj\.").search
 _JOINT_TIME_EMBEDDING = ("time_text_embed.",)
+_JOINT_POOLED_PROJECTION = ("time_text_embed.text_embedder.",)
 _JOINT_OUTPUT_LAYER = ("norm_out.", "proj_out.")
 
 
@@ -223,6 +234,8 @@ def _joint_predicate(method: str) -> Callable[[str], bool]:
         return lambda name: _is_joint_xattn(name) is not None
     if method == "esd-x-strict":
         return lambda name: _is_joint_xattn_kv(name) is not None
+    if method == "xattn-pooled":
+        return lambda name: _is_joint_xattn(name) is not None or name.startswith(_JOINT_POOLED_PROJECTION)
     if method == "noxattn":
         return lambda name: not (_is_joint_xattn(name) or name.startswith(fixed))
     return lambda name: not name.startswith(fixed)  # notime

@@ -51,7 +51,7 @@ def sd15():
     return unet, dict(unet.named_parameters())
 
 
-@pytest.mark.parametrize("method", TRAIN_METHODS)
+@pytest.mark.parametrize("method", [m for m in TRAIN_METHODS if m != "xattn-pooled"])  # joint attention only
 def test_counts_per_method(sd15, method):
     unet, params = sd15
     names = select_parameters(unet, method)
@@ -151,10 +151,13 @@ def test_selection_root_unwraps_diffusers_unet(sd15):
 # context_pre_only) = 24 * 7_082_496 + 23 * 2_360_832; esd-x-strict: 24 x add_k/add_v.
 # Flux xattn: 19 double-stream blocks x add_q/k/v and to_add_out (3072^2 + 3072 each); the 38
 # single-stream blocks project text and image tokens with the same tensors, so hold none.
+# xattn-pooled adds the pooled projection's linear_1 and linear_2: SD3 2048 -> 1536 -> 1536
+# (5_508_096), Flux 768 -> 3072 -> 3072 (11_802_624).
 JOINT_EXPECTED = {
     "sd3": {
         "xattn": (190, 224_279_040),
         "esd-x-strict": (96, 113_319_936),
+        "xattn-pooled": (194, 229_787_136),
         "noxattn": (480, 1_790_965_248),
         "notime": (670, 2_015_244_288),
         "full": (682, 2_028_328_000),
@@ -162,6 +165,7 @@ JOINT_EXPECTED = {
     "flux": {
         "xattn": (152, 717_459_456),
         "esd-x-strict": (76, 358_729_728),
+        "xattn-pooled": (156, 729_262_080),
         "noxattn": (992, 11_132_609_536),
         "notime": (1144, 11_850_068_992),
         "full": (1160, 11_901_408_320),
@@ -205,6 +209,17 @@ def test_joint_attention_sets_are_the_text_streams_projections(joint):
     assert noxattn.isdisjoint(xattn) and not any(n.startswith(fixed) for n in noxattn)
     assert set(params) == noxattn | set(xattn) | {n for n in params if n.startswith(fixed)}
     assert "context_embedder.weight" in noxattn and any(".attn.to_q." in n for n in noxattn)
+
+
+def test_xattn_pooled_is_xattn_and_the_pooled_text_projection(joint):
+    _, model, _ = joint
+    extra = set(select_parameters(model, "xattn-pooled")) - set(select_parameters(model, "xattn"))
+    assert extra == {f"time_text_embed.text_embedder.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+
+
+def test_xattn_pooled_on_a_unet_names_the_method_that_applies(sd15):
+    with pytest.raises(ValueError, match="'xattn-pooled' is defined on joint-attention transformers.*choose xattn"):
+        select_parameters(sd15[0], "xattn-pooled")
 
 
 @pytest.mark.parametrize("method", ["selfattn", "xlayer", "selflayer"])
