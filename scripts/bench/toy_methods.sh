@@ -38,9 +38,10 @@
 # ASR before and after into OUT/attacks/<row>/<attack>/attack.json and the table.
 # MODEL (default configs/models/toy_canvas.yaml, the toy UNet) is the model config every row
 # erases and evaluates: configs/models/toy_mmdit.yaml gives the toy MMDiT's rows (ESD_RUNS set to
-# its settings, ESD_ARGS="null_weight=1" as ESD-x needs there, DMD2_STEPS=0 to leave out the
-# students; the ESD train methods are the joint-attention ones, unlearn/selection.py). ESD_ARGS
-# (default none) are key=value overrides given to every ESD run.
+# its settings, ESD_X_ARGS="train_method=xattn-pooled null_weight=1 model.params.preserve=auto"
+# as configs/methods/esd_joint.yaml sets for ESD-x there, DMD2_STEPS=0 to leave out the students;
+# the ESD train methods are the joint-attention ones, unlearn/selection.py). ESD_ARGS (default
+# none) are key=value overrides given to every ESD run, ESD_X_ARGS to the ESD-x runs only.
 # A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues, and
 # disjoint parts can run side by side, each on its own core, once the base evaluation exists:
 #   OMP_NUM_THREADS=1 taskset -c 0 env MASK_VARIANTS= BASELINES= bash scripts/bench/toy_methods.sh
@@ -59,6 +60,7 @@ MASK_SEED=${MASK_SEED:-0}
 ESD_RUNS=${ESD_RUNS-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 ESD_ARGS=${ESD_ARGS:-}
+ESD_X_ARGS=${ESD_X_ARGS:-}
 BASELINES=${BASELINES-uce ca}
 CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
 CA_LR=1.6e-5 CA_ITERATIONS=100  # configs/methods/ca.yaml's lr and iterations (run names leave them out)
@@ -124,9 +126,10 @@ for setting in $ESD_RUNS; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
     train_method=$([ "$variant" = esd_x ] && echo xattn || echo noxattn)
+    variant_args=$([ "$variant" = esd_x ] && echo "$ESD_X_ARGS" || true)
     if ! done_ "$name"; then
       timed "$name" train "${name}_$concept" configs/methods/esd_x.yaml train_method="$train_method" \
-        concept="$concept" lr="$lr" iterations="$iterations" $ESD_ARGS lightning.callbacks.toy_benchmark=null \
+        concept="$concept" lr="$lr" iterations="$iterations" $ESD_ARGS $variant_args lightning.callbacks.toy_benchmark=null \
         >"$OUT/$name.run"
       evaluate "$name" --config "$MODEL" --weights "$(cat "$OUT/$name.run")/erased.safetensors" --concept "$concept"
     fi

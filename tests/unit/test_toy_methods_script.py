@@ -84,3 +84,12 @@ def test_esd_args_reach_every_esd_run_and_nothing_else(tmp_path):
     assert proc.returncode == 0, proc.stderr
     trainings = [call for call in calls if call.startswith("main.py")]
     assert [("null_weight=1 reuse=50" in call) for call in trainings] == [True, True, False, False]
+
+
+def test_esd_x_args_reach_the_esd_x_run_only(tmp_path):
+    env = {"ESD_RUNS": "1e-3", "ESD_X_ARGS": "train_method=xattn-pooled", "ATTACKS": "", **ESD_PART}
+    proc, calls = run_script(tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr
+    trainings = [call for call in calls if call.startswith("main.py")]
+    assert ["train_method=xattn-pooled" in call for call in trainings] == [True, False]
+    assert trainings[0].index("train_method=xattn ") < trainings[0].index("train_method=xattn-pooled")
