@@ -15,16 +15,15 @@
 # default 3000: at 500 the 4-step student still drew the erased style back, see each DMD2
 # run's eval/progress.md, copied beside its metrics) and MASK_STEPS (default 300) set how
 # long the CPU-bound runs train. Masks run once per MASK_VARIANTS entry (default "paper
-# budget"; "" for none): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks, binarized to 5%
-# after training), "budget" trains binary straight-through masks capped at the same 5% in every
+# budget"; "" for none): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks,
+# binarized to 5% after training), "budget" trains binary straight-through masks capped at the same 5% in every
 # forward (the binary strategy's max_off_share), so training optimises the masks that are saved;
 # MASK_SEED (default 0, the seed the table's mask rows were drawn with) is their model.params.seed.
 # ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
 # for SD 1.5's 860M-parameter UNet, and the 1,000 iterations of the 2023 train-esd.py; "" for
-# none); the
-# table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
+# none); the table keeps every row, and the DMD2 teacher is the ESD-x run of ESD_TEACHER (a setting;
 # default: the one with the highest UA, the first listed on ties; a student can only stay
 # as erased as its teacher).
 # BASELINES (default "uce ca"; "" for none) are the methods every toolkit ships: UCE
@@ -183,15 +182,15 @@ for baseline in $BASELINES; do
   done
 done
 
-if [ "$DMD2_STEPS" -gt 0 ] && [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs
-  ESD_TEACHER=$("$PY" - $(for setting in $ESD_RUNS; do echo "$setting $OUT/eval/esd_x$(suffix_of "$setting")/metrics.json"; done) <<'PY'
+if [ "$DMD2_STEPS" -gt 0 ]; then
+  if [ -z "$ESD_TEACHER" ]; then  # the most erased ESD-x run: argv holds "setting metrics.json" pairs
+    ESD_TEACHER=$("$PY" - $(for setting in $ESD_RUNS; do echo "$setting $OUT/eval/esd_x$(suffix_of "$setting")/metrics.json"; done) <<'PY'
 import json, sys
 runs = list(zip(sys.argv[1::2], sys.argv[2::2]))
 print(max(runs, key=lambda run: json.load(open(run[1]))["UA"])[0])  # max keeps the first of equals
 PY
 )
-fi
-if [ "$DMD2_STEPS" -gt 0 ]; then
+  fi
   echo "DMD2 teacher: ESD-x $ESD_TEACHER" | tee -a "$OUT/concepts.txt"
   suffix=$(suffix_of "$ESD_TEACHER")
   teacher="$(cat "$OUT/esd_x$suffix.run")/erased.safetensors"
