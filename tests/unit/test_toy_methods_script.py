@@ -74,13 +74,8 @@ def test_each_part_trains_only_its_own_runs(tmp_path, env, names):
 
 
 def test_esd_args_reach_every_esd_run_and_nothing_else(tmp_path):
-    proc, calls = run_script(
-        tmp_path,
-        ESD_RUNS="1e-3",
-        ESD_ARGS="null_weight=1 reuse=50",
-        ATTACKS="",
-        **{"MASK_VARIANTS": "paper", "BASELINES": "", "DMD2_STEPS": "0"},
-    )
+    env = {**MASKS_PART, "ESD_RUNS": "1e-3", "ESD_ARGS": "null_weight=1 reuse=50", "ATTACKS": ""}
+    proc, calls = run_script(tmp_path, **env)
     assert proc.returncode == 0, proc.stderr
     trainings = [call for call in calls if call.startswith("main.py")]
     assert [("null_weight=1 reuse=50" in call) for call in trainings] == [True, True, False, False]
