@@ -18,7 +18,9 @@
 # budget"; "" for none): "paper" is configs/methods/minimalist.yaml as it is (sigmoid masks,
 # binarized to 5% after training), "budget" trains binary straight-through masks capped at the same 5% in every
 # forward (the binary strategy's max_off_share), so training optimises the masks that are saved;
-# MASK_SEED (default 0, the seed the table's mask rows were drawn with) is their model.params.seed.
+# MASK_SEED (default 0, the seed the table's mask rows were drawn with) is their model.params.seed;
+# MASK_ARGS (default none) are configs or key=value overrides given to every mask run after
+# minimalist.yaml (configs/methods/minimalist_transformer.yaml for a joint-attention MMDiT).
 # ESD runs once per setting in ESD_RUNS, each a learning rate
 # with an optional "@iterations" (default "5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000": the official esd_sd.py
 # values, 200 iterations at 5e-5, first, then larger learning rates, since that value was set
@@ -38,7 +40,8 @@
 # MODEL (default configs/models/toy_canvas.yaml, the toy UNet) is the model config every row
 # erases and evaluates: configs/models/toy_mmdit.yaml gives the toy MMDiT's rows (ESD_RUNS set to
 # its settings, ESD_X_ARGS="train_method=xattn-pooled null_weight=1 model.params.preserve=auto"
-# as configs/methods/esd_joint.yaml sets for ESD-x there, DMD2_STEPS=0 to leave out the students;
+# as configs/methods/esd_joint.yaml sets for ESD-x there, MASK_ARGS=configs/methods/minimalist_transformer.yaml
+# for masks on its heads, feed-forward and norm channels, DMD2_STEPS=0 to leave out the students;
 # the ESD train methods are the joint-attention ones, unlearn/selection.py). ESD_ARGS (default
 # none) are key=value overrides given to every ESD run, ESD_X_ARGS to the ESD-x runs only.
 # A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues, and
@@ -60,6 +63,7 @@ ESD_RUNS=${ESD_RUNS-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 ESD_ARGS=${ESD_ARGS:-}
 ESD_X_ARGS=${ESD_X_ARGS:-}
+MASK_ARGS=${MASK_ARGS:-}
 BASELINES=${BASELINES-uce ca}
 CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
 CA_LR=1.6e-5 CA_ITERATIONS=100  # configs/methods/ca.yaml's lr and iterations (run names leave them out)
@@ -148,7 +152,7 @@ params: {max_off_share: 0.05}}") ;;
     concept=$([ "$kind" = style ] && echo "$STYLE" || echo "$OBJECT")
     name=${prefix}_$kind
     if ! done_ "$name"; then
-      timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml concept="$concept" "${overrides[@]}" \
+      timed "$name" train "${prefix}_$concept" configs/methods/minimalist.yaml $MASK_ARGS concept="$concept" "${overrides[@]}" \
         lightning.trainer.max_steps="$MASK_STEPS" model.params.seed="$MASK_SEED" \
         lightning.callbacks.toy_benchmark=null >"$OUT/$name.run"
       evaluate "$name" --config "$MODEL" --masks "$(cat "$OUT/$name.run")/masks.safetensors" --concept "$concept"

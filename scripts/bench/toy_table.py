@@ -116,15 +116,46 @@ def _asr(rate: dict[str, Any]) -> str:
     return f"{_fmt(rate['asr'])} (n {rate['n']}, 95% CI {_fmt(lo)}–{_fmt(hi)})"
 
 
-def _off_share(run_file: Path) -> float | None:
+def _export_metadata(run_file: Path, export: str) -> dict[str, str]:
+    """The metadata of the file ``export`` in the run ``run_file`` names; empty without one."""
     if not run_file.is_file():
-        return None
-    masks = Path(run_file.read_text().strip()) / "masks.safetensors"
-    if not masks.is_file():
-        return None
-    with safe_open(str(masks), "pt") as f:
-        meta = f.metadata() or {}
+        return {}
+    path = Path(run_file.read_text().strip()) / export
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def _off_share(run_file: Path) -> float | None:
+    meta = _export_metadata(run_file, "masks.safetensors")
     return 100 * float(meta["off_share"]) if "off_share" in meta else None
+
+
+MASK_UNITS = {"attn": "attention heads", "ff": "feed-forward", "norm": "norm", "linear": "Linear outputs"}
+
+
+def _trained_as(name: str, method: str, run_file: Path) -> str:
+    """``method`` naming what the run trained where it differs from the row's default (toy_methods.sh's
+    ESD_ARGS / ESD_X_ARGS / MASK_ARGS), read from the export's metadata: ESD's train method and its null
+    and preserve terms, the masks' unit groups."""
+    if name.startswith("esd_"):
+        meta = _export_metadata(run_file, "erased.safetensors")
+        if "train_method" not in meta:
+            return method
+        terms = [meta["train_method"]]
+        if float(meta.get("null_weight", 0)) > 0:
+            terms.append(f"null term {float(meta['null_weight']):g}")
+        if meta.get("preserve"):
+            terms.append("preserve")
+        head, _, setting = method.partition(" (")
+        return f"{head} ({', '.join(terms)}){setting.partition(')')[2]}"
+    if name.startswith("masks_"):
+        modules = _export_metadata(run_file, "masks.safetensors").get("modules")
+        groups = sorted(json.loads(modules)) if modules else ["linear"]
+        if groups != ["linear"]:
+            return f"{method} on {', '.join(MASK_UNITS.get(g, g) for g in groups)}"
+    return method
 
 
 def _peak_mb(run_file: Path) -> float | None:
@@ -153,7 +184,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
         concept = {"style": style, "object": obj}.get(kind) if kind else None
         row = {
             "name": name,
-            "method": method,
+            "method": _trained_as(name, method, out / f"{name}.run"),
             "concept": concept,
             **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
             "train_s": times.get(name),

@@ -152,3 +152,32 @@ def test_baseline_rows_follow_the_masks_with_their_settings(tmp_path):
     md = (tmp_path / "toy_methods.md").read_text()
     assert "| UCE (closed-form K/V edit) | striped | 90.0 | 60.0 | 50.0 | 20.0 | 80.0 | 90.0 | 72.0 | 4 |  |" in md
     assert "| Concept Ablation (K/V), lr 1.6e-5 | striped | 60.5 | 96.0 | 92.8 |" in md
+
+
+def _run_with(out: Path, name: str, export: str, metadata: dict[str, str]) -> None:
+    run = out / "runs" / name
+    run.mkdir(parents=True)
+    save_file({"x": torch.ones(1)}, str(run / export), metadata=metadata)
+    (out / f"{name}.run").write_text(f"{run}\n")
+
+
+def test_rows_name_what_the_run_trained_from_its_export(tmp_path):
+    """ESD_X_ARGS / MASK_ARGS change what a row trains; its label says so, read from the export."""
+    for name in ("esd_x_lr1e-3_it1000", "esd_u_lr1e-3_it1000", "esd_x", "masks_style", "masks_object"):
+        _metrics(tmp_path, name, UA=90.0, IRA=80.0, CRA=90.0, FD=10.0)
+    _run_with(
+        tmp_path, "esd_x_lr1e-3_it1000", "erased.safetensors",
+        {"train_method": "xattn-pooled", "null_weight": "1.0", "preserve": "a solid pattern | a wavy pattern"},
+    )  # fmt: skip
+    _run_with(tmp_path, "esd_u_lr1e-3_it1000", "erased.safetensors", {"train_method": "noxattn", "null_weight": "0.0"})
+    _run_with(tmp_path, "masks_style", "masks.safetensors", {"modules": json.dumps({"attn": 4, "ff": 2, "norm": 6})})
+    _run_with(tmp_path, "masks_object", "masks.safetensors", {"modules": json.dumps({"linear": 90})})
+    _table().main([str(tmp_path), "--style", "striped", "--object", "circle"])
+    rows = {r["name"]: r["method"] for r in json.loads((tmp_path / "toy_methods.json").read_text())["rows"]}
+    assert rows == {
+        "esd_x": "ESD-x (xattn), lr 5e-5",  # no run folder: the row's default label
+        "esd_x_lr1e-3_it1000": "ESD-x (xattn-pooled, null term 1, preserve), lr 1e-3, 1000 it",
+        "esd_u_lr1e-3_it1000": "ESD-u (noxattn), lr 1e-3, 1000 it",
+        "masks_style": "minimalist masks on attention heads, feed-forward, norm",
+        "masks_object": "minimalist masks",
+    }
