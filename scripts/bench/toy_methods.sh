@@ -43,7 +43,8 @@
 # as configs/methods/esd_joint.yaml sets for ESD-x there, MASK_ARGS=configs/methods/minimalist_transformer.yaml
 # for masks on its heads, feed-forward and norm channels, DMD2_STEPS=0 to leave out the students;
 # the ESD train methods are the joint-attention ones, unlearn/selection.py). ESD_ARGS (default
-# none) are key=value overrides given to every ESD run, ESD_X_ARGS to the ESD-x runs only.
+# none) are key=value overrides given to every ESD run, ESD_X_ARGS to the ESD-x runs only and
+# ESD_U_ARGS to the ESD-u runs only.
 # A step whose metrics.json (attack.json) exists is skipped, so an interrupted run continues, and
 # disjoint parts can run side by side, each on its own core, once the base evaluation exists:
 #   OMP_NUM_THREADS=1 taskset -c 0 env MASK_VARIANTS= BASELINES= bash scripts/bench/toy_methods.sh
@@ -63,6 +64,7 @@ ESD_RUNS=${ESD_RUNS-5e-5 2e-4 1e-3 2e-4@1000 1e-3@1000}
 ESD_TEACHER=${ESD_TEACHER:-}
 ESD_ARGS=${ESD_ARGS:-}
 ESD_X_ARGS=${ESD_X_ARGS:-}
+ESD_U_ARGS=${ESD_U_ARGS:-}
 MASK_ARGS=${MASK_ARGS:-}
 BASELINES=${BASELINES-uce ca}
 CA_RUNS=${CA_RUNS:-1.6e-5 1e-3}
@@ -129,7 +131,7 @@ for setting in $ESD_RUNS; do
     name=$variant$suffix
     concept=$([ "$variant" = esd_x ] && echo "$STYLE" || echo "$OBJECT")
     train_method=$([ "$variant" = esd_x ] && echo xattn || echo noxattn)
-    variant_args=$([ "$variant" = esd_x ] && echo "$ESD_X_ARGS" || true)
+    variant_args=$([ "$variant" = esd_x ] && echo "$ESD_X_ARGS" || echo "$ESD_U_ARGS")
     if ! done_ "$name"; then
       timed "$name" train "${name}_$concept" configs/methods/esd_x.yaml train_method="$train_method" \
         concept="$concept" lr="$lr" iterations="$iterations" $ESD_ARGS $variant_args lightning.callbacks.toy_benchmark=null \

@@ -88,3 +88,20 @@ def test_esd_x_args_reach_the_esd_x_run_only(tmp_path):
     trainings = [call for call in calls if call.startswith("main.py")]
     assert ["train_method=xattn-pooled" in call for call in trainings] == [True, False]
     assert trainings[0].index("train_method=xattn ") < trainings[0].index("train_method=xattn-pooled")
+
+
+def test_esd_u_args_reach_the_esd_u_run_only(tmp_path):
+    env = {"ESD_RUNS": "1e-3", "ESD_U_ARGS": "null_weight=1", "ATTACKS": "", **ESD_PART}
+    proc, calls = run_script(tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr
+    trainings = [call for call in calls if call.startswith("main.py")]
+    assert [("--name esd_u" in call, "null_weight=1" in call) for call in trainings] == [(False, False), (True, True)]
+
+
+def test_mask_args_reach_every_mask_run_after_the_method_config(tmp_path):
+    extra = "configs/methods/minimalist_transformer.yaml"
+    proc, calls = run_script(tmp_path, **{**MASKS_PART, "MASK_ARGS": extra, "ATTACKS": ""})
+    assert proc.returncode == 0, proc.stderr
+    trainings = [call for call in calls if call.startswith("main.py")]
+    assert len(trainings) == 2
+    assert all(call.index("configs/methods/minimalist.yaml") < call.index(extra) for call in trainings)
