@@ -127,20 +127,25 @@ def _export_metadata(run_file: Path, export: str) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def _off_share(run_file: Path) -> float | None:
-    meta = _export_metadata(run_file, "masks.safetensors")
+def _off_share(meta: dict[str, str]) -> float | None:
     return 100 * float(meta["off_share"]) if "off_share" in meta else None
 
 
 MASK_UNITS = {"attn": "attention heads", "ff": "feed-forward", "norm": "norm", "linear": "Linear outputs"}
 
 
-def _trained_as(name: str, method: str, run_file: Path) -> str:
+def _export_name(name: str) -> str | None:
+    """The file a row's run exports, for the rows whose label or figures read its metadata."""
+    return (
+        "erased.safetensors" if name.startswith("esd_") else "masks.safetensors" if name.startswith("masks_") else None
+    )
+
+
+def _trained_as(name: str, method: str, meta: dict[str, str]) -> str:
     """``method`` naming what the run trained where it differs from the row's default (toy_methods.sh's
-    ESD_ARGS / ESD_X_ARGS / MASK_ARGS), read from the export's metadata: ESD's train method and its null
-    and preserve terms, the masks' unit groups."""
+    ESD_ARGS / ESD_X_ARGS / ESD_U_ARGS / MASK_ARGS), from its export's metadata ``meta``: ESD's train
+    method and its null and preserve terms, the masks' unit groups."""
     if name.startswith("esd_"):
-        meta = _export_metadata(run_file, "erased.safetensors")
         if "train_method" not in meta:
             return method
         terms = [meta["train_method"]]
@@ -151,7 +156,7 @@ def _trained_as(name: str, method: str, run_file: Path) -> str:
         head, _, setting = method.partition(" (")
         return f"{head} ({', '.join(terms)}){setting.partition(')')[2]}"
     if name.startswith("masks_"):
-        modules = _export_metadata(run_file, "masks.safetensors").get("modules")
+        modules = meta.get("modules")
         groups = sorted(json.loads(modules)) if modules else ["linear"]
         if groups != ["linear"]:
             return f"{method} on {', '.join(MASK_UNITS.get(g, g) for g in groups)}"
@@ -182,9 +187,11 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
         if metrics is None:
             continue
         concept = {"style": style, "object": obj}.get(kind) if kind else None
+        export = _export_name(name)
+        meta = _export_metadata(out / f"{name}.run", export) if export else {}
         row = {
             "name": name,
-            "method": _trained_as(name, method, out / f"{name}.run"),
+            "method": _trained_as(name, method, meta),
             "concept": concept,
             **{k: metrics.get(k) for k in ("UA", "IRA", "CRA", "FD", "object_acc", "style_acc", "joint_acc")},
             "train_s": times.get(name),
@@ -192,7 +199,7 @@ def collect(out: Path, style: str, obj: str) -> dict[str, Any]:
             "target": target,
         }
         if name.startswith("masks_"):
-            row["off_pct"] = _off_share(out / f"{name}.run")
+            row["off_pct"] = _off_share(meta)
         attacks = _attacks(out / "attacks" / name)
         if attacks:
             row["attacks"] = attacks
