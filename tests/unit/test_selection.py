@@ -6,6 +6,7 @@ from diffusers import UNet2DConditionModel
 
 from unlearn.selection import (
     JOINT_METHODS,
+    JOINT_ONLY_METHODS,
     TRAIN_METHOD_ALIASES,
     TRAIN_METHODS,
     canonical_train_method,
@@ -51,7 +52,7 @@ def sd15():
     return unet, dict(unet.named_parameters())
 
 
-@pytest.mark.parametrize("method", [m for m in TRAIN_METHODS if m != "xattn-pooled"])  # joint attention only
+@pytest.mark.parametrize("method", [m for m in TRAIN_METHODS if m not in JOINT_ONLY_METHODS])
 def test_counts_per_method(sd15, method):
     unet, params = sd15
     names = select_parameters(unet, method)
